@@ -1,0 +1,165 @@
+"""The traffic plan: what Envoy should do, as plain immutable values.
+
+A :class:`TrafficPlan` is the boundary between deciding and serving. The static
+config produces one directly; the controller produces one from a policy decision
+and the fleet. ``xds_control.snapshot`` turns it into Envoy resources. Nothing
+here knows about protobuf, gRPC or clocks.
+
+Naming contract (relied on by the snapshot builder and by tests):
+
+* each :class:`ListenerPlan` becomes an Envoy Listener *and* a RouteConfiguration
+  with the same name;
+* each :class:`ServicePlan` becomes one virtual host inside the route
+  configurations of the listeners that carry it;
+* each :class:`PoolPlan` becomes one EDS Cluster and one ClusterLoadAssignment,
+  both named after the pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class HealthStatus(str, Enum):
+    """Envoy's ``core.v3.HealthStatus`` values that a plan may set on an endpoint."""
+
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    #: Envoy stops sending *new* requests to a draining endpoint but lets in-flight ones finish.
+    DRAINING = "DRAINING"
+    DEGRADED = "DEGRADED"
+
+
+class LbPolicy(str, Enum):
+    ROUND_ROBIN = "round_robin"
+    #: Envoy's weighted least-request (power of two choices, weight/(active+1)^bias).
+    LEAST_REQUEST = "least_request"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable string form ``region/zone/sub_zone`` used as a dict key."""
+        return f"{self.region}/{self.zone}/{self.sub_zone}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPlan:
+    """One upstream endpoint (an inference replica) as Envoy should see it."""
+
+    address: str
+    port: int
+    locality: Locality = Locality()
+    #: Envoy ``load_balancing_weight``; must be >= 1 (Envoy rejects 0). Use
+    #: ``health=DRAINING`` to take an endpoint out of rotation.
+    weight: int = 1
+    health: HealthStatus = HealthStatus.HEALTHY
+
+    @property
+    def key(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetectionPlan:
+    """Envoy ``cluster.v3.OutlierDetection`` settings (defaults follow Envoy's, except where noted)."""
+
+    consecutive_5xx: int = 5
+    interval_s: float = 10.0
+    base_ejection_time_s: float = 30.0
+    max_ejection_percent: int = 10
+    #: Success-rate ejection; Envoy's default minimum hosts is 5.
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    #: Failure-percentage ejection; off when ``None`` (Envoy's default: enforcing 0).
+    failure_percentage_threshold: int | None = None
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    consecutive_gateway_failure: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """A pool of interchangeable replicas: one Envoy cluster with its endpoints."""
+
+    name: str
+    endpoints: tuple[EndpointPlan, ...] = ()
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    #: Per-locality weights keyed by :attr:`Locality.key`. When set, the cluster uses
+    #: locality-weighted load balancing; localities missing from the map get weight 1.
+    locality_weights: tuple[tuple[str, int], ...] | None = None
+    #: Per-locality priority keyed by :attr:`Locality.key` (0 = most preferred);
+    #: traffic spills to priority 1 only when priority 0 is not healthy enough.
+    locality_priorities: tuple[tuple[str, int], ...] | None = None
+    outlier_detection: OutlierDetectionPlan | None = None
+    #: Envoy slow start for new endpoints (round robin and least request only).
+    slow_start_window_s: float | None = None
+    slow_start_aggression: float = 1.0
+    slow_start_min_weight_percent: float = 10.0
+    connect_timeout_s: float = 1.0
+    #: Speak HTTP/2 to the upstream (gRPC inference servers); HTTP/1.1 otherwise.
+    http2: bool = False
+    #: Active health check path (HTTP GET), or ``None`` for none.
+    health_check_path: str | None = None
+    health_check_interval_s: float = 1.0
+    #: Maximum concurrent requests to the pool (Envoy circuit breaker), ``None`` = Envoy default.
+    max_requests: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPlan:
+    retry_on: str = "connect-failure,refused-stream,reset,503"
+    num_retries: int = 2
+    per_try_timeout_s: float | None = None
+    #: Retry budget as a fraction of active requests (Envoy circuit breaker retry_budget).
+    budget_percent: float = 20.0
+    budget_min_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    """A routed service: requests matching ``hosts`` + ``prefix`` are split over pools by weight."""
+
+    name: str
+    #: (pool name, weight) pairs; weights are non-negative integers, at least one positive.
+    pools: tuple[tuple[str, int], ...]
+    hosts: tuple[str, ...] = ("*",)
+    prefix: str = "/"
+    #: RE2 path regex; when set it replaces ``prefix``.
+    regex: str | None = None
+    timeout_s: float = 60.0
+    retry: RetryPlan | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPlan:
+    name: str
+    address: str
+    port: int
+    #: Names of the services carried by this listener, in match order.
+    services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPlan:
+    """Everything Envoy needs, as values. Validated by :func:`xds_control.snapshot.build_snapshot`."""
+
+    listeners: tuple[ListenerPlan, ...] = ()
+    services: tuple[ServicePlan, ...] = ()
+    pools: tuple[PoolPlan, ...] = ()
+    #: Free-form labels carried into logs and the admin API (e.g. the decision that produced it).
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    def pool(self, name: str) -> PoolPlan | None:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
