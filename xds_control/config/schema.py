@@ -1,0 +1,232 @@
+"""The configuration file format (YAML), validated as a whole before anything starts.
+
+The schema is pydantic so that every error can name the key path, the value and
+what was expected (see :func:`xds_control.config.load.format_errors`). Unknown
+keys are errors: a typo must never be silently ignored.
+
+Only the ``listeners``/``services`` part is needed to serve Envoy; the other
+sections configure the later stages of the pipeline and have defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+Name = Annotated[str, Field(pattern=_NAME, description="letters, digits, '.', '_', '-'; 1-63 characters")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"must be an IPv4 or IPv6 address, got {value!r}") from None
+    return value
+
+
+class EndpointConfig(_Strict):
+    """One replica serving the pool."""
+
+    address: str
+    """IP address of the replica (Envoy's STATIC/EDS endpoints take IPs, not host names)."""
+    port: Port
+    zone: str = ""
+    """Locality zone (``topology.kubernetes.io/zone`` on Kubernetes); empty = unknown."""
+    region: str = ""
+    sub_zone: str = ""
+    weight: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    """Static per-endpoint load-balancing weight; the controller overrides it when autoscaling."""
+
+    _ip = field_validator("address")(_check_ip)
+
+
+class OutlierDetectionConfig(_Strict):
+    """Envoy outlier detection; defaults follow Envoy's outlier_detection.proto."""
+
+    consecutive_5xx: Annotated[int, Field(ge=1, le=1000)] = 5
+    interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    base_ejection_time_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 10
+    failure_percentage_threshold: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Eject hosts whose failure percentage exceeds this; off when unset (Envoy's default)."""
+
+
+class SlowStartConfig(_Strict):
+    """Envoy slow start: a new endpoint's weight grows over ``window_s``."""
+
+    window_s: Annotated[float, Field(gt=0, le=3600)]
+    aggression: Annotated[float, Field(gt=0, le=100)] = 1.0
+    min_weight_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+
+
+class PoolConfig(_Strict):
+    """A set of interchangeable replicas; becomes one Envoy EDS cluster named ``name``."""
+
+    name: Name
+    weight: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    """Share of the service's traffic relative to its other pools (0 = none)."""
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    lb_policy: Literal["round_robin", "least_request", "random"] = "round_robin"
+    locality_weighted: bool = False
+    """Use locality-weighted load balancing (weights per zone) instead of a flat endpoint list."""
+    outlier_detection: OutlierDetectionConfig | None = None
+    slow_start: SlowStartConfig | None = None
+    http2: bool = False
+    """Speak HTTP/2 to the replicas (gRPC inference servers)."""
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    health_check_path: str | None = None
+    """HTTP path for Envoy active health checks (e.g. ``/health``); none when unset."""
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> "PoolConfig":
+        seen: set[tuple[str, int]] = set()
+        for i, ep in enumerate(self.endpoints):
+            key = (ep.address, ep.port)
+            if key in seen:
+                raise ValueError(f"endpoints[{i}] {ep.address}:{ep.port} is listed twice")
+            seen.add(key)
+        return self
+
+
+class RetryConfig(_Strict):
+    retry_on: str = "connect-failure,refused-stream,reset,503"
+    num_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    per_try_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    budget_percent: Annotated[float, Field(gt=0, le=100)] = 20.0
+    """Envoy retry budget: at most this percentage of active requests may be retries."""
+
+
+class ServiceConfig(_Strict):
+    """A routed service: matching requests are split over its pools by pool weight."""
+
+    name: Name
+    pools: Annotated[list[PoolConfig], Field(min_length=1)]
+    hosts: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["*"])
+    """HTTP Host/authority values that select this service; ``*`` matches any."""
+    prefix: str = "/"
+    """Path prefix that selects this service."""
+    regex: str | None = None
+    """RE2 path regex; replaces ``prefix`` when set. Envoy compiles it: RE2 has no look-arounds."""
+    timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    """Route timeout for a whole request (0 = none); LLM responses are long."""
+    retry: RetryConfig | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must start with '/', got {v!r}")
+        return v
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"is not a valid regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> "ServiceConfig":
+        if sum(p.weight for p in self.pools) <= 0:
+            raise ValueError("pools: at least one pool needs a weight above 0")
+        return self
+
+
+class ListenerConfig(_Strict):
+    name: Name
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)]
+    """Port Envoy listens on (0 = any free port; read it from Envoy's admin /listeners)."""
+    services: list[str] | None = None
+    """Services this listener carries, in match order; all services when unset."""
+
+    _ip = field_validator("address")(_check_ip)
+
+
+class XdsConfig(_Strict):
+    """How the xDS server pushes."""
+
+    debounce_ms: Annotated[float, Field(ge=0, le=60_000)] = 100.0
+    """Quiet period after the last change before a push (Istio's PILOT_DEBOUNCE_AFTER is 100 ms)."""
+    max_delay_ms: Annotated[float, Field(ge=0, le=600_000)] = 1000.0
+    """A push happens at most this long after the first pending change, however busy."""
+    max_concurrent_pushes: Annotated[int, Field(ge=1, le=100_000)] = 100
+    """Global limit on responses being written at once across all streams."""
+    ack_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    """How long a stream waits for a proxy's ACK of one type before sending the next type anyway."""
+    removal_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Clusters no longer routed to are removed after every proxy ACKed the new routes, or after this long."""
+    rollback_on_nack: bool = True
+    """Roll back to the last good version when a proxy that accepted the previous version rejects a new one."""
+
+    @model_validator(mode="after")
+    def _delays(self) -> "XdsConfig":
+        if self.max_delay_ms < self.debounce_ms:
+            raise ValueError(
+                f"max_delay_ms ({self.max_delay_ms}) must be >= debounce_ms ({self.debounce_ms})"
+            )
+        return self
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    listeners: list[ListenerConfig] = Field(default_factory=list)
+    services: list[ServiceConfig] = Field(default_factory=list)
+    xds: XdsConfig = Field(default_factory=XdsConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        service_names = [s.name for s in self.services]
+        _unique("services", service_names)
+        _unique("listeners", [l.name for l in self.listeners])
+        _unique("pools", [p.name for s in self.services for p in s.pools])
+        known = set(service_names)
+        for i, lst in enumerate(self.listeners):
+            carried = lst.services if lst.services is not None else service_names
+            for name in carried:
+                if name not in known:
+                    raise ValueError(
+                        f"listeners[{i}].services: {name!r} is not a service; known services: "
+                        f"{sorted(known) or 'none'}"
+                    )
+            _check_domains(f"listeners[{i}]", [s for s in self.services if s.name in set(carried)])
+        binds = [(l.address, l.port) for l in self.listeners if l.port]
+        _unique("listener address:port", [f"{a}:{p}" for a, p in binds])
+        return self
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{what}: name {n!r} is used twice; names must be unique")
+        seen.add(n)
+
+
+def _check_domains(where: str, services: list[ServiceConfig]) -> None:
+    """Services with the same ``hosts`` share one virtual host; Envoy rejects two virtual hosts
+    that share a domain, so a host may not appear in two different host lists."""
+    owner: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for s in services:
+        hosts = tuple(s.hosts)
+        for h in hosts:
+            if h in owner and owner[h][1] != hosts:
+                raise ValueError(
+                    f"{where}: host {h!r} is in the hosts of services {owner[h][0]!r} and {s.name!r} "
+                    "with different host lists; give them the same hosts (they then share a virtual "
+                    "host, matched in order) or disjoint ones"
+                )
+            owner.setdefault(h, (s.name, hosts))
