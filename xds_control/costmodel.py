@@ -69,10 +69,14 @@ GPU such as an NVIDIA L40S — the seed paper's nodes carry 8 × 48 GB GPUs):
 * power: L40S TDP 350 W, ~80 W idle with the model loaded.
 
 The GPU-utilisation model is deliberately *not* nvidia-smi's "a kernel was running" (pegged at
-100 % by a single request, dcgm-exporter#301). It estimates how much of the GPU's useful
+100 % by a single request, dcgm-exporter#301). It estimates how much of the replica's useful
 capacity is in use: prefill is compute bound (1.0); a decode step with ``b`` sequences uses
-``util_decode_floor + (1 - util_decode_floor) × b / max_batch``; idle is 0. It is linear in
-``b`` so that averaging the batch size over time gives the time-averaged utilisation.
+``util_decode_floor + (1 - util_decode_floor) × min(b, reference_batch) / reference_batch``; idle
+is 0. ``reference_batch`` (32: ~37 ms per output token) is the batch of a replica that is "full"
+for interactive serving, and :func:`request_work_s` prices decode tokens at that batch, so a
+replica whose offered load (work seconds per second) is 1.0 also shows a utilisation of about 1.0
+— utilisation-driven policies and the simulator's capacity agree. Below ``reference_batch`` it is
+linear in ``b``, so averaging the batch size over time gives the time-averaged utilisation.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ class ReplicaProfile:
     request_timeout_s: float = 60.0
     #: Utilisation of a decode step at batch 1 (memory bound, SMs mostly waiting).
     util_decode_floor: float = 0.3
-    #: Batch size at which :func:`request_work_s` prices decode tokens (a loaded replica).
+    #: Batch size of a "full" replica: :func:`request_work_s` prices decode tokens at it and
+    #: :func:`gpu_utilization` reaches 1.0 at it.
     reference_batch: int = 32
     #: GPUs per replica (tensor parallelism); GPU-hours count this many per replica-hour.
     gpus: int = 1
@@ -234,8 +239,8 @@ def gpu_utilization(p: ReplicaProfile, batch: float, prefill_fraction: float = 0
     prefill) is 0. See the module docstring for why this is not nvidia-smi's number.
     """
     pf = min(max(prefill_fraction, 0.0), 1.0)
-    b = min(max(batch, 0.0), float(p.max_batch))
-    decode = 0.0 if b <= 0 else p.util_decode_floor + (1.0 - p.util_decode_floor) * b / p.max_batch
+    b = min(max(batch, 0.0), float(p.reference_batch))
+    decode = 0.0 if b <= 0 else p.util_decode_floor + (1.0 - p.util_decode_floor) * b / p.reference_batch
     return pf * 1.0 + (1.0 - pf) * decode
 
 

@@ -35,7 +35,7 @@ def test_kv_fit():
 
 
 def test_gpu_utilization_model():
-    p = cm.ReplicaProfile(max_batch=10, util_decode_floor=0.5)
+    p = cm.ReplicaProfile(reference_batch=10, util_decode_floor=0.5)
     assert cm.gpu_utilization(p, 0) == 0.0
     assert cm.gpu_utilization(p, 10) == pytest.approx(1.0)
     assert cm.gpu_utilization(p, 5) == pytest.approx(0.75)

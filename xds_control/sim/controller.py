@@ -1,0 +1,154 @@
+"""What the simulator shows a controller, and what a controller answers.
+
+A *controller* is the part of xds-control that decides: it reads what the fleet looks like and
+returns a replica target and endpoint weights. The simulator calls :meth:`Controller.step` every
+``tick_s`` simulated seconds. Adapters in :mod:`xds_control.sim.policies` wrap the real decision
+core (``xds_control.policies`` / ``xds_control.planning``) in this interface; the only controller
+defined here is :class:`FixedController`, the "fixed fleet sized for the mean load" baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, runtime_checkable
+
+__all__ = [
+    "EndpointObservation",
+    "FleetObservation",
+    "Action",
+    "FleetInfo",
+    "Controller",
+    "FixedController",
+    "LB_LEAST_REQUEST",
+    "LB_ROUND_ROBIN",
+]
+
+LB_LEAST_REQUEST = "least_request"
+LB_ROUND_ROBIN = "round_robin"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointObservation:
+    """One replica as a metrics scrape would show it at ``FleetObservation.now``."""
+
+    rid: int
+    #: ``host:port``-style stable name, e.g. ``"10.0.3.2:8000"``.
+    address: str
+    node: str
+    zone: str
+    #: ``"starting"``, ``"ready"`` or ``"draining"`` (dead replicas are not shown).
+    state: str
+    #: Seconds since the replica became ready (negative while starting).
+    age_s: float
+    weight: int
+    #: Requests running in the batch, waiting in the queue, and both.
+    running: int
+    waiting: int
+    #: Fraction of the KV cache reserved, in [0, 1].
+    kv_util: float
+    #: Mean GPU utilisation (cost-model estimate) since the previous tick, in [0, 1].
+    gpu_util: float
+    #: Requests routed to this replica since the previous tick.
+    routed: int
+    #: p99 time to first token (s) of its requests that got a first token since the previous tick, or None.
+    ttft_p99_s: float | None
+    #: Its requests lost (rejected or timed out) since the previous tick.
+    lost: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetObservation:
+    now: float
+    #: Seconds since the previous tick (the window the rates and percentiles cover).
+    window_s: float
+    endpoints: tuple[EndpointObservation, ...]
+    #: Arrivals per second over the window.
+    arrival_rps: float
+    #: Offered load over the window in replica-equivalents (cost-model work seconds per second).
+    offered_load: float
+    #: Mean prompt and output tokens of the window's arrivals (0 when none).
+    mean_input_tokens: float
+    mean_output_tokens: float
+    #: Fleet p99 TTFT and end-to-end latency (s) of requests completing in the window, or None.
+    ttft_p99_s: float | None
+    latency_p99_s: float | None
+    #: Requests lost in the window.
+    lost: int
+    #: The replica target currently in force.
+    target_replicas: int
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for e in self.endpoints if e.state == "ready")
+
+    @property
+    def starting(self) -> int:
+        return sum(1 for e in self.endpoints if e.state == "starting")
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A controller's answer. ``None`` leaves that part unchanged."""
+
+    target_replicas: int | None = None
+    #: Envoy ``load_balancing_weight`` per replica id (>= 1); missing ids keep their weight.
+    weights: Mapping[int, int] | None = None
+    #: Replica ids to drain first when scaling down (optional hint).
+    drain_first: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetInfo:
+    """What a controller may know before the run: the cost model and the trace's average load."""
+
+    profile: object  # costmodel.ReplicaProfile (kept untyped to avoid an import cycle in docs)
+    #: Mean offered load of the whole trace in replica-equivalents.
+    mean_offered_load: float
+    duration_s: float
+    gpus_per_node: int
+    zones: tuple[str, ...] = field(default=("zone-a", "zone-b"))
+
+
+@runtime_checkable
+class Controller(Protocol):
+    #: Name shown in the table and the JSON.
+    name: str
+    #: Simulated seconds between two calls of :meth:`step`.
+    tick_s: float
+    #: The utilisation the policy aims for (offered load / ready replicas); used by the
+    #: trigger-delay metric: a surge starts when offered load > ready replicas × target_util.
+    target_util: float
+    #: How the mesh routes: :data:`LB_LEAST_REQUEST` (Envoy weighted least request) or
+    #: :data:`LB_ROUND_ROBIN`.
+    lb: str
+
+    def initial_replicas(self, info: FleetInfo) -> int:
+        """Replicas ready at t = 0."""
+        ...
+
+    def step(self, obs: FleetObservation) -> Action:
+        """Decide at ``obs.now``. Must be deterministic given the observations."""
+        ...
+
+
+def mean_load_size(info: FleetInfo, target_util: float) -> int:
+    """Replicas needed to carry the trace's mean load at ``target_util``."""
+    import math
+
+    return max(1, math.ceil(info.mean_offered_load / max(target_util, 1e-9) - 1e-9))
+
+
+class FixedController:
+    """The baseline: a fixed fleet sized for the mean load (at ``target_util``), round robin, never scales."""
+
+    def __init__(self, *, target_util: float = 0.8, lb: str = LB_ROUND_ROBIN, name: str = "fixed") -> None:
+        self.name = name
+        self.tick_s = 10.0
+        self.target_util = target_util
+        self.lb = lb
+
+    def initial_replicas(self, info: FleetInfo) -> int:
+        return mean_load_size(info, self.target_util)
+
+    def step(self, obs: FleetObservation) -> Action:
+        return Action()

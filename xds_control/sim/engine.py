@@ -1,0 +1,717 @@
+"""The discrete-event fleet simulator.
+
+One run replays a :class:`~xds_control.sim.trace.Trace` through a fleet of replicas driven by one
+:class:`~xds_control.sim.controller.Controller`. Time is simulated; nothing sleeps.
+
+Replica model (see :mod:`xds_control.costmodel` for the numbers)
+-----------------------------------------------------------------
+* A replica is *starting* for ``cold_start_s``, then *ready*; scaled-down replicas *drain* (no new
+  requests, in-flight ones finish) and are then gone; a failed replica is *dead* at once.
+* Continuous batching with prefill priority (vLLM v0 scheduling): when a request is admitted its
+  prefill runs at once (after the prefills already queued) and decoding of the whole batch pauses
+  meanwhile; its first token comes at the end of its prefill. Then every running sequence gets one
+  token per decode step of ``decode_step_time_s(batch)``. Between two events the batch is constant,
+  so decode progress is advanced analytically ("fluid" steps): events are arrivals, completions,
+  readiness, failures and ticks — never individual decode steps. This keeps a one-hour trace at a
+  few events per request.
+* Admission: FIFO from the replica's queue while ``batch < max_batch`` and the KV cache can reserve
+  ``input + output`` tokens. A request that can never fit (more tokens than the KV cache) is lost.
+* Losses (task loss): arriving at a full queue (``queue_bound``) — rejected; still waiting after
+  ``request_timeout_s`` — dropped at admission; finishing later than ``request_timeout_s`` after its
+  arrival — the client gave up (it still consumed the GPU); running on a replica that fails after
+  its first token was streamed; arriving when no replica is ready (Envoy "no healthy upstream").
+  Requests waiting or in prefill on a failed replica are retried once on another replica (Envoy
+  retry on reset), keeping their original arrival time.
+
+Routing (the data plane)
+------------------------
+* ``least_request``: Envoy's weighted least request. When all weights are equal: power of two
+  choices on active requests. Otherwise each ready replica gets effective weight
+  ``weight / (active + 1) ** bias`` (bias 1.0) and one is drawn in proportion (Envoy uses an EDF
+  scheduler over the same weights; drawing in proportion has the same long-run shares).
+* ``round_robin``: plain round robin over ready replicas, ignoring weights and load (a Kubernetes
+  Service).
+
+Fleet (nodes and localities)
+----------------------------
+Replicas occupy one GPU each on nodes of ``gpus_per_node`` GPUs (the seed paper's 8 × 48 GB nodes);
+nodes alternate between the zones. A new replica goes to the zone with fewer replicas, onto a node
+with a free GPU, else a new node. The fleet manager (a Kubernetes ReplicaSet) keeps
+``target_replicas`` alive: it replaces dead replicas ``detect_s`` after a failure, starts replicas to
+reach a higher target and, to reach a lower one, first cancels starting replicas (newest first),
+then drains the ready replicas with the fewest active requests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xds_control import costmodel as cm
+from xds_control.sim.controller import (
+    LB_LEAST_REQUEST,
+    LB_ROUND_ROBIN,
+    Action,
+    Controller,
+    EndpointObservation,
+    FleetInfo,
+    FleetObservation,
+)
+from xds_control.sim.trace import Trace
+
+__all__ = ["SimConfig", "SimResult", "simulate", "STATUS"]
+
+# replica states
+_STARTING, _READY, _DRAINING, _DEAD, _GONE = range(5)
+_STATE_NAMES = ("starting", "ready", "draining", "dead", "gone")
+
+#: Request outcome codes in :attr:`SimResult.status`.
+STATUS = {
+    "pending": 0,
+    "ok": 1,
+    "rejected": 2,  # queue full, no ready replica, or can never fit the KV cache
+    "timeout": 3,  # waited or ran longer than the request timeout
+    "failed": 4,  # was streaming on a replica that failed
+}
+_OK, _REJ, _TMO, _FAIL = 1, 2, 3, 4
+
+# event kinds
+_EV_DONE, _EV_READY, _EV_FAIL, _EV_RECONCILE = range(4)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    profile: cm.ReplicaProfile = cm.DEFAULT_PROFILE
+    seed: int = 0
+    #: Kill one replica (or node, see ``failure_scope``) at this simulated second; None = no failure.
+    failure_at: float | None = None
+    failure_scope: str = "replica"
+    #: Seconds between two samples of the time series (and the finest controller tick).
+    sample_s: float = 1.0
+    gpus_per_node: int = 8
+    zones: tuple[str, ...] = ("zone-a", "zone-b")
+    #: Seconds until the fleet manager notices a dead replica and starts a replacement.
+    detect_s: float = 2.0
+    #: Envoy least-request ``active_request_bias``.
+    lr_bias: float = 1.0
+    #: Upper bound on replicas the fleet manager will run.
+    max_replicas: int = 1024
+    #: Override the controller's routing (``least_request`` / ``round_robin``), None = the controller's.
+    lb: str | None = None
+    #: Simulated seconds after the last arrival during which the fleet keeps being sampled and billed.
+    tail_s: float = 0.0
+
+
+@dataclass
+class SimResult:
+    """Everything a run produced: per-request outcomes, the sampled time series and the actions."""
+
+    policy: str
+    trace: str
+    lb: str
+    target_util: float
+    profile: cm.ReplicaProfile
+    # per request (aligned with the trace)
+    arrival: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    work: np.ndarray
+    ttft: np.ndarray  # absolute time of the first token (nan if none)
+    finish: np.ndarray  # absolute completion time (nan if none)
+    status: np.ndarray  # STATUS codes
+    replica: np.ndarray  # replica id that served it (-1 if none)
+    # time series, one row per sample
+    ts_t: np.ndarray
+    ts_ready: np.ndarray
+    ts_provisioned: np.ndarray  # starting + ready + draining (billed)
+    ts_target: np.ndarray
+    ts_util: np.ndarray  # mean GPU utilisation over ready replicas in the interval
+    ts_power_w: np.ndarray  # fleet power in the interval
+    ts_active_max: np.ndarray  # busiest replica's active requests
+    ts_active_mean: np.ndarray  # mean active requests over ready replicas
+    # scaling actions: (time, old target, new target)
+    actions: list[tuple[float, int, int]] = field(default_factory=list)
+    failure_at: float | None = None
+    #: Ready replicas just before the failure.
+    pre_failure_ready: int = 0
+    gpu_seconds: float = 0.0
+    energy_j: float = 0.0
+    sample_s: float = 1.0
+    end_t: float = 0.0
+
+
+class _Replica:
+    __slots__ = (
+        "rid", "node", "zone", "state", "created", "ready_at", "stopped",
+        "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
+        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts",
+    )
+
+    def __init__(self, rid: int, node: int, zone: str, now: float, ready_at: float) -> None:
+        self.rid = rid
+        self.node = node
+        self.zone = zone
+        self.state = _STARTING if ready_at > now else _READY
+        self.created = now
+        self.ready_at = ready_at
+        self.stopped = math.inf
+        self.running: list[tuple[float, int]] = []  # heap of (finish progress D, request index)
+        self.b = 0
+        self.D = 0.0  # decode steps done so far (continuous)
+        self.last_t = now
+        self.stall_until = now  # end of queued prefill work
+        self.kv_used = 0
+        self.waiting: deque[int] = deque()
+        self.version = 0
+        self.acc_pf = 0.0  # prefill seconds in the current sample interval
+        self.acc_bt = 0.0  # integral of batch size over decode time
+        self.acc_dt = 0.0  # decode seconds
+        self.weight = 1
+        self.util_sum = 0.0
+        self.util_n = 0
+        self.routed = 0
+        self.lost = 0
+        self.ttfts: list[float] = []
+
+
+def _p99(x: list[float]) -> float | None:
+    """Nearest-rank 99th percentile (cheap for the short per-tick lists), None when empty."""
+    if not x:
+        return None
+    s = sorted(x)
+    return float(s[max(0, math.ceil(0.99 * len(s)) - 1)])
+
+
+def simulate(trace: Trace, controller: Controller, config: SimConfig | None = None) -> SimResult:
+    """Replay ``trace`` through a fleet driven by ``controller``. Deterministic for ``config.seed``."""
+    cfg = config or SimConfig()
+    p = cfg.profile
+    rng = np.random.default_rng(cfg.seed)
+    lb = cfg.lb or controller.lb
+    if lb not in (LB_LEAST_REQUEST, LB_ROUND_ROBIN):
+        raise ValueError(f"unknown lb {lb!r}")
+
+    arr = np.ascontiguousarray(trace.t, dtype=np.float64)
+    inp = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
+    out = np.ascontiguousarray(trace.output_tokens, dtype=np.int64)
+    n = len(arr)
+    work = np.asarray(cm.request_work_s(p, inp.astype(np.float64), out.astype(np.float64)), dtype=np.float64)
+    work_cum = np.concatenate(([0.0], np.cumsum(work)))
+    in_cum = np.concatenate(([0.0], np.cumsum(inp, dtype=np.float64)))
+    out_cum = np.concatenate(([0.0], np.cumsum(out, dtype=np.float64)))
+    end_t = (float(arr[-1]) if n else 0.0) + cfg.tail_s
+    end_t = math.ceil(end_t / cfg.sample_s) * cfg.sample_s if end_t > 0 else cfg.sample_s
+    duration = max(end_t, cfg.sample_s)
+    mean_load = float(work_cum[-1]) / duration
+
+    info = FleetInfo(
+        profile=p, mean_offered_load=mean_load, duration_s=duration, gpus_per_node=cfg.gpus_per_node, zones=cfg.zones
+    )
+
+    # Python lists are much faster than numpy for the scalar hot path.
+    arr_l = arr.tolist()
+    inp_l = inp.tolist()
+    out_l = out.tolist()
+    ttft = [math.nan] * n
+    fin = [math.nan] * n
+    status = [0] * n
+    served = [-1] * n
+    retried = bytearray(n)
+
+    pf_s = p.prefill_s_per_token
+    dbase = p.decode_base_s
+    dper = p.decode_per_seq_s
+    maxb = p.max_batch
+    kvcap = p.kv_capacity_tokens
+    qbound = p.queue_bound
+    timeout = p.request_timeout_s
+    bias = cfg.lr_bias
+
+    replicas: list[_Replica] = []
+    node_zone: list[str] = []
+    node_used: list[int] = []
+    heap: list[tuple[float, int, int, int, int]] = []
+    seq = 0
+    routable: list[_Replica] = []
+    eq_weights = True
+    rr_next = 0
+    # prefetched uniforms for routing
+    ubuf = rng.random(65536).tolist()
+    upos = 0
+    state = {"target": 0}
+    actions: list[tuple[float, int, int]] = []
+    completions: list[int] = []  # request indices in completion order (ok or timeout after running)
+    lost_log: list[int] = []  # request indices lost, in order
+    gpu_seconds = 0.0
+    energy_j = 0.0
+
+    def push(t: float, kind: int, a: int, b: int = 0) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(heap, (t, seq, kind, a, b))
+
+    def rebuild_routable() -> None:
+        nonlocal routable, eq_weights
+        routable = [r for r in replicas if r.state == _READY]
+        ws = {r.weight for r in routable}
+        eq_weights = len(ws) <= 1
+
+    def place(now: float, ready_at: float) -> _Replica:
+        # zone with fewer live replicas, then a node there with a free GPU, else a new node
+        live = [r for r in replicas if r.state in (_STARTING, _READY, _DRAINING)]
+        counts = {z: 0 for z in cfg.zones}
+        for r in live:
+            counts[r.zone] = counts.get(r.zone, 0) + 1
+        zone = min(cfg.zones, key=lambda z: (counts[z], cfg.zones.index(z)))
+        node = -1
+        for i, (z, used) in enumerate(zip(node_zone, node_used)):
+            if z == zone and used < cfg.gpus_per_node:
+                node = i
+                break
+        if node < 0:
+            node_zone.append(zone)
+            node_used.append(0)
+            node = len(node_zone) - 1
+        node_used[node] += 1
+        r = _Replica(len(replicas), node, zone, now, ready_at)
+        replicas.append(r)
+        if ready_at > now:
+            push(ready_at, _EV_READY, r.rid)
+        return r
+
+    def release(r: _Replica, now: float, new_state: int) -> None:
+        r.state = new_state
+        r.stopped = now
+        node_used[r.node] -= 1
+
+    def advance(r: _Replica, t: float) -> None:
+        last = r.last_t
+        if t <= last:
+            return
+        su = r.stall_until
+        if su > last:
+            r.acc_pf += (t if t < su else su) - last
+        if r.b:
+            start = last if last > su else su
+            if t > start:
+                dt = t - start
+                b = r.b
+                r.D += dt / (dbase + dper * b)
+                r.acc_bt += b * dt
+                r.acc_dt += dt
+        r.last_t = t
+
+    def schedule(r: _Replica) -> None:
+        r.version += 1
+        if r.b:
+            fD = r.running[0][0]
+            start = r.last_t if r.last_t > r.stall_until else r.stall_until
+            rem = fD - r.D
+            t = start + (rem if rem > 0 else 0.0) * (dbase + dper * r.b)
+            push(t, _EV_DONE, r.rid, r.version)
+
+    def lose(i: int, code: int, r: _Replica | None) -> None:
+        status[i] = code
+        lost_log.append(i)
+        if r is not None:
+            r.lost += 1
+
+    def admit(r: _Replica, t: float) -> None:
+        w = r.waiting
+        while w and r.b < maxb:
+            i = w[0]
+            if t - arr_l[i] > timeout:
+                w.popleft()
+                lose(i, _TMO, r)
+                continue
+            need = inp_l[i] + out_l[i]
+            if r.kv_used + need > kvcap:
+                break
+            w.popleft()
+            su = r.stall_until
+            if su < t:
+                su = t
+            su += pf_s * inp_l[i]
+            r.stall_until = su
+            ttft[i] = su
+            r.ttfts.append(su - arr_l[i])
+            o = out_l[i]
+            if o <= 1:
+                # the prefill produced the only token
+                fin[i] = su
+                if su - arr_l[i] > timeout:
+                    lose(i, _TMO, r)
+                else:
+                    status[i] = _OK
+                completions.append(i)
+                continue
+            r.kv_used += need
+            heapq.heappush(r.running, (r.D + (o - 1), i))
+            r.b += 1
+
+    def route(i: int, t: float) -> None:
+        nonlocal rr_next, upos, ubuf
+        nr = len(routable)
+        if nr == 0:
+            lose(i, _REJ, None)
+            return
+        if inp_l[i] + out_l[i] > kvcap:
+            lose(i, _REJ, None)
+            return
+        if nr == 1:
+            r = routable[0]
+        elif lb == LB_ROUND_ROBIN:
+            r = routable[rr_next % nr]
+            rr_next += 1
+        else:
+            if upos + 2 >= len(ubuf):
+                ubuf = rng.random(65536).tolist()
+                upos = 0
+            if eq_weights:
+                a = routable[int(ubuf[upos] * nr)]
+                c = routable[int(ubuf[upos + 1] * nr)]
+                upos += 2
+                r = a if len(a.waiting) + a.b <= len(c.waiting) + c.b else c
+            else:
+                effs = [x.weight / (len(x.waiting) + x.b + 1) ** bias for x in routable]
+                tot = sum(effs)
+                u = ubuf[upos] * tot
+                upos += 1
+                acc = 0.0
+                r = routable[-1]
+                for x, e in zip(routable, effs):
+                    acc += e
+                    if u < acc:
+                        r = x
+                        break
+        r.routed += 1
+        served[i] = r.rid
+        if len(r.waiting) >= qbound:
+            lose(i, _REJ, r)
+            return
+        advance(r, t)
+        r.waiting.append(i)
+        if r.b < maxb:
+            admit(r, t)
+            schedule(r)
+
+    def complete(r: _Replica, t: float) -> None:
+        advance(r, t)
+        run = r.running
+        lim = r.D + 1e-7
+        while run and run[0][0] <= lim:
+            _, i = heapq.heappop(run)
+            r.b -= 1
+            r.kv_used -= inp_l[i] + out_l[i]
+            fin[i] = t
+            if t - arr_l[i] > timeout:
+                lose(i, _TMO, r)
+            else:
+                status[i] = _OK
+            completions.append(i)
+        admit(r, t)
+        if r.state == _DRAINING and not r.b and not r.waiting:
+            release(r, t, _GONE)
+            return
+        schedule(r)
+
+    def fail(r: _Replica, t: float) -> None:
+        advance(r, t)
+        release(r, t, _DEAD)
+        r.version += 1
+        retry: list[int] = []
+        for _, i in r.running:
+            if ttft[i] > t and not retried[i]:
+                retry.append(i)
+                ttft[i] = math.nan
+            else:
+                lose(i, _FAIL, r)
+        for i in r.waiting:
+            if not retried[i]:
+                retry.append(i)
+            else:
+                lose(i, _FAIL, r)
+        r.running = []
+        r.waiting.clear()
+        r.b = 0
+        r.kv_used = 0
+        rebuild_routable()
+        retry.sort(key=lambda i: arr_l[i])
+        for i in retry:
+            retried[i] = 1
+            route(i, t)
+        push(t + cfg.detect_s, _EV_RECONCILE, 0)
+
+    def live_count() -> int:
+        return sum(1 for r in replicas if r.state in (_STARTING, _READY))
+
+    def reconcile(t: float, drain_first: tuple[int, ...] = ()) -> None:
+        target = state["target"]
+        live = [r for r in replicas if r.state in (_STARTING, _READY)]
+        k = len(live)
+        changed = False
+        if k < target:
+            for _ in range(target - k):
+                place(t, t + p.cold_start_s)
+            changed = True
+        elif k > target:
+            excess = k - target
+            starting = sorted((r for r in live if r.state == _STARTING), key=lambda r: -r.created)
+            for r in starting[:excess]:
+                release(r, t, _GONE)
+                r.version += 1
+                excess -= 1
+            if excess > 0:
+                ready = [r for r in live if r.state == _READY]
+                pri = {rid: j for j, rid in enumerate(drain_first)}
+                ready.sort(key=lambda r: (pri.get(r.rid, len(pri)), len(r.waiting) + r.b, -r.rid))
+                for r in ready[:excess]:
+                    advance(r, t)
+                    r.state = _DRAINING
+                    if not r.b and not r.waiting:
+                        release(r, t, _GONE)
+            changed = True
+        if changed:
+            rebuild_routable()
+
+    def apply(t: float, act: Action) -> None:
+        if act.weights:
+            for rid, w in act.weights.items():
+                if 0 <= rid < len(replicas):
+                    replicas[rid].weight = max(1, int(w))
+            rebuild_routable()
+        if act.target_replicas is not None:
+            new = max(1, min(int(act.target_replicas), cfg.max_replicas))
+            old = state["target"]
+            if new != old:
+                actions.append((t, old, new))
+                state["target"] = new
+            reconcile(t, act.drain_first)
+
+    # --- initial fleet, warm
+    init = max(1, min(int(controller.initial_replicas(info)), cfg.max_replicas))
+    state["target"] = init
+    for _ in range(init):
+        place(0.0, 0.0)
+    rebuild_routable()
+
+    if cfg.failure_at is not None:
+        push(float(cfg.failure_at), _EV_FAIL, 0)
+
+    # --- time series buffers
+    n_samples = int(round(end_t / cfg.sample_s))
+    ts_t = np.zeros(n_samples)
+    ts_ready = np.zeros(n_samples, dtype=np.int64)
+    ts_prov = np.zeros(n_samples, dtype=np.int64)
+    ts_target = np.zeros(n_samples, dtype=np.int64)
+    ts_util = np.zeros(n_samples)
+    ts_power = np.zeros(n_samples)
+    ts_amax = np.zeros(n_samples)
+    ts_amean = np.zeros(n_samples)
+    k_sample = 0
+    next_sample = cfg.sample_s
+    tick_s = max(float(controller.tick_s), cfg.sample_s)
+    next_tick = tick_s
+    last_tick = 0.0
+    comp_ptr = 0
+    lost_ptr = 0
+    arr_ptr_tick = 0
+    floor = p.util_decode_floor
+    pre_failure_ready = 0
+    failure_time: float | None = None
+
+    def sample(t: float) -> None:
+        nonlocal k_sample, gpu_seconds, energy_j
+        dt = cfg.sample_s
+        nready = 0
+        prov = 0
+        usum = 0.0
+        power = 0.0
+        amax = 0
+        asum = 0
+        e0 = energy_j
+        for r in replicas:
+            st = r.state
+            if st == _GONE or st == _DEAD:
+                if r.stopped > t - dt:
+                    # billed for the part of the interval it was alive
+                    alive = r.stopped - max(r.created, t - dt)
+                    if alive > 0:
+                        gpu_seconds += alive * p.gpus
+                        energy_j += alive * cm.power_w(p, 0.0)
+                continue
+            prov += 1
+            alive = t - max(r.created, t - dt)
+            gpu_seconds += alive * p.gpus
+            if st == _STARTING:
+                energy_j += alive * cm.power_w(p, 0.0)
+                continue
+            advance(r, t)
+            busy = r.acc_pf + r.acc_dt
+            if busy > 0:
+                mb = r.acc_bt / r.acc_dt if r.acc_dt > 0 else 0.0
+                u = cm.gpu_utilization(p, mb, r.acc_pf / busy) * min(busy / dt, 1.0)
+            else:
+                u = 0.0
+            r.acc_pf = r.acc_bt = r.acc_dt = 0.0
+            r.util_sum += u
+            r.util_n += 1
+            energy_j += dt * cm.power_w(p, u)
+            if st == _READY:
+                nready += 1
+                usum += u
+                a = len(r.waiting) + r.b
+                asum += a
+                if a > amax:
+                    amax = a
+        ts_t[k_sample] = t
+        ts_ready[k_sample] = nready
+        ts_prov[k_sample] = prov
+        ts_target[k_sample] = state["target"]
+        ts_util[k_sample] = usum / nready if nready else 0.0
+        ts_power[k_sample] = (energy_j - e0) / dt
+        ts_amax[k_sample] = amax
+        ts_amean[k_sample] = asum / nready if nready else 0.0
+        k_sample += 1
+
+    def observe(t: float) -> FleetObservation:
+        nonlocal comp_ptr, lost_ptr, arr_ptr_tick, last_tick
+        window = t - last_tick
+        j = int(np.searchsorted(arr, t, side="right"))
+        na = j - arr_ptr_tick
+        off = (work_cum[j] - work_cum[arr_ptr_tick]) / window if window > 0 else 0.0
+        mi = (in_cum[j] - in_cum[arr_ptr_tick]) / na if na else 0.0
+        mo = (out_cum[j] - out_cum[arr_ptr_tick]) / na if na else 0.0
+        arr_ptr_tick = j
+        done = completions[comp_ptr:]
+        comp_ptr = len(completions)
+        lat = [fin[i] - arr_l[i] for i in done]
+        tt = [ttft[i] - arr_l[i] for i in done]
+        nlost = len(lost_log) - lost_ptr
+        lost_ptr = len(lost_log)
+        eps = []
+        for r in replicas:
+            if r.state not in (_STARTING, _READY, _DRAINING):
+                continue
+            gu = r.util_sum / r.util_n if r.util_n else 0.0
+            eps.append(
+                EndpointObservation(
+                    rid=r.rid,
+                    address=f"10.{r.node // 250}.{r.node % 250}.{(r.rid % 250) + 2}:8000",
+                    node=f"node-{r.node}",
+                    zone=r.zone,
+                    state=_STATE_NAMES[r.state],
+                    age_s=t - r.ready_at,
+                    weight=r.weight,
+                    running=r.b,
+                    waiting=len(r.waiting),
+                    kv_util=r.kv_used / kvcap,
+                    gpu_util=gu,
+                    routed=r.routed,
+                    ttft_p99_s=_p99(r.ttfts),
+                    lost=r.lost,
+                )
+            )
+            r.util_sum = 0.0
+            r.util_n = 0
+            r.routed = 0
+            r.lost = 0
+            r.ttfts = []
+        last_tick = t
+        return FleetObservation(
+            now=t,
+            window_s=window,
+            endpoints=tuple(eps),
+            arrival_rps=na / window if window > 0 else 0.0,
+            offered_load=float(off),
+            mean_input_tokens=float(mi),
+            mean_output_tokens=float(mo),
+            ttft_p99_s=_p99(tt),
+            latency_p99_s=_p99(lat),
+            lost=nlost,
+            target_replicas=state["target"],
+        )
+
+    # --- main loop
+    i = 0
+    inf = math.inf
+    while True:
+        ta = arr_l[i] if i < n else inf
+        th = heap[0][0] if heap else inf
+        if next_sample <= end_t + 1e-9 and next_sample <= ta and next_sample <= th:
+            t = next_sample
+            sample(t)
+            if t >= next_tick - 1e-9:
+                act = controller.step(observe(t))
+                apply(t, act)
+                next_tick += tick_s
+            next_sample = round((k_sample + 1) * cfg.sample_s, 9)
+            continue
+        if ta == inf and th == inf:
+            break
+        if th <= ta:
+            t, _, kind, a, b = heapq.heappop(heap)
+            if kind == _EV_DONE:
+                r = replicas[a]
+                if r.version == b and r.state in (_READY, _DRAINING):
+                    complete(r, t)
+            elif kind == _EV_READY:
+                r = replicas[a]
+                if r.state == _STARTING:
+                    r.state = _READY
+                    r.last_t = t
+                    r.stall_until = t
+                    rebuild_routable()
+            elif kind == _EV_FAIL:
+                cands = [r for r in replicas if r.state == _READY]
+                if cands:
+                    failure_time = t
+                    pre_failure_ready = len(cands)
+                    victim = cands[int(rng.integers(len(cands)))]
+                    if cfg.failure_scope == "node":
+                        for r in [x for x in replicas if x.node == victim.node and x.state in (_STARTING, _READY, _DRAINING)]:
+                            fail(r, t)
+                    else:
+                        fail(victim, t)
+            elif kind == _EV_RECONCILE:
+                reconcile(t)
+            continue
+        t = ta
+        route(i, t)
+        i += 1
+
+    res = SimResult(
+        policy=controller.name,
+        trace=trace.name,
+        lb=lb,
+        target_util=float(controller.target_util),
+        profile=p,
+        arrival=arr,
+        input_tokens=inp,
+        output_tokens=out,
+        work=work,
+        ttft=np.array(ttft),
+        finish=np.array(fin),
+        status=np.array(status, dtype=np.int8),
+        replica=np.array(served, dtype=np.int64),
+        ts_t=ts_t[:k_sample],
+        ts_ready=ts_ready[:k_sample],
+        ts_provisioned=ts_prov[:k_sample],
+        ts_target=ts_target[:k_sample],
+        ts_util=ts_util[:k_sample],
+        ts_power_w=ts_power[:k_sample],
+        ts_active_max=ts_amax[:k_sample],
+        ts_active_mean=ts_amean[:k_sample],
+        actions=actions,
+        failure_at=failure_time,
+        pre_failure_ready=pre_failure_ready,
+        gpu_seconds=gpu_seconds,
+        energy_j=energy_j,
+        sample_s=cfg.sample_s,
+        end_t=end_t,
+    )
+    return res

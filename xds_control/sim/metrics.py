@@ -1,0 +1,242 @@
+"""The evaluation metrics, computed from one :class:`~xds_control.sim.engine.SimResult`.
+
+Every key of the ``--json`` output is defined here (EVALUATION.md repeats these definitions):
+
+``trigger_delay_s_mean`` / ``trigger_delay_s_max``
+    Per *surge episode*: seconds from the moment the offered load first exceeds the ready capacity
+    × the policy's ``target_util`` until the policy's first scale-up action. Offered load at a
+    sample is the cost-model work (:func:`xds_control.costmodel.request_work_s`) of the requests
+    that arrived in the preceding ``LOAD_WINDOW_S`` seconds, per second, in replica-equivalents.
+    An episode is a run of samples above that line; runs closer than ``LOAD_WINDOW_S`` are merged
+    and episodes shorter than ``MIN_EPISODE_S`` are ignored. A scale-up made up to one cold start
+    *before* the episode began counts as delay 0 (the capacity was already on its way). An episode
+    with no scale-up before it ends counts its whole length (censored; see
+    ``untriggered_episodes``). ``null`` when there was no episode, or the policy never scales up.
+``latency_p50_ms`` / ``latency_p99_ms``
+    End-to-end latency (arrival → last token) over served requests; requests that timed out count
+    as the timeout (the client waited that long). Rejected and failed requests are excluded (they
+    are task loss).
+``latency_peak_ms``
+    The highest p99 latency of any ``LOAD_WINDOW_S`` window of arrivals.
+``ttft_p99_ms``
+    p99 time to first token over the same requests as the latency (timeouts count as the timeout).
+``gpu_util_mean``
+    Mean cost-model GPU utilisation of the ready replicas, averaged over replica-time.
+``overload_time_frac``
+    Fraction of ``LOAD_WINDOW_S`` windows of the run in which some arriving request was lost or
+    their p99 TTFT exceeded the TTFT SLO (``ttft_slo_ms``).
+``hotspot_ratio_p99``
+    At each sample, the busiest ready replica's active requests (running + waiting) over the
+    mean across ready replicas, for samples where that mean is at least 1; the p99 over time.
+    1.0 is perfect balance.
+``recovery_s``
+    After ``--failure-at``: seconds from the failure until the first sample at which the fleet has
+    at least as many ready replicas as just before the failure (or as its current target, if the
+    policy has since lowered it) *and* the requests arriving in the
+    preceding ``LOAD_WINDOW_S`` had p99 TTFT within the SLO and no loss. ``null`` without failure;
+    if never recovered, the time to the end of the run (``recovered`` is then false).
+``task_loss_rate``
+    Lost requests / all requests. Lost = rejected (queue full, no ready replica, cannot fit the KV
+    cache), timed out, or failed while streaming on a replica that died.
+``gpu_hours``
+    GPU time of every replica from the moment it was started (cold start included) until it was
+    gone (draining included), in hours.
+``scaling_actions_per_min_max``
+    Most changes of the replica target inside any 60 s window.
+``replicas_max``
+    Most replicas provisioned (starting + ready + draining) at any sample.
+
+Extra keys: ``requests``, ``tasks_lost``, ``surge_episodes``, ``untriggered_episodes``,
+``energy_kwh`` (cost-model power integrated over the run), ``ttft_slo_ms``, ``recovered``,
+``lb``, ``target_util``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from xds_control import costmodel as cm
+from xds_control.sim.engine import STATUS, SimResult
+
+__all__ = ["LOAD_WINDOW_S", "MIN_EPISODE_S", "ttft_slo_s", "compute_metrics", "offered_load_series", "windowed_p99"]
+
+LOAD_WINDOW_S = 10.0
+MIN_EPISODE_S = 10.0
+
+_OK = STATUS["ok"]
+_TMO = STATUS["timeout"]
+
+
+def ttft_slo_s(res: SimResult) -> float:
+    """The TTFT SLO used by ``overload_time_frac`` and ``recovery_s``.
+
+    ``max(1 s, 2 × the median request's prefill time)``: long-prompt traces get a proportionally
+    looser SLO. The same for every policy of a run.
+    """
+    if len(res.input_tokens) == 0:
+        return 1.0
+    med = float(np.median(res.input_tokens))
+    return max(1.0, 2.0 * float(cm.prefill_time_s(res.profile, med)))
+
+
+def offered_load_series(res: SimResult, window_s: float = LOAD_WINDOW_S) -> np.ndarray:
+    """Offered load (replica-equivalents) at each sample time, over the preceding ``window_s``."""
+    cum = np.concatenate(([0.0], np.cumsum(res.work)))
+    hi = np.searchsorted(res.arrival, res.ts_t, side="right")
+    lo = np.searchsorted(res.arrival, res.ts_t - window_s, side="right")
+    return (cum[hi] - cum[lo]) / window_s
+
+
+def windowed_p99(keys: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Nearest-rank p99 of ``values`` grouped by integer ``keys`` in [0, n_bins); NaN for empty bins."""
+    outp = np.full(n_bins, np.nan)
+    if len(values) == 0:
+        return outp
+    order = np.lexsort((values, keys))
+    k = keys[order]
+    v = values[order]
+    counts = np.bincount(k, minlength=n_bins)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    nz = counts > 0
+    idx = starts[nz] + np.maximum(np.ceil(0.99 * counts[nz]).astype(np.int64) - 1, 0)
+    outp[nz] = v[idx]
+    return outp
+
+
+def _pct(x: np.ndarray, q: float) -> float | None:
+    if len(x) == 0:
+        return None
+    return float(np.percentile(x, q))
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000.0, 3)
+
+
+def _surge_episodes(res: SimResult, load: np.ndarray) -> list[tuple[float, float]]:
+    cap = res.ts_ready * res.target_util
+    over = load > cap + 1e-12
+    eps: list[list[float]] = []
+    dt = res.sample_s
+    for t, o in zip(res.ts_t.tolist(), over.tolist()):
+        if not o:
+            continue
+        if eps and t - eps[-1][1] <= LOAD_WINDOW_S + 1e-9:
+            eps[-1][1] = t
+        else:
+            eps.append([t, t])
+    return [(s - dt, e) for s, e in eps if e - (s - dt) >= MIN_EPISODE_S - 1e-9]
+
+
+def compute_metrics(res: SimResult) -> dict[str, Any]:
+    """All metrics of one run as a JSON-ready dict (see the module docstring)."""
+    p = res.profile
+    timeout = p.request_timeout_s
+    n = len(res.arrival)
+    st = res.status
+    slo = ttft_slo_s(res)
+
+    served = (st == _OK) | (st == _TMO)
+    lat = np.where(st == _TMO, timeout, res.finish - res.arrival)[served]
+    ttft_all = res.ttft - res.arrival
+    ttft = np.where((st == _TMO) | np.isnan(ttft_all), timeout, ttft_all)[served]
+    ttft = np.minimum(ttft, timeout)
+
+    # windowed latency / ttft by arrival window
+    n_win = max(1, int(math.ceil(res.end_t / LOAD_WINDOW_S)))
+    win = np.minimum((res.arrival // LOAD_WINDOW_S).astype(np.int64), n_win - 1)
+    lat_w = windowed_p99(win[served], lat, n_win)
+    ttft_w = windowed_p99(win[served], ttft, n_win)
+    lost = (st != _OK) & (st != STATUS["pending"])
+    lost_w = np.bincount(win[lost], minlength=n_win) > 0
+    overload = lost_w | (np.nan_to_num(ttft_w, nan=0.0) > slo)
+
+    # trigger delay
+    load = offered_load_series(res)
+    episodes = _surge_episodes(res, load)
+    ups = [t for t, old, new in res.actions if new > old]
+    delays: list[float] = []
+    untriggered = 0
+    for s, e in episodes:
+        pre = [u for u in ups if s - p.cold_start_s <= u <= s]
+        if pre:
+            delays.append(0.0)
+            continue
+        after = [u for u in ups if s <= u <= e]
+        if after:
+            delays.append(after[0] - s)
+        else:
+            delays.append(e - s)
+            untriggered += 1
+    if not delays or not ups:
+        td_mean = td_max = None
+    else:
+        td_mean = round(float(np.mean(delays)), 3)
+        td_max = round(float(np.max(delays)), 3)
+
+    # hotspot
+    m = res.ts_active_mean >= 1.0
+    hot = res.ts_active_max[m] / res.ts_active_mean[m]
+    hotspot = round(float(np.percentile(hot, 99)), 3) if len(hot) else 1.0
+
+    # recovery
+    recovery: float | None = None
+    recovered: bool | None = None
+    if res.failure_at is not None:
+        recovered = False
+        f = res.failure_at
+        k0 = int(np.searchsorted(res.ts_t, f, side="left"))
+        for k in range(k0, len(res.ts_t)):
+            t = res.ts_t[k]
+            if res.ts_ready[k] < min(res.pre_failure_ready, res.ts_target[k]):
+                continue
+            lo = int(np.searchsorted(res.arrival, t - LOAD_WINDOW_S, side="right"))
+            hi = int(np.searchsorted(res.arrival, t, side="right"))
+            seg_st = st[lo:hi]
+            if np.any((seg_st != _OK) & (seg_st != STATUS["pending"])):
+                continue
+            seg_ttft = ttft_all[lo:hi]
+            if len(seg_ttft) and float(np.percentile(seg_ttft, 99)) > slo:
+                continue
+            recovery = float(t - f)
+            recovered = True
+            break
+        if recovery is None:
+            recovery = float(res.end_t - f)
+        recovery = round(recovery, 3)
+
+    # scaling actions per minute
+    at = np.array([a[0] for a in res.actions])
+    apm = int(np.max(np.searchsorted(at, at + 60.0, side="left") - np.arange(len(at)))) if len(at) else 0
+
+    nlost = int(np.count_nonzero(lost))
+    util_w = float(np.sum(res.ts_ready))
+    return {
+        "trigger_delay_s_mean": td_mean,
+        "trigger_delay_s_max": td_max,
+        "latency_p50_ms": _ms(_pct(lat, 50)),
+        "latency_p99_ms": _ms(_pct(lat, 99)),
+        "latency_peak_ms": _ms(float(np.nanmax(lat_w)) if np.any(~np.isnan(lat_w)) else None),
+        "ttft_p99_ms": _ms(_pct(ttft, 99)),
+        "gpu_util_mean": round(float(np.sum(res.ts_util * res.ts_ready)) / util_w, 4) if util_w else 0.0,
+        "overload_time_frac": round(float(np.mean(overload)), 4),
+        "hotspot_ratio_p99": hotspot,
+        "recovery_s": recovery,
+        "task_loss_rate": round(nlost / n, 6) if n else 0.0,
+        "gpu_hours": round(res.gpu_seconds / 3600.0, 4),
+        "scaling_actions_per_min_max": apm,
+        "replicas_max": int(res.ts_provisioned.max()) if len(res.ts_provisioned) else 0,
+        # extras
+        "requests": int(n),
+        "tasks_lost": nlost,
+        "surge_episodes": len(episodes),
+        "untriggered_episodes": untriggered,
+        "energy_kwh": round(res.energy_j / 3.6e6, 4),
+        "ttft_slo_ms": _ms(slo),
+        "recovered": recovered,
+        "lb": res.lb,
+        "target_util": res.target_util,
+    }
