@@ -1,0 +1,239 @@
+"""Lifecycle of a running control plane: one place that starts and stops everything.
+
+``ControlPlane`` owns the gRPC server (ADS + health), the metrics/debug HTTP
+endpoint, the publisher's debounce loop and the config-file watcher. Every
+long-lived task is named and guarded: if one dies unexpectedly, the failure is
+logged and the whole control plane stops (a half-running control plane that
+silently stopped watching its config would be worse than none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xds_control.config import Config, parse_text, to_traffic_plan
+from xds_control.core.errors import ConfigError, InconsistentSnapshot
+from xds_control.xds.cache import SnapshotCache
+from xds_control.xds.metrics import XdsMetrics
+from xds_control.xds.publisher import Publisher
+from xds_control.xds.server import SERVICE, AdsServer
+from xds_control.xds.status import SyncTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ports:
+    xds: int = 0
+    metrics: int | None = None
+
+
+@dataclass
+class ControlPlane:
+    """A control plane serving ``config``. Ports 0 mean "pick a free one"; read them after start()."""
+
+    config: Config
+    config_path: Path | None = None
+    host: str = "127.0.0.1"
+    xds_port: int = 0
+    metrics_port: int | None = 0
+    watch_interval_s: float = 0.25
+    ports: Ports = field(default_factory=Ports)
+
+    def __post_init__(self) -> None:
+        x = self.config.xds
+        self.metrics = XdsMetrics()
+        self.tracker = SyncTracker()
+        self.cache = SnapshotCache()
+        self.publisher = Publisher(
+            self.cache, self.tracker, self.metrics,
+            debounce_s=x.debounce_ms / 1000, max_delay_s=x.max_delay_ms / 1000,
+            removal_timeout_s=x.removal_timeout_s, rollback_on_nack=x.rollback_on_nack,
+        )
+        self.ads = AdsServer(self.cache, self.tracker, self.metrics, ack_timeout_s=x.ack_timeout_s,
+                             max_concurrent_pushes=x.max_concurrent_pushes)
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._config_digest = b""
+        self.failure: BaseException | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        # The first snapshot exists before any proxy can connect: never serve an empty config first.
+        self.publisher.publish_now(to_traffic_plan(self.config), reason="initial config")
+        if self.config_path is not None:
+            self._config_digest = hashlib.sha256(self.config_path.read_bytes()).digest()
+        server = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ])
+        self.ads.add_to_server(server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(f"{self.host}:{self.xds_port}")
+        if port == 0:
+            raise OSError(f"cannot bind the xDS port {self.host}:{self.xds_port}")
+        self.ports.xds = port
+        await server.start()
+        self._grpc = server
+        await self._set_health(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics_port is not None:
+            await self._start_http()
+        self._spawn("xds-publisher", self.publisher.run)
+        if self.config_path is not None:
+            self._spawn("config-watcher", self._watch_config)
+        log.info("xDS (ADS, SotW and Delta) on %s:%d%s", self.host, self.ports.xds,
+                 f", metrics on http://{self.host}:{self.ports.metrics}/metrics" if self.ports.metrics else "")
+
+    async def _set_health(self, service: str, status: int) -> None:
+        r = self.health.set(service, status)
+        if asyncio.iscoroutine(r):
+            await r
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except BaseException:  # noqa: BLE001 - cancelled or already reported
+                pass
+        self._tasks.clear()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        async def guarded() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                log.exception("task %s failed; stopping the control plane", name)
+                self.failure = e
+                asyncio.get_running_loop().create_task(self.stop(), name="stop-after-failure")
+
+        self._tasks.append(asyncio.get_running_loop().create_task(guarded(), name=name))
+
+    # -- config file ----------------------------------------------------------------------------
+    async def _watch_config(self) -> None:
+        assert self.config_path is not None
+        while True:
+            await asyncio.sleep(self.watch_interval_s)
+            try:
+                data = self.config_path.read_bytes()
+            except OSError as e:
+                log.warning("cannot read %s (%s); keeping the last good config", self.config_path, e.strerror)
+                continue
+            digest = hashlib.sha256(data).digest()
+            if digest == self._config_digest:
+                continue
+            self._config_digest = digest
+            self.reload_text(data.decode(errors="replace"), str(self.config_path))
+
+    def reload_text(self, text: str, source: str = "<config>") -> bool:
+        """Validate and apply a new config text. Returns False (and keeps the old one) if invalid."""
+        try:
+            cfg = parse_text(text, source)
+        except ConfigError as e:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config change rejected, the last good config stays in force:\n%s", e)
+            return False
+        plan = to_traffic_plan(cfg)
+        if any(plan == bad for bad in self.publisher.bad_plans):
+            self.metrics.config_reloads.labels("known_bad").inc()
+            log.error("config change rejected: proxies rejected this exact configuration before")
+            return False
+        self.config = cfg
+        self.metrics.config_reloads.labels("ok").inc()
+        self.publisher.submit(plan, reason=f"config reload from {source}")
+        return True
+
+    # -- HTTP: /metrics and debug views ----------------------------------------------------------
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/debug/syncz", self._syncz_view)
+        app.router.add_get("/debug/snapshot", self._snapshot_view)
+        app.router.add_get("/healthz", lambda _r: web.Response(text="ok\n"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.metrics_port or 0)
+        await site.start()
+        self._http = runner
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        self.ports.metrics = sock.getsockname()[1]
+
+    async def _metrics_view(self, _req: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _syncz_view(self, _req: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _snapshot_view(self, _req: web.Request) -> web.Response:
+        snap = self.cache.snapshot
+        body = {
+            "version": snap.version if snap else None,
+            "reason": snap.reason if snap else None,
+            "types": {k: v for k, v in (snap.summary() if snap else {}).items()},
+            "resources": {
+                t.rsplit(".", 1)[-1]: {n: r.version for n, r in snap.of(t).items()} for t in snap.resources
+            } if snap else {},
+        }
+        return web.Response(text=json.dumps(body, indent=2), content_type="application/json")
+
+    def status(self) -> dict[str, object]:
+        snap = self.cache.snapshot
+        return {
+            "version": snap.version if snap else None,
+            "last_good_version": self.publisher.last_good.version if self.publisher.last_good else None,
+            "proxies": self.tracker.syncz(),
+            "rejections": [r.__dict__ for r in self.publisher.rejections],
+            "last_error": self.publisher.last_error,
+        }
+
+
+async def serve_forever(cp: ControlPlane) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await cp.start()
+    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics}), flush=True)
+    done = asyncio.create_task(cp.wait_stopped(), name="wait-stopped")
+    stopper = asyncio.create_task(stop.wait(), name="wait-signal")
+    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await cp.stop()
+    for t in (done, stopper):
+        t.cancel()
+    return 1 if cp.failure is not None else 0
+
+
+__all__ = ["ControlPlane", "InconsistentSnapshot", "serve_forever"]

@@ -1,0 +1,75 @@
+"""Envoy bootstrap rendering (pure): an Envoy 1.40 that runs this connects to xds-control over ADS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def render_bootstrap(
+    node_id: str,
+    xds_host: str,
+    xds_port: int,
+    *,
+    delta: bool = False,
+    admin_port: int = 9901,
+    admin_address: str = "127.0.0.1",
+    cluster: str = "xds-control",
+) -> dict[str, Any]:
+    """The bootstrap as a dict. ``admin_port`` 0 lets Envoy pick (read it with --admin-address-path)."""
+    api_type = "DELTA_GRPC" if delta else "GRPC"
+    return {
+        "node": {"id": node_id, "cluster": cluster},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_control"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds_control",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    # ADS streams carry large responses; keep the connection alive.
+                                    "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                                }
+                            },
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds_control",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {"address": xds_host, "port_value": xds_port}
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+    }
+
+
+def render_bootstrap_yaml(*args: Any, **kwargs: Any) -> str:
+    return yaml.safe_dump(render_bootstrap(*args, **kwargs), sort_keys=False)

@@ -1,0 +1,416 @@
+"""Aggregated Discovery Service over grpc.aio: State-of-the-World and Delta.
+
+The server depends only on :class:`~xds_control.xds.cache.SnapshotCache` (what to
+serve), :class:`~xds_control.xds.status.SyncTracker` (where each proxy is) and
+:class:`~xds_control.xds.metrics.XdsMetrics`. It follows Envoy's xds_protocol
+document:
+
+* every response carries a fresh nonce; an ACK/NACK is a request echoing it, a
+  NACK is one with ``error_detail``;
+* SotW: a request with a stale nonce (not the last one sent for its type) is
+  ignored; a response is sent only when what the proxy subscribed to differs from
+  what it was last sent (so a NACKed version is never re-sent in a loop); CDS and
+  LDS carry the full state; the first request of a type with no names is a legacy
+  wildcard, which ends when a later request names resources without ``*``;
+* Delta: subscription changes are honoured whatever the nonce; the first request's
+  ``initial_resource_versions`` say what the proxy already has (nothing it already
+  holds is re-sent); deleted resources go out in ``removed_resources``;
+* names requested before they exist are remembered and sent when they appear;
+* make-before-break ordering per stream: CDS -> EDS -> LDS -> RDS. LDS waits for
+  the ACK of CDS and EDS, RDS for LDS (at most ``ack_timeout_s`` each). In SotW,
+  EDS waits for the CDS ACK and is re-sent after any CDS change; in Delta, the
+  assignments of changed clusters are re-sent right after CDS (Envoy otherwise
+  keeps them warming until its 15 s initial_fetch_timeout);
+* one response per type in flight per stream: a slow proxy is sent only the
+  latest state when it catches up (pending pushes merge);
+* at most ``max_concurrent_pushes`` responses are written at once, server-wide.
+
+Responses are concatenations of bytes serialized once per resource version
+(see :mod:`xds_control.snapshot.wire`); SotW bodies are also shared between
+streams that subscribe to the same names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from xds_control.snapshot import Resource, Snapshot
+from xds_control.snapshot import types as T
+from xds_control.snapshot.wire import field_bytes, field_str
+from xds_control.xds.cache import SnapshotCache
+from xds_control.xds.metrics import XdsMetrics
+from xds_control.xds.status import ProxyStatus, SyncTracker
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+# Which earlier types must be ACKed before a type is sent (make-before-break).
+_GATES_SOTW = {T.CLUSTER: (), T.ENDPOINT: (T.CLUSTER,), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
+               T.ROUTE: (T.CLUSTER, T.ENDPOINT, T.LISTENER)}
+_GATES_DELTA = {T.CLUSTER: (), T.ENDPOINT: (), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
+                T.ROUTE: (T.CLUSTER, T.ENDPOINT, T.LISTENER)}
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class _Sub:
+    """Per-stream, per-type protocol state (both variants)."""
+
+    __slots__ = ("type_url", "requested", "legacy_wildcard", "explicit_wildcard", "names", "sent_key",
+                 "inflight_nonce", "inflight_since", "last_nonce", "force", "known", "must_resend",
+                 "first_pending")
+
+    def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
+        self.requested = False
+        self.legacy_wildcard = False
+        self.explicit_wildcard = False
+        self.names: set[str] = set()
+        #: SotW: content key of the last response sent (what the proxy was told).
+        self.sent_key: tuple[tuple[str, str], ...] | None = None
+        self.inflight_nonce: str | None = None
+        self.inflight_since = 0.0
+        #: The nonce of the last response sent for this type ("" before any).
+        self.last_nonce = ""
+        #: SotW: send even if unchanged (EDS after a CDS change).
+        self.force = False
+        #: Delta: name -> version the proxy holds (or was last sent).
+        self.known: dict[str, str] = {}
+        #: Delta: names to re-send although their version did not change.
+        self.must_resend: set[str] = set()
+        #: Delta: the first request gets a response even when nothing differs.
+        self.first_pending = False
+
+    @property
+    def wildcard(self) -> bool:
+        return self.legacy_wildcard or self.explicit_wildcard
+
+    def wanted(self, snap: Snapshot) -> list[Resource]:
+        res = snap.of(self.type_url)
+        if self.wildcard:
+            return [res[n] for n in sorted(res)]
+        return [res[n] for n in sorted(self.names) if n in res]
+
+
+class _Stream:
+    """State shared by the reader and writer of one ADS stream."""
+
+    def __init__(self, server: "AdsServer", protocol: str, peer: str) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.peer = peer
+        self.subs: dict[str, _Sub] = {t: _Sub(t) for t in T.ORDER}
+        self.proxy: ProxyStatus | None = None
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.nonce = 0
+        self.error: BaseException | None = None
+
+    def next_nonce(self) -> str:
+        self.nonce += 1
+        return str(self.nonce)
+
+    def on_snapshot(self, _snap: Snapshot) -> None:
+        self.wake.set()
+
+
+class AdsServer:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        tracker: SyncTracker,
+        metrics: XdsMetrics | None = None,
+        *,
+        ack_timeout_s: float = 5.0,
+        max_concurrent_pushes: int = 100,
+    ) -> None:
+        self.cache = cache
+        self.tracker = tracker
+        self.metrics = metrics or XdsMetrics()
+        self.ack_timeout_s = ack_timeout_s
+        self._push_slots = asyncio.Semaphore(max_concurrent_pushes)
+        self._bodies: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._streams: set[_Stream] = set()
+
+    # -- registration -------------------------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._sotw,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self._delta,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+            },
+        )
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((self.handler(),))
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # -- shared machinery ---------------------------------------------------------------------
+    async def _serve(self, protocol: str, request_iterator: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        st = _Stream(self, protocol, context.peer() or "")
+        self._streams.add(st)
+        unsubscribe = self.cache.subscribe(st.on_snapshot)
+        self.metrics.connected.labels(protocol).inc()
+        handle = self._handle_sotw if protocol == "sotw" else self._handle_delta
+        reader = asyncio.create_task(self._read(st, request_iterator, handle), name=f"xds-{protocol}-reader")
+        try:
+            while True:
+                if st.closed:
+                    if st.error is not None and not isinstance(st.error, asyncio.CancelledError):
+                        log.debug("stream %s ended: %r", st.peer, st.error)
+                    return
+                out = self._next_response(st)
+                if out is not None:
+                    async with self._push_slots:
+                        yield out
+                    continue
+                st.wake.clear()
+                await self._wait(st)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            unsubscribe()
+            self._streams.discard(st)
+            self.metrics.connected.labels(protocol).dec()
+            if st.proxy is not None:
+                self.tracker.disconnect(st.proxy)
+
+    async def _wait(self, st: _Stream) -> None:
+        timeout = None
+        now = asyncio.get_running_loop().time()
+        for sub in st.subs.values():
+            if sub.inflight_nonce is not None:
+                left = sub.inflight_since + self.ack_timeout_s - now
+                timeout = left if timeout is None else min(timeout, left)
+        if timeout is not None and timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(st.wake.wait(), timeout)
+
+    async def _read(self, st: _Stream, requests: AsyncIterator[Any], handle: Any) -> None:
+        try:
+            async for req in requests:
+                handle(st, req)
+                st.wake.set()
+        except BaseException as e:  # noqa: BLE001 - recorded, the writer ends the stream
+            st.error = e
+        finally:
+            st.closed = True
+            st.wake.set()
+
+    def _connect(self, st: _Stream, node: Any) -> None:
+        if st.proxy is None:
+            st.proxy = self.tracker.connect(node.id or "(unknown)", node.cluster, st.protocol, st.peer)
+
+    def _gated(self, st: _Stream, type_url: str, now: float) -> bool:
+        gates = _GATES_SOTW if st.protocol == "sotw" else _GATES_DELTA
+        for g in gates[type_url]:
+            sub = st.subs[g]
+            if sub.inflight_nonce is not None and now - sub.inflight_since < self.ack_timeout_s:
+                return True
+        return False
+
+    def _next_response(self, st: _Stream) -> bytes | None:
+        snap = self.cache.snapshot
+        if snap is None or st.proxy is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        build = self._build_sotw if st.protocol == "sotw" else self._build_delta
+        for t in T.ORDER:
+            sub = st.subs[t]
+            if not sub.requested:
+                continue
+            if sub.inflight_nonce is not None and now - sub.inflight_since < self.ack_timeout_s:
+                continue  # one response of a type in flight; the next one merges pending changes
+            if self._gated(st, t, now):
+                continue
+            out = build(st, sub, snap, now)
+            if out is not None:
+                return out
+        return None
+
+    def _sent(self, st: _Stream, sub: _Sub, snap: Snapshot, nonce: str, now: float, nbytes: int) -> None:
+        sub.inflight_nonce = nonce
+        sub.last_nonce = nonce
+        sub.inflight_since = now
+        assert st.proxy is not None
+        self.tracker.sent(st.proxy, sub.type_url, snap.version, nonce)
+        short = T.SHORT[sub.type_url]
+        self.metrics.pushes.labels(short).inc()
+        self.metrics.push_bytes.labels(short).inc(nbytes)
+
+    def _ack_or_nack(self, st: _Stream, sub: _Sub, error: Any | None) -> None:
+        assert st.proxy is not None
+        sub.inflight_nonce = None
+        short = T.SHORT[sub.type_url]
+        if error is not None:
+            msg = error.message or f"code {error.code}"
+            self.metrics.rejects.labels(short).inc()
+            log.warning("NACK from %s for %s version %s: %s", st.proxy.node_id, short,
+                        self.tracker.type_status(st.proxy, sub.type_url).sent_version, msg)
+            self.tracker.nacked(st.proxy, sub.type_url, msg)
+        else:
+            self.metrics.acks.labels(short).inc()
+            self.tracker.acked(st.proxy, sub.type_url)
+            self._observe_convergence(st.proxy)
+
+    def _observe_convergence(self, proxy: ProxyStatus) -> None:
+        snap = self.cache.snapshot
+        if snap is None:
+            return
+        if all(ts.acked_version == snap.version for ts in proxy.types.values()):
+            at = self.cache.set_at.get(snap.version)
+            if at is not None and getattr(proxy, "_converged_version", None) != snap.version:
+                proxy._converged_version = snap.version  # type: ignore[attr-defined]
+                self.metrics.convergence.observe(max(0.0, self.tracker._clock() - at))
+
+    # -- State of the World -------------------------------------------------------------------
+    async def _sotw(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        async for out in self._serve("sotw", request_iterator, context):
+            yield out
+
+    def _handle_sotw(self, st: _Stream, req: discovery_pb2.DiscoveryRequest) -> None:
+        self._connect(st, req.node)
+        sub = st.subs.get(req.type_url)
+        if sub is None:
+            log.info("ignoring request for unsupported type %s from %s", req.type_url, st.peer)
+            return
+        nonce = req.response_nonce
+        if sub.requested and nonce != sub.last_nonce:
+            # Stale: a request answering an older response; a newer one is on its way.
+            self.metrics.stale_nonces.labels(T.SHORT[sub.type_url]).inc()
+            return
+        names = set(req.resource_names)
+        if not sub.requested:
+            sub.legacy_wildcard = sub.type_url in T.WILDCARD_TYPES and not names
+        elif names and "*" not in names:
+            sub.legacy_wildcard = False
+        sub.explicit_wildcard = "*" in names
+        names.discard("*")
+        sub.names = names
+        sub.requested = True
+        if nonce and sub.inflight_nonce == nonce:
+            self._ack_or_nack(st, sub, req.error_detail if req.HasField("error_detail") else None)
+
+    def _build_sotw(self, st: _Stream, sub: _Sub, snap: Snapshot, now: float) -> bytes | None:
+        wanted = sub.wanted(snap)
+        key = tuple((r.name, r.version) for r in wanted)
+        assert st.proxy is not None
+        if key == sub.sent_key and not sub.force:
+            self.tracker.mark_current(st.proxy, sub.type_url, snap.version, sub.inflight_nonce is not None)
+            return None
+        if sub.type_url == T.CLUSTER:
+            old = dict(sub.sent_key or ())
+            if any(old.get(n) != v for n, v in key if n in old):
+                # Changed clusters re-warm: Envoy needs their assignments again.
+                st.subs[T.ENDPOINT].force = True
+        version = snap.type_version(sub.type_url)
+        body_key = (snap.version, sub.type_url, "*" if sub.wildcard else key)
+        body = self._bodies.get(body_key)
+        if body is None:
+            body = (field_str(1, version) + b"".join(field_bytes(2, r.packed) for r in wanted)
+                    + field_str(4, sub.type_url))
+            self._bodies[body_key] = body
+            while len(self._bodies) > 256:
+                self._bodies.popitem(last=False)
+        nonce = st.next_nonce()
+        sub.sent_key = key
+        sub.force = False
+        out = body + field_str(5, nonce)
+        self._sent(st, sub, snap, nonce, now, len(out))
+        return out
+
+    # -- Delta ------------------------------------------------------------------------------------
+    async def _delta(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        async for out in self._serve("delta", request_iterator, context):
+            yield out
+
+    def _handle_delta(self, st: _Stream, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        self._connect(st, req.node)
+        sub = st.subs.get(req.type_url)
+        if sub is None:
+            log.info("ignoring delta request for unsupported type %s from %s", req.type_url, st.peer)
+            return
+        subscribe = set(req.resource_names_subscribe)
+        unsubscribe = set(req.resource_names_unsubscribe)
+        if not sub.requested:
+            sub.requested = True
+            sub.first_pending = True
+            sub.known = dict(req.initial_resource_versions)
+            sub.legacy_wildcard = sub.type_url in T.WILDCARD_TYPES and not subscribe
+        elif subscribe and sub.legacy_wildcard and "*" not in subscribe:
+            # Naming resources ends the legacy wildcard; "*" must be subscribed explicitly to keep it.
+            sub.legacy_wildcard = False
+        if "*" in subscribe:
+            sub.explicit_wildcard = True
+        if "*" in unsubscribe:
+            sub.explicit_wildcard = False
+            sub.legacy_wildcard = False
+        sub.names |= subscribe - {"*"}
+        sub.names -= unsubscribe
+        for n in unsubscribe:
+            # The proxy forgot it; if a wildcard still covers it, it is sent again.
+            sub.known.pop(n, None)
+        if subscribe:
+            # A (re-)subscription asks for the current state even if we think it is known.
+            for n in subscribe - {"*"}:
+                if n not in req.initial_resource_versions:
+                    sub.known.pop(n, None)
+        nonce = req.response_nonce
+        if nonce and nonce == sub.inflight_nonce:
+            self._ack_or_nack(st, sub, req.error_detail if req.HasField("error_detail") else None)
+
+    def _build_delta(self, st: _Stream, sub: _Sub, snap: Snapshot, now: float) -> bytes | None:
+        res = snap.of(sub.type_url)
+        wanted = sub.wanted(snap)
+        updates = [r for r in wanted if sub.known.get(r.name) != r.version or r.name in sub.must_resend]
+        removed = sorted(n for n in sub.known if n not in res and (sub.wildcard or n in sub.names))
+        assert st.proxy is not None
+        if not updates and not removed and not sub.first_pending:
+            self.tracker.mark_current(st.proxy, sub.type_url, snap.version, sub.inflight_nonce is not None)
+            return None
+        if sub.type_url == T.CLUSTER:
+            changed = {r.name for r in updates if r.name in sub.known}
+            eds = st.subs[T.ENDPOINT]
+            eds.must_resend |= changed & (eds.names | (set(res) if eds.wildcard else set()))
+        for r in updates:
+            sub.known[r.name] = r.version
+            sub.must_resend.discard(r.name)
+        for n in removed:
+            del sub.known[n]
+        sub.first_pending = False
+        nonce = st.next_nonce()
+        out = b"".join(
+            [field_str(1, snap.type_version(sub.type_url))]
+            + [field_bytes(2, r.delta) for r in updates]
+            + [field_str(4, sub.type_url)]
+            + [field_str(6, n) for n in removed]
+            + [field_str(5, nonce)]
+        )
+        self._sent(st, sub, snap, nonce, now, len(out))
+        return out
