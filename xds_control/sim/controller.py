@@ -19,6 +19,8 @@ __all__ = [
     "FleetInfo",
     "Controller",
     "FixedController",
+    "ttft_slo_s",
+    "mean_load_size",
     "LB_LEAST_REQUEST",
     "LB_ROUND_ROBIN",
 ]
@@ -50,8 +52,10 @@ class EndpointObservation:
     gpu_util: float
     #: Requests routed to this replica since the previous tick.
     routed: int
-    #: p99 time to first token (s) of its requests that got a first token since the previous tick, or None.
+    #: p99 and mean time to first token (s) of its requests that got a first token since the
+    #: previous tick, or None.
     ttft_p99_s: float | None
+    ttft_mean_s: float | None
     #: Its requests lost (rejected or timed out) since the previous tick.
     lost: int
 
@@ -107,6 +111,23 @@ class FleetInfo:
     duration_s: float
     gpus_per_node: int
     zones: tuple[str, ...] = field(default=("zone-a", "zone-b"))
+    #: The run's TTFT SLO (see :func:`ttft_slo_s`), seconds.
+    ttft_slo_s: float = 1.0
+
+
+def ttft_slo_s(profile: object, input_tokens) -> float:  # type: ignore[no-untyped-def]
+    """The TTFT SLO of a run: ``max(1 s, 2 × the median request's prefill time)``.
+
+    Long-prompt traces get a proportionally looser SLO; every policy of a run shares it.
+    """
+    import numpy as np
+
+    from xds_control import costmodel as cm
+
+    if len(input_tokens) == 0:
+        return 1.0
+    med = float(np.median(input_tokens))
+    return max(1.0, 2.0 * float(cm.prefill_time_s(profile, med)))  # type: ignore[arg-type]
 
 
 @runtime_checkable

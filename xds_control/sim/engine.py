@@ -60,6 +60,7 @@ from xds_control.sim.controller import (
     EndpointObservation,
     FleetInfo,
     FleetObservation,
+    ttft_slo_s,
 )
 from xds_control.sim.trace import Trace
 
@@ -209,7 +210,12 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     mean_load = float(work_cum[-1]) / duration
 
     info = FleetInfo(
-        profile=p, mean_offered_load=mean_load, duration_s=duration, gpus_per_node=cfg.gpus_per_node, zones=cfg.zones
+        profile=p,
+        mean_offered_load=mean_load,
+        duration_s=duration,
+        gpus_per_node=cfg.gpus_per_node,
+        zones=cfg.zones,
+        ttft_slo_s=ttft_slo_s(p, inp),
     )
 
     # Python lists are much faster than numpy for the scalar hot path.
@@ -613,6 +619,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     gpu_util=gu,
                     routed=r.routed,
                     ttft_p99_s=_p99(r.ttfts),
+                    ttft_mean_s=(sum(r.ttfts) / len(r.ttfts)) if r.ttfts else None,
                     lost=r.lost,
                 )
             )

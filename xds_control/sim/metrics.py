@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from xds_control import costmodel as cm
+from xds_control.sim.controller import ttft_slo_s as _slo
 from xds_control.sim.engine import STATUS, SimResult
 
 __all__ = ["LOAD_WINDOW_S", "MIN_EPISODE_S", "ttft_slo_s", "compute_metrics", "offered_load_series", "windowed_p99"]
@@ -74,12 +74,9 @@ def ttft_slo_s(res: SimResult) -> float:
     """The TTFT SLO used by ``overload_time_frac`` and ``recovery_s``.
 
     ``max(1 s, 2 × the median request's prefill time)``: long-prompt traces get a proportionally
-    looser SLO. The same for every policy of a run.
+    looser SLO. The same for every policy of a run (and given to the controllers).
     """
-    if len(res.input_tokens) == 0:
-        return 1.0
-    med = float(np.median(res.input_tokens))
-    return max(1.0, 2.0 * float(cm.prefill_time_s(res.profile, med)))
+    return _slo(res.profile, res.input_tokens)
 
 
 def offered_load_series(res: SimResult, window_s: float = LOAD_WINDOW_S) -> np.ndarray:

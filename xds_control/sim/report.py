@@ -1,0 +1,127 @@
+"""Output of an evaluation: the Table-2-shaped terminal table, the PNG, and the JSON object."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from xds_control.sim.engine import SimResult
+from xds_control.sim.metrics import LOAD_WINDOW_S, windowed_p99
+
+__all__ = ["ROWS", "to_json", "render_table", "write_png"]
+
+#: (label, metric key, formatter) in the order of the seed paper's Table 2, then ours.
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("Scaling trigger delay, mean (s)", "trigger_delay_s_mean", "f1"),
+    ("Scaling trigger delay, max (s)", "trigger_delay_s_max", "f1"),
+    ("Peak latency, worst 10 s p99 (ms)", "latency_peak_ms", "f0"),
+    ("Latency p50 (ms)", "latency_p50_ms", "f0"),
+    ("Latency p99 (ms)", "latency_p99_ms", "f0"),
+    ("TTFT p99 (ms)", "ttft_p99_ms", "f0"),
+    ("GPU utilisation, mean (%)", "gpu_util_mean", "pct"),
+    ("Node recovery time (s)", "recovery_s", "f1"),
+    ("Task loss (%)", "task_loss_rate", "pct2"),
+    ("Overload time (%)", "overload_time_frac", "pct"),
+    ("Hotspot ratio p99 (max/mean)", "hotspot_ratio_p99", "f2"),
+    ("GPU-hours", "gpu_hours", "f2"),
+    ("Energy (kWh)", "energy_kwh", "f2"),
+    ("Scaling actions / min, max", "scaling_actions_per_min_max", "int"),
+    ("Replicas, max", "replicas_max", "int"),
+)
+
+
+def _fmt(v: Any, how: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and math.isnan(v):
+        return "—"
+    if how == "pct":
+        return f"{100 * v:.1f}"
+    if how == "pct2":
+        return f"{100 * v:.2f}"
+    if how == "int":
+        return f"{int(v)}"
+    if how.startswith("f"):
+        return f"{float(v):.{int(how[1:])}f}"
+    return str(v)
+
+
+def to_json(trace: str, metrics: Mapping[str, Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> str:
+    """The ``--json`` object: ``{"trace": ..., "policies": {NAME: {...}}}`` plus ``extra`` keys."""
+    obj: dict[str, Any] = {"trace": trace}
+    if extra:
+        obj.update(extra)
+    obj["policies"] = {k: dict(v) for k, v in metrics.items()}
+    return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+
+
+def render_table(title: str, metrics: Mapping[str, Mapping[str, Any]], console: Any = None) -> None:
+    """Print the comparison table with rich: one row per metric, one column per policy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("Metric", style="bold")
+    for name in metrics:
+        table.add_column(name, justify="right")
+    for label, key, how in ROWS:
+        table.add_row(label, *(_fmt(m.get(key), how) for m in metrics.values()))
+    console.print(table)
+
+
+def _series(res: SimResult) -> dict[str, np.ndarray]:
+    n_win = max(1, int(math.ceil(res.end_t / LOAD_WINDOW_S)))
+    served = np.isfinite(res.finish)
+    done_bin = np.minimum((res.finish[served] // LOAD_WINDOW_S).astype(np.int64), n_win - 1)
+    lat = res.finish[served] - res.arrival[served]
+    p99 = windowed_p99(done_bin, lat, n_win)
+    k = max(1, int(round(LOAD_WINDOW_S / res.sample_s)))
+    util = np.convolve(res.ts_util, np.ones(k) / k, mode="same") if len(res.ts_util) else res.ts_util
+    return {
+        "win_t": (np.arange(n_win) + 1) * LOAD_WINDOW_S,
+        "p99_s": p99,
+        "util": util,
+    }
+
+
+def write_png(path: str, title: str, results: Sequence[SimResult]) -> str:
+    """Offered load, ready replicas, p99 latency and GPU utilisation over time, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
+    if results:
+        r0 = results[0]
+        n_win = max(1, int(math.ceil(r0.end_t / LOAD_WINDOW_S)))
+        counts = np.bincount(np.minimum((r0.arrival // LOAD_WINDOW_S).astype(np.int64), n_win - 1), minlength=n_win)
+        axes[0].step((np.arange(n_win) + 1) * LOAD_WINDOW_S, counts / LOAD_WINDOW_S, where="pre", color="black", lw=0.8)
+    axes[0].set_ylabel("offered req/s\n(10 s bins)")
+    for res in results:
+        s = _series(res)
+        label = res.policy
+        axes[1].plot(res.ts_t, res.ts_ready, lw=1.0, label=label)
+        axes[2].plot(s["win_t"], s["p99_s"], lw=1.0, label=label)
+        axes[3].plot(res.ts_t, 100 * s["util"], lw=0.8, label=label)
+        if res.failure_at is not None:
+            for ax in axes:
+                ax.axvline(res.failure_at, color="red", ls=":", lw=0.8)
+    axes[1].set_ylabel("ready replicas")
+    axes[2].set_ylabel("p99 latency (s)\n(10 s windows)")
+    axes[2].set_yscale("log")
+    axes[3].set_ylabel("GPU util (%)\n(10 s mean)")
+    axes[3].set_xlabel("simulated time (s)")
+    axes[1].legend(loc="upper left", fontsize=8, ncol=min(len(results), 6))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
