@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Every target is idempotent.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e "is ignored" -e "^ *$$" || true
+	@$(BIN)/python -c "import xds_control, envoy.service.discovery.v3.ads_pb2, grpc, pytest" \
+		|| (echo "make venv: the install failed (see above)"; exit 1)
+	@touch $(STAMP)
+
+lint: venv
+	$(BIN)/lint-imports
+
+test: venv lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/xds-control demo
+
+bench: venv
+	$(BIN)/python bench/bench_fanout.py
+	$(BIN)/python bench/bench_envoy_push.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks build *.egg-info
