@@ -1,0 +1,151 @@
+"""The seed's comprehensive method: prediction + burst mode + mesh-level traffic shaping.
+
+Contract: ``decide(signals, state, spec, now) -> (Decision, ComprehensiveState)``, pure; ``state`` may be None.
+
+* Capacity: the predictive rule (:mod:`xds_control.policies.predictive`), including pending credit.
+* Burst (panic) mode for forecast misses, Knative-style: enter when demand now exceeds the previous
+  one-bucket forecast by ``burst_miss_tolerance`` while above target capacity, or when
+  ceil(demand / target_utilization) / ready >= ``panic_threshold``. In burst mode the target never
+  goes down (max of everything asked since entering) and, when the ready fleet is saturated (mean
+  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor``. Leave
+  after ``stable_window_s`` without a trigger (Knative: one stable window).
+* Traffic shaping is planning's job; this policy's defaults turn it on: headroom weights with a
+  hotspot cap, per-locality weights with spill, a 60 s EDS ramp for new endpoints, coordinated drains,
+  and queue/KV terms in the load index (what GIE and AIBrix route on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from xds_control.core.model import Decision, ServiceSignals
+from xds_control.loadindex import LoadIndexSpec
+from xds_control.policies.common import Notes, clamp, fmt
+from xds_control.policies.predictive import PredictiveSpec, PredictiveState, finish, predict_core
+from xds_control.policies.specs import TrafficSpec
+
+__all__ = ["ComprehensiveSpec", "ComprehensiveState", "decide"]
+
+
+def _default_load_index() -> LoadIndexSpec:
+    return LoadIndexSpec(alpha=0.25, beta=0.1, gamma=0.3, queue_weight=0.2, kv_weight=0.15)
+
+
+def _default_traffic() -> TrafficSpec:
+    return TrafficSpec(weighting="headroom", ramp_window_s=60.0)
+
+
+class ComprehensiveSpec(PredictiveSpec):
+    """Predictive provisioning plus burst mode; defaults enable traffic shaping in planning."""
+
+    policy: Literal["comprehensive"] = "comprehensive"  # type: ignore[assignment]
+    load_index: LoadIndexSpec = Field(
+        default_factory=_default_load_index,
+        description="Default adds queue (0.2) and KV (0.15) terms: alpha 0.25, beta 0.1, gamma 0.3.",
+    )
+    traffic: TrafficSpec = Field(
+        default_factory=_default_traffic, description="Default: headroom weights, 60 s ramp, cap 2x mean."
+    )
+    panic_threshold: float = Field(
+        1.3, ge=1.0, le=10.0,
+        description="Enter burst mode when ceil(demand / target_utilization) / ready >= this. Default 1.3: the "
+        "load index is capped near 2, so Knative's 200 % would almost never fire on it.",
+    )
+    burst_miss_tolerance: float = Field(
+        0.3, ge=0.0, le=10.0,
+        description="Enter burst mode when demand > (1 + this) x the previous one-bucket forecast while above "
+        "target capacity. Default 0.3.",
+    )
+    burst_factor: float = Field(
+        1.5, ge=1.0, le=10.0,
+        description="In burst mode with a saturated fleet, ask for at least ceil(ready x this). Default 1.5.",
+    )
+    saturation_load: float = Field(
+        1.0, gt=0.0, le=10.0, description="Mean load index at which measured demand is censored. Default 1.0."
+    )
+    stable_window_s: float = Field(
+        60.0, ge=0.0, le=3600.0, description="Leave burst mode after this long without a trigger. Default 60 s."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ComprehensiveState:
+    pred: PredictiveState = field(default_factory=PredictiveState)
+    panic_since: float | None = None
+    last_over_at: float | None = None
+    max_panic: int = 0
+    #: (time, demand expected one bucket after that time) from the previous decision.
+    expected: tuple[float, float] | None = None
+
+
+def decide(
+    signals: ServiceSignals, state: ComprehensiveState | None, spec: ComprehensiveSpec, now: float
+) -> tuple[Decision, ComprehensiveState]:
+    state = state or ComprehensiveState()
+    notes = Notes()
+    core = predict_core(signals, state.pred, spec, now, notes)
+    current = signals.current_replicas
+    rep = core.report
+    panic_since, last_over, max_panic = state.panic_since, state.last_over_at, state.max_panic
+    expected = state.expected
+
+    if math.isnan(core.demand):
+        notes.add("no_demand", "no ready endpoints or rates to measure demand; holding")
+        target = clamp(max(current, max_panic if panic_since is not None else 0), spec.min_replicas,
+                       spec.max_replicas)
+        pred_state = core.state
+    else:
+        ready = max(1, rep.n_ready)
+        tu = spec.target_utilization
+        ratio = math.ceil(core.demand / tu - 1e-9) / ready
+        over_ratio = ratio >= spec.panic_threshold
+        miss = (
+            expected is not None
+            and now - expected[0] <= 2 * spec.bucket_s
+            and core.demand > expected[1] * (1 + spec.burst_miss_tolerance)
+            and core.demand > ready * tu
+        )
+        saturated = not math.isnan(rep.service) and rep.service >= spec.saturation_load
+        if over_ratio or miss:
+            last_over = now
+            if panic_since is None:
+                panic_since = now
+                why = (f"demand {fmt(core.demand)} > forecast {fmt(expected[1])} x{fmt(1 + spec.burst_miss_tolerance)}"
+                       if miss and expected else f"overload ratio {fmt(ratio)} >= {fmt(spec.panic_threshold)}")
+                notes.add("panic_enter", f"burst mode: {why}", "panic", ratio, spec.panic_threshold)
+        elif panic_since is not None and last_over is not None and now - last_over > spec.stable_window_s:
+            notes.add("panic_exit", f"burst mode over: {fmt(spec.stable_window_s, 0)}s without a trigger")
+            panic_since, last_over, max_panic = None, None, 0
+
+        want = core.raw_target
+        if panic_since is not None:
+            burst = math.ceil(core.demand / tu - 1e-9)
+            if saturated:
+                burst = max(burst, math.ceil(ready * spec.burst_factor))
+                notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
+                          f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
+            want = max(want, burst, max_panic, current)
+            notes.add("panic_hold", f"burst mode: no scale-down, want {want}")
+        target, pred_state = finish(signals, core, spec, now, notes, want, allow_down=panic_since is None)
+        if panic_since is not None:
+            max_panic = max(max_panic, target)
+        nxt = core.fit.at(1) if core.fit is not None else core.demand
+        expected = (now, nxt)
+
+    new_state = ComprehensiveState(pred_state, panic_since, last_over, max_panic, expected)
+    mode = "panic" if panic_since is not None else "stable"
+    return (
+        Decision(
+            policy="comprehensive", service=signals.service, now=now, current_replicas=current,
+            target_replicas=target,
+            explanation=notes.explanation(f"comprehensive {current}->{target} ({mode})"),
+            reasons=tuple(notes.reasons), mode=mode, load_index=pred_state.smoothed,
+            forecast=None if math.isnan(core.peak) else core.peak,
+            stale=rep.stale_keys(signals.frame.keys, limit=100), load=rep,
+        ),
+        new_state,
+    )

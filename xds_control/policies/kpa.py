@@ -1,0 +1,258 @@
+"""A faithful re-implementation of Knative's KPA decider (the other baseline we must beat).
+
+Contract: ``decide(signals, state, spec, now) -> (Decision, KpaState)``, pure; ``state`` may be None.
+Unlike Knative's ``autoscaler.Scale``, which mutates ``panicTime``/``maxPanicPods`` in place, the
+panic bookkeeping and metric buckets live in the immutable :class:`KpaState` that is returned.
+
+Follows (read, not copied):
+
+* ``knative/serving pkg/autoscaler/scaling/autoscaler.go`` (``Scale``, ``newAutoscaler``):
+  ready = max(1, readyPods); maxScaleUp = ceil(maxScaleUpRate * ready); maxScaleDown =
+  floor(ready / maxScaleDownRate); desired stable/panic pods = ceil(observed / targetValue) clamped
+  into [maxScaleDown, maxScaleUp]; panic starts when desiredPanic / ready >= panicThreshold, is
+  extended while over, and ends once ``panicTime + stableWindow`` is before now and we are under;
+  in panic the count never goes down (``maxPanicPods``); a new autoscaler with more than one ready
+  pod starts in panic; optional scale-down delay is a max over a time window; excess burst
+  capacity = floor(readyPods * totalValue - targetBurstCapacity - panicValue).
+* ``knative/serving pkg/autoscaler/aggregation/bucketing.go`` (``WindowAverage``): per-second
+  buckets averaged over the window, or over the partial window since the first write.
+* ``knative/serving pkg/autoscaler/metrics/collector.go`` / scraper: the observed value is the
+  revision total (average per scraped pod x ready pods).
+* ``knative/serving config/core/configmaps/autoscaler.yaml`` defaults: stable window 60 s, panic window
+  10 %, panic threshold 200 %, target 100 concurrency, target utilization 70 %, max scale-up rate
+  1000, max scale-down rate 2, target burst capacity 211, scale-to-zero grace 30 s; the multiscaler
+  ticks every 2 s (``pkg/autoscaler/scaling/multiscaler.go``).
+
+Adaptation: Knative scrapes every second independently of its 2 s tick; we only observe when called,
+so seconds between two calls are filled with the newer observation (sample-and-hold) rather than
+left empty (which would halve the averages at a 2 s call interval). Concurrency per pod is
+``running + waiting`` (what queue-proxy counts). Stale samples are not scraped (excluded), and the
+explanation says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from xds_control.core.model import Decision, ServiceSignals
+from xds_control.loadindex import compute_load
+from xds_control.policies.common import Notes, fmt
+from xds_control.policies.specs import PolicySpecBase
+
+__all__ = ["KpaSpec", "KpaState", "decide", "window_average"]
+
+
+class KpaSpec(PolicySpecBase):
+    """Knative Pod Autoscaler with upstream defaults."""
+
+    policy: Literal["kpa"] = "kpa"
+    metric: Literal["concurrency", "rps"] = Field(
+        "concurrency", description="Scaling metric: in-flight requests per pod, or requests/s. Default concurrency."
+    )
+    target: float = Field(
+        100.0, gt=0.0, le=1e6,
+        description="Per-pod target (container-concurrency-target-default 100; use 200 for rps). Default 100.",
+    )
+    target_utilization: float = Field(
+        0.7, gt=0.0, le=1.0, description="Fraction of target aimed for (container-concurrency-target-percentage 70)."
+    )
+    container_concurrency: int = Field(
+        0, ge=0, le=100_000, description="Hard per-pod limit; 0 = unlimited (total value = target). Default 0."
+    )
+    stable_window_s: float = Field(60.0, ge=6.0, le=3600.0, description="Stable window, seconds. Default 60 s.")
+    panic_window_percentage: float = Field(
+        10.0, ge=1.0, le=100.0, description="Panic window as % of the stable window. Default 10 (= 6 s)."
+    )
+    panic_threshold_percentage: float = Field(
+        200.0, ge=110.0, le=1000.0, description="Panic when desired panic pods / ready >= this %. Default 200."
+    )
+    max_scale_up_rate: float = Field(1000.0, gt=1.0, le=1e6, description="Max ratio up per tick. Default 1000.")
+    max_scale_down_rate: float = Field(2.0, gt=1.0, le=1e6, description="Max ratio down per tick. Default 2.")
+    target_burst_capacity: float = Field(
+        211.0, ge=-1.0, le=1e6, description="TBC for excess-burst-capacity reporting; -1 = unlimited. Default 211."
+    )
+    scale_down_delay_s: float = Field(
+        0.0, ge=0.0, le=3600.0, description="Hold scale-downs for this long (max over window). Default 0."
+    )
+    activation_scale: int = Field(1, ge=1, le=100_000, description="Minimum pods once active. Default 1.")
+    scale_to_zero_grace_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="Desired 0 must persist this long before scaling to zero. Default 30 s."
+    )
+    tick_interval_s: float = Field(2.0, gt=0.0, le=60.0, description="Decider tick, seconds. Knative: 2 s.")
+
+
+@dataclass(frozen=True, slots=True)
+class KpaState:
+    #: Per-second buckets (second index, revision total) covering at most the stable window.
+    buckets: tuple[tuple[int, float], ...] = ()
+    #: First write of the current data series (second index), for partial-window averages.
+    first_sec: int | None = None
+    panic_time: float | None = None
+    max_panic_pods: int = 0
+    #: (time, desired) for the scale-down delay window.
+    delay: tuple[tuple[float, int], ...] = ()
+    next_tick_at: float | None = None
+    zero_since: float | None = None
+    initialized: bool = False
+
+
+def window_average(buckets: tuple[tuple[int, float], ...], first_sec: int | None, now_sec: int, window: float) -> float:
+    """bucketing.go WindowAverage over ``window`` seconds ending at ``now_sec`` (inclusive)."""
+    if first_sec is None or not buckets:
+        return math.nan
+    wb = max(1, int(round(window)))
+    lo = now_sec - wb + 1
+    total = sum(v for s, v in buckets if lo <= s <= now_sec)
+    n = min(wb, now_sec - first_sec + 1)
+    return total / max(1, n)
+
+
+def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: float) -> tuple[Decision, KpaState]:
+    frame = signals.frame
+    notes = Notes()
+    current = signals.current_replicas
+    ready_orig = signals.ready_count
+    rep = compute_load(frame, spec.load_index, now)
+
+    if state is None or not state.initialized:
+        # newAutoscaler: start in panic when more than one pod is ready (metric history is lost on restart)
+        state = KpaState(
+            panic_time=now if ready_orig > 1 else None, max_panic_pods=ready_orig, initialized=True,
+        )
+        if ready_orig > 1:
+            notes.add("initial_panic", f"new autoscaler with {ready_orig} ready pods starts in panic")
+
+    # ---- record this observation (collector / scraper) ----
+    fresh = frame.ready & ~rep.stale
+    col = frame.in_flight if spec.metric == "concurrency" else frame.rps
+    vals = col[fresh]
+    vals = vals[~np.isnan(vals)]
+    if rep.n_stale_ready:
+        notes.add("stale_not_scraped", f"{rep.n_stale_ready} ready pods with stale/no samples not scraped",
+                  "staleness", float(rep.n_stale_ready))
+    if vals.size:
+        observed = float(vals.mean()) * ready_orig
+    elif ready_orig == 0 and signals.request_rate is not None:
+        observed = float(signals.request_rate)  # activator-reported load while at zero
+    else:
+        observed = math.nan
+    now_sec = int(math.floor(now))
+    buckets, first_sec = state.buckets, state.first_sec
+    if not math.isnan(observed):
+        last_sec = buckets[-1][0] if buckets else None
+        if last_sec is not None and now_sec - last_sec > spec.stable_window_s:
+            buckets, first_sec, last_sec = (), None, None  # a whole window without data resets the series
+        start = now_sec if last_sec is None else min(last_sec + 1, now_sec)
+        start = max(start, now_sec - int(spec.stable_window_s) + 1)
+        kept = tuple(b for b in buckets if b[0] < start and b[0] > now_sec - spec.stable_window_s)
+        buckets = kept + tuple((s, observed) for s in range(start, now_sec + 1))
+        first_sec = first_sec if first_sec is not None else now_sec
+    state = KpaState(buckets, first_sec, state.panic_time, state.max_panic_pods, state.delay,
+                     state.next_tick_at, state.zero_since, True)
+
+    def out(target: int, st: KpaState, mode: str, head: str) -> tuple[Decision, KpaState]:
+        return (
+            Decision(
+                policy="kpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
+                explanation=notes.explanation(head), reasons=tuple(notes.reasons), mode=mode,
+                load_index=None if math.isnan(rep.service) else rep.service,
+                stale=rep.stale_keys(frame.keys, limit=100), load=rep,
+            ),
+            st,
+        )
+
+    if state.next_tick_at is not None and now < state.next_tick_at:
+        notes.add("between_ticks", f"next tick in {fmt(state.next_tick_at - now, 1)}s")
+        return out(current, state, "panic" if state.panic_time is not None else "hold", f"KPA {current}->{current}")
+    next_tick = now + spec.tick_interval_s if state.next_tick_at is None else max(
+        state.next_tick_at + spec.tick_interval_s, now
+    )
+    state = KpaState(state.buckets, state.first_sec, state.panic_time, state.max_panic_pods, state.delay,
+                     next_tick, state.zero_since, True)
+
+    panic_window = spec.stable_window_s * spec.panic_window_percentage / 100.0
+    stable_val = window_average(buckets, first_sec, now_sec, spec.stable_window_s)
+    panic_val = window_average(buckets, first_sec, now_sec, panic_window)
+    if math.isnan(stable_val):
+        notes.add("no_data", "no data to scale on yet")
+        return out(current, state, "hold", f"KPA {current}->{current}")
+
+    total_value = float(spec.container_concurrency) if spec.container_concurrency > 0 else spec.target
+    target_value = max(0.01, total_value * spec.target_utilization)
+    ready = max(1.0, float(ready_orig))
+    max_up = math.ceil(spec.max_scale_up_rate * ready)
+    max_down = math.floor(ready / spec.max_scale_down_rate)
+    dspc = math.ceil(stable_val / target_value)
+    dppc = math.ceil(panic_val / target_value)
+    desired_stable = int(min(max(dspc, max_down), max_up))
+    desired_panic = int(min(max(dppc, max_down), max_up))
+    if spec.activation_scale > 1:
+        if dspc > 0 and spec.activation_scale > desired_stable:
+            desired_stable = spec.activation_scale
+        if dppc > 0 and spec.activation_scale > desired_panic:
+            desired_panic = spec.activation_scale
+    notes.add(
+        "observed",
+        f"{spec.metric} stable {fmt(stable_val)} / panic {fmt(panic_val)} vs {fmt(target_value)} per pod -> "
+        f"stable {desired_stable}, panic {desired_panic} ({ready_orig} ready)",
+        spec.metric, stable_val, target_value,
+    )
+
+    threshold = spec.panic_threshold_percentage / 100.0
+    over = dppc / ready >= threshold
+    panic_time, max_panic = state.panic_time, state.max_panic_pods
+    if panic_time is None and over:
+        panic_time = now
+        notes.add("panic_enter", f"panic: {dppc}/{int(ready)} >= {fmt(threshold)}", "panic", dppc / ready, threshold)
+    elif over:
+        panic_time = now
+    elif panic_time is not None and panic_time + spec.stable_window_s < now:
+        panic_time, max_panic = None, 0
+        notes.add("panic_exit", "un-panicking after a stable window under threshold")
+
+    desired = desired_stable
+    mode = "stable"
+    if panic_time is not None:
+        mode = "panic"
+        desired = max(desired, desired_panic)
+        if desired > max_panic:
+            max_panic = desired
+        elif desired < max_panic:
+            notes.add("panic_hold", f"in panic: skipping decrease {max_panic}->{desired}")
+        desired = max_panic
+
+    delay = state.delay
+    if spec.scale_down_delay_s > 0:
+        delay = tuple(d for d in delay if d[0] > now - spec.scale_down_delay_s) + ((now, desired),)
+        delayed = max(d for _, d in delay)
+        if delayed != desired:
+            notes.add("scale_down_delay", f"delaying scale to {desired}, staying at {delayed}")
+            desired = delayed
+
+    if spec.target_burst_capacity == 0:
+        ebc = 0.0
+    elif spec.target_burst_capacity > 0:
+        ebc = math.floor(ready_orig * total_value - spec.target_burst_capacity - panic_val)
+    else:
+        ebc = -1.0
+    notes.add("excess_burst_capacity", f"EBC {ebc:.0f}", "ebc", ebc)
+
+    # PodAutoscaler bounds (min/max scale) and scale-to-zero grace.
+    target = min(max(desired, spec.min_replicas), spec.max_replicas)
+    zero_since = state.zero_since
+    if target == 0:
+        zero_since = now if zero_since is None else zero_since
+        if current > 0 and now - zero_since < spec.scale_to_zero_grace_s:
+            target = max(1, min(current, spec.max_replicas))
+            notes.add("zero_grace", f"scale-to-zero grace {fmt(spec.scale_to_zero_grace_s, 0)}s")
+    else:
+        zero_since = None
+    if target != desired:
+        notes.add("bounds", f"bounded {desired}->{target} by [{spec.min_replicas}, {spec.max_replicas}]")
+    new_state = KpaState(buckets, first_sec, panic_time, max_panic, delay, next_tick, zero_since, True)
+    return out(target, new_state, mode, f"KPA {current}->{target} ({mode})")

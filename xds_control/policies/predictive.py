@@ -1,0 +1,255 @@
+"""The seed's load-prediction method: provision for the forecast peak over the next start-up time.
+
+Contract: ``decide(signals, state, spec, now) -> (Decision, PredictiveState)``, pure; ``state`` may be None.
+
+Rule:
+
+1. Demand now, in replica-equivalents: the sum of the load index over ready endpoints (stale ones
+   count saturated), or, with ``demand_signal: rps``, the request rate / ``rps_per_replica``.
+2. History: the last ``history_s`` (default 15 min, the seed's 10-20 min) of demand, bucketed at
+   ``bucket_s`` and fitted with damped Holt (see :mod:`xds_control.policies.forecast` for why).
+3. Peak = max(demand now, forecast over the next ``startup_s`` + one bucket) + ``sigma_margin`` x
+   one-step RMSE. Target = ceil(peak / target_utilization) (default 0.9: the seed keeps the
+   forecast peak under 90 % of capacity).
+4. Pending-replica credit (llm-d's overshoot guard): when the target exceeds the current count,
+   ask for ``max(target - pending, current)``: replicas already starting will absorb the load that
+   queues on the ready ones now, so we do not ask again for capacity that is on its way. No scale
+   down while replicas are starting.
+5. Scale-down uses the highest recommendation of the last ``scale_down_window_s`` and at most
+   halves per step; scale-up at most doubles per step; at most 6 actions a minute (Table 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from xds_control.core.model import Decision, ServiceSignals
+from xds_control.loadindex import LoadReport, compute_load, ewma
+from xds_control.policies.common import Notes, clamp, fmt, recent, stale_note
+from xds_control.policies.forecast import HoltFit, bucketize, forecast_peak, holt_damped
+from xds_control.policies.specs import PolicySpecBase
+
+__all__ = ["PredictiveSpec", "PredictiveState", "decide", "Core", "predict_core"]
+
+
+class PredictiveSpec(PolicySpecBase):
+    """Forecast-driven provisioning (damped Holt over 10-20 min of history)."""
+
+    policy: Literal["predictive"] = "predictive"
+    demand_signal: Literal["load", "rps"] = Field(
+        "load",
+        description="'load': demand = sum of endpoint load indices (replica-equivalents). 'rps': demand = request "
+        "rate / rps_per_replica (service request_rate if given, else the sum of endpoint rps). Default load.",
+    )
+    rps_per_replica: float | None = Field(
+        None, gt=0.0, le=1e9, description="Requests/s one replica serves at saturation; required for demand_signal rps."
+    )
+    history_s: float = Field(
+        900.0, ge=60.0, le=3600.0, description="History fitted, seconds. Default 900 (the seed: 10-20 minutes)."
+    )
+    bucket_s: float = Field(10.0, ge=1.0, le=300.0, description="Forecast bucket, seconds. Default 10.")
+    min_history_s: float = Field(
+        60.0, ge=0.0, le=3600.0,
+        description="Below this much history, act reactively on demand now (no trend). Default 60 s.",
+    )
+    startup_s: float = Field(
+        120.0, ge=0.0, le=3600.0,
+        description="Replica start-up time (schedule + pull + load model), seconds: the forecast horizon. Default "
+        "120 s (AIBrix reports 2-3 min for LLM pods).",
+    )
+    target_utilization: float = Field(
+        0.9, gt=0.05, le=1.0, description="Forecast peak must stay under this fraction of capacity. Default 0.9 (seed)."
+    )
+    smoothing_alpha: float = Field(0.5, gt=0.0, le=1.0, description="Holt level smoothing per bucket. Default 0.5.")
+    trend_beta: float = Field(0.3, ge=0.0, le=1.0, description="Holt trend smoothing per bucket. Default 0.3.")
+    damping_phi: float = Field(
+        0.95, gt=0.0, le=1.0, description="Trend damping per bucket (1 = undamped). Default 0.95: a 2-min ramp "
+        "extrapolates ~60 % as far as an undamped trend would.",
+    )
+    sigma_margin: float = Field(
+        1.0, ge=0.0, le=10.0, description="Add this many one-step RMSEs of forecast error to the peak. Default 1."
+    )
+    max_scale_up_rate: float = Field(2.0, gt=1.0, le=1000.0, description="Max ratio up per action. Default 2 (x2).")
+    max_scale_down_rate: float = Field(2.0, gt=1.0, le=1000.0, description="Max ratio down per action. Default 2.")
+    scale_down_window_s: float = Field(
+        120.0, ge=0.0, le=3600.0,
+        description="Scale down to the highest recommendation of this window, seconds. Default 120 s.",
+    )
+    max_actions_per_minute: int = Field(6, ge=1, le=600, description="Table 1: at most 6 scaling actions a minute.")
+
+    @model_validator(mode="after")
+    def _rps_needs_capacity(self):  # type: ignore[no-untyped-def]
+        if self.demand_signal == "rps" and self.rps_per_replica is None:
+            raise ValueError("demand_signal 'rps' requires rps_per_replica (requests/s per replica, > 0)")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class PredictiveState:
+    #: Demand observations (time, replica-equivalents) within history_s.
+    hist_t: tuple[float, ...] = ()
+    hist_v: tuple[float, ...] = ()
+    #: (time, recommendation) within scale_down_window_s.
+    recs: tuple[tuple[float, int], ...] = ()
+    action_times: tuple[float, ...] = ()
+    smoothed: float | None = None
+    smoothed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """Intermediate results shared with the comprehensive policy."""
+
+    report: LoadReport
+    demand: float
+    fit: HoltFit | None
+    peak: float
+    raw_target: int
+    state: PredictiveState
+
+
+def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport) -> float:
+    frame = signals.frame
+    if spec.demand_signal == "rps":
+        assert spec.rps_per_replica is not None
+        if signals.request_rate is not None:
+            total = float(signals.request_rate)
+        else:
+            r = frame.rps[frame.ready & ~rep.stale]
+            r = r[~np.isnan(r)]
+            if r.size == 0:
+                return math.nan
+            total = float(r.sum()) * (rep.n_ready / r.size)  # extrapolate over unscraped ready endpoints
+        return total / spec.rps_per_replica
+    if rep.n_ready == 0:
+        return math.nan
+    return float(rep.endpoint[frame.ready].sum())
+
+
+def predict_core(
+    signals: ServiceSignals, state: PredictiveState, spec: PredictiveSpec, now: float, notes: Notes
+) -> Core:
+    rep = compute_load(signals.frame, spec.load_index, now)
+    stale_note(notes, signals, rep)
+    demand = measure_demand(signals, spec, rep)
+    keep = [(t, v) for t, v in zip(state.hist_t, state.hist_v) if now - t < spec.history_s]
+    if not math.isnan(demand):
+        keep.append((now, demand))
+    hist_t = tuple(t for t, _ in keep)
+    hist_v = tuple(v for _, v in keep)
+    smoothed = state.smoothed
+    if not math.isnan(rep.service):
+        smoothed = ewma(state.smoothed, state.smoothed_at, rep.service, now, spec.load_index.ewma_half_life_s)
+    new_state = replace(state, hist_t=hist_t, hist_v=hist_v, smoothed=smoothed,
+                        smoothed_at=now if not math.isnan(rep.service) else state.smoothed_at)
+    if math.isnan(demand):
+        return Core(rep, demand, None, math.nan, signals.current_replicas, new_state)
+
+    y = bucketize(np.asarray(hist_t), np.asarray(hist_v), now, spec.bucket_s, spec.history_s)
+    span = (now - hist_t[0]) if hist_t else 0.0
+    steps = max(1, math.ceil(spec.startup_s / spec.bucket_s) + 1)
+    if span < spec.min_history_s or y.size < 3:
+        fit = None
+        peak = demand
+        notes.add("reactive", f"demand {fmt(demand)} (history {fmt(span, 0)}s < {fmt(spec.min_history_s, 0)}s: "
+                  "no forecast yet)", "demand", demand)
+    else:
+        fit = holt_damped(y, spec.smoothing_alpha, spec.trend_beta, spec.damping_phi)
+        fpk = forecast_peak(fit, steps)
+        peak = max(demand, fpk) + spec.sigma_margin * fit.rmse
+        notes.add(
+            "forecast",
+            f"demand {fmt(demand)}, forecast peak {fmt(fpk)} over {fmt(steps * spec.bucket_s, 0)}s "
+            f"(level {fmt(fit.level)}, trend {fmt(fit.trend, 3)}/{fmt(spec.bucket_s, 0)}s, rmse {fmt(fit.rmse)})",
+            "forecast", fpk,
+        )
+    raw = max(0, math.ceil(peak / spec.target_utilization - 1e-9))
+    notes.add("capacity", f"ceil({fmt(peak)} / {fmt(spec.target_utilization)}) = {raw}", "replicas", raw,
+              spec.target_utilization)
+    return Core(rep, demand, fit, peak, raw, new_state)
+
+
+def finish(
+    signals: ServiceSignals,
+    core: Core,
+    spec: PredictiveSpec,
+    now: float,
+    notes: Notes,
+    want: int,
+    allow_down: bool = True,
+) -> tuple[int, PredictiveState]:
+    """Apply pending credit, stabilization, rate limits, action cap and bounds to ``want``."""
+    st = core.state
+    current = signals.current_replicas
+    pending = signals.pending
+    lo, hi = spec.min_replicas, spec.max_replicas
+    actions = recent(st.action_times, now, 60.0)
+    recs = tuple(r for r in st.recs if now - r[0] < spec.scale_down_window_s) + ((now, want),)
+    target = current
+    if current < lo or current > hi:
+        target = clamp(current, lo, hi)
+        notes.add("bounds", f"{current} outside [{lo}, {hi}]")
+    elif want > current:
+        credited = max(want - pending, current) if pending else want
+        if credited < want:
+            notes.add("pending_credit", f"{pending} replicas already starting: asking {credited} not {want}",
+                      "pending", pending)
+        up_cap = max(current + 1, math.ceil(current * spec.max_scale_up_rate))
+        t = min(credited, up_cap, hi)
+        if t > current and len(actions) >= spec.max_actions_per_minute:
+            notes.add("rate_cap", f"{len(actions)} actions in 60s (cap {spec.max_actions_per_minute})", "actions",
+                      len(actions), spec.max_actions_per_minute)
+        else:
+            if t < min(credited, hi):
+                notes.add("up_rate", f"limited to x{fmt(spec.max_scale_up_rate, 1)} per step", "replicas", t)
+            target = t
+    elif want < current:
+        stabilized = max(r for _, r in recs)
+        if not allow_down:
+            pass
+        elif st.hist_t and now - st.hist_t[0] < spec.scale_down_window_s:
+            notes.add("down_window", f"only {fmt(now - st.hist_t[0], 0)}s of history: no scale-down before "
+                      f"{fmt(spec.scale_down_window_s, 0)}s", "history", now - st.hist_t[0], spec.scale_down_window_s)
+        elif pending:
+            notes.add("pending_hold", f"{pending} replicas starting: no scale-down", "pending", pending)
+        elif stabilized >= current:
+            notes.add("down_window", f"highest recommendation in {fmt(spec.scale_down_window_s, 0)}s is "
+                      f"{stabilized}", "replicas", stabilized)
+        elif len(actions) >= spec.max_actions_per_minute:
+            notes.add("rate_cap", f"{len(actions)} actions in 60s (cap {spec.max_actions_per_minute})", "actions",
+                      len(actions), spec.max_actions_per_minute)
+        else:
+            floor = math.floor(current / spec.max_scale_down_rate)
+            target = max(lo, stabilized, floor)
+    if target != current:
+        actions = actions + (now,)
+    return target, replace(st, recs=recs, action_times=actions)
+
+
+def decide(
+    signals: ServiceSignals, state: PredictiveState | None, spec: PredictiveSpec, now: float
+) -> tuple[Decision, PredictiveState]:
+    state = state or PredictiveState()
+    notes = Notes()
+    core = predict_core(signals, state, spec, now, notes)
+    current = signals.current_replicas
+    if math.isnan(core.demand):
+        notes.add("no_demand", "no ready endpoints or rates to measure demand; holding")
+        target, new_state = (clamp(current, spec.min_replicas, spec.max_replicas), core.state)
+    else:
+        target, new_state = finish(signals, core, spec, now, notes, core.raw_target)
+    return (
+        Decision(
+            policy="predictive", service=signals.service, now=now, current_replicas=current, target_replicas=target,
+            explanation=notes.explanation(f"predictive {current}->{target}"), reasons=tuple(notes.reasons),
+            mode="stable", load_index=new_state.smoothed,
+            forecast=None if math.isnan(core.peak) else core.peak,
+            stale=core.report.stale_keys(signals.frame.keys, limit=100), load=core.report,
+        ),
+        new_state,
+    )
