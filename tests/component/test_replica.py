@@ -1,0 +1,188 @@
+"""The emulated replica as a real process on a real socket.
+
+Aspects: readiness after the model-load delay; latency and TTFT as the cost model
+predicts (alone and batched); bounded queue -> 503; vLLM/DCGM metric names and
+their movement under load; --slow-factor; --fail-rate; bad flags; no Nagle stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import aiohttp
+from livehelpers import ROOT, child_env, http_status
+from prometheus_client.parser import text_string_to_metric_families
+
+from xds_control import costmodel
+from xds_control.replica import REPLICA_HEADER
+
+TINY = costmodel.get_profile("tiny")
+
+
+async def complete(session: aiohttp.ClientSession, url: str, n_in: int, n_out: int, **extra) -> tuple[int, float, dict]:
+    t = time.monotonic()
+    async with session.post(url + "/v1/completions", json={"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, **extra}) as r:
+        body = await r.json()
+        return r.status, time.monotonic() - t, body
+
+
+def metrics(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics") as r:
+        assert r.status == 200
+        return metrics(await r.text())
+
+
+def test_health_turns_ready_only_after_load_delay(start_replica) -> None:
+    r = start_replica("--load-delay", "1.0", ready=False)
+    assert http_status(r.url + "/health") == 503
+    waited = r.wait_ready(timeout=10)
+    assert 0.9 <= waited <= 2.0, waited
+    assert http_status(r.url + "/health") == 200
+
+
+async def test_requests_before_ready_get_503(start_replica) -> None:
+    r = start_replica("--load-delay", "5", ready=False)
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await complete(s, r.url, 10, 2)
+    assert status == 503 and "loading" in body["error"]["message"]
+
+
+async def test_lone_request_latency_matches_cost_model(start_replica) -> None:
+    r = start_replica()
+    n_in, n_out = 200, 30
+    ttft_pred, total_pred = costmodel.isolated_latency_s(TINY, n_in, n_out)
+    async with aiohttp.ClientSession() as s:
+        status, latency, body = await complete(s, r.url, n_in, n_out)
+        assert status == 200
+        assert body["usage"] == {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        assert 0.95 * total_pred <= latency <= 1.25 * total_pred + 0.05, (latency, total_pred)
+        # Streaming: the first chunk arrives after the prefill.
+        t = time.monotonic()
+        first = None
+        chunks = 0
+        async with s.post(r.url + "/v1/completions", json={"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, "stream": True}) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            async for line in resp.content:
+                if line.startswith(b"data: ") and first is None:
+                    first = time.monotonic() - t
+                chunks += line.startswith(b"data: ")
+        assert first is not None and 0.95 * ttft_pred <= first <= 1.3 * ttft_pred + 0.05, (first, ttft_pred)
+        assert chunks >= n_out // 2  # roughly one chunk per step, plus [DONE]
+
+
+async def test_concurrent_requests_share_a_batch(start_replica) -> None:
+    r = start_replica()
+    n_in, n_out, k = 100, 40, 4
+    # All k admitted in one step: prefill of k prompts, then n_out-1 decode steps at batch k.
+    pred = costmodel.step_time_s(TINY, 0, k * n_in) + (n_out - 1) * costmodel.decode_step_time_s(TINY, k)
+    sequential = k * costmodel.isolated_latency_s(TINY, n_in, n_out)[1]
+    async with aiohttp.ClientSession() as s:
+        t = time.monotonic()
+        res = await asyncio.gather(*(complete(s, r.url, n_in, n_out) for _ in range(k)))
+        wall = time.monotonic() - t
+    assert [x[0] for x in res] == [200] * k
+    assert 0.9 * pred <= wall <= 1.3 * pred + 0.1, (wall, pred)
+    assert wall < 0.6 * sequential
+
+
+async def test_full_queue_answers_503(start_replica) -> None:
+    r = start_replica("--max-num-seqs", "1", "--max-queue", "2")
+    async with aiohttp.ClientSession() as s:
+        res = await asyncio.gather(*(complete(s, r.url, 5, 40) for _ in range(8)))
+        statuses = sorted(x[0] for x in res)
+        m = await scrape(s, r.url)
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) >= 5 and statuses.count(200) >= 2, statuses
+    assert m['xds_replica_rejected_total'] == statuses.count(503)
+
+
+async def test_metrics_names_present_and_move_under_load(start_replica) -> None:
+    r = start_replica()
+    async with aiohttp.ClientSession() as s:
+        before = await scrape(s, r.url)
+        for name in (
+            "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+            "vllm:time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_bucket",
+            "vllm:e2e_request_latency_seconds_sum", "vllm:request_success_total",
+            "DCGM_FI_DEV_GPU_UTIL", "process_cpu_seconds_total",
+        ):  # fmt: skip
+            assert name in before, name
+        assert before["vllm:num_requests_running"] == 0 and before["DCGM_FI_DEV_GPU_UTIL"] == 0
+        # 12 long requests on a batch of 8: some run, some wait.
+        load = [asyncio.create_task(complete(s, r.url, 50, 40)) for _ in range(12)]
+        await asyncio.sleep(0.6)
+        during = await scrape(s, r.url)
+        res = await asyncio.gather(*load)
+        after = await scrape(s, r.url)
+    assert all(x[0] == 200 for x in res)
+    assert during["vllm:num_requests_running"] == TINY.max_batch
+    assert during["vllm:num_requests_waiting"] == 12 - TINY.max_batch
+    assert 0 < during["vllm:kv_cache_usage_perc"] <= 1
+    assert 30 <= during["DCGM_FI_DEV_GPU_UTIL"] <= 100
+    assert after["vllm:request_success_total"] - before["vllm:request_success_total"] == 12
+    assert after["vllm:e2e_request_latency_seconds_count"] == 12
+    assert after["vllm:time_to_first_token_seconds_sum"] > 0
+    assert after["vllm:num_requests_running"] == 0 and after["vllm:kv_cache_usage_perc"] == 0
+    assert after["process_cpu_seconds_total"] > 0
+
+
+async def test_slow_factor_multiplies_latency(start_replica) -> None:
+    fast, slow = start_replica(), start_replica("--slow-factor", "3")
+    async with aiohttp.ClientSession() as s:
+        (sf, lf, _), (ss, ls, _) = await asyncio.gather(complete(s, fast.url, 100, 20), complete(s, slow.url, 100, 20))
+    assert sf == ss == 200
+    pred = costmodel.isolated_latency_s(TINY, 100, 20)[1]
+    assert 2.5 * pred <= ls <= 3.6 * pred + 0.1, (ls, pred)
+    assert ls > 2.4 * lf
+
+
+async def test_fail_rate_gives_500s(start_replica) -> None:
+    r = start_replica("--fail-rate", "0.5", "--seed", "7")
+    async with aiohttp.ClientSession() as s:
+        res = [await complete(s, r.url, 1, 1) for _ in range(40)]
+    n500 = sum(x[0] == 500 for x in res)
+    assert {x[0] for x in res} <= {200, 500}
+    assert 8 <= n500 <= 32, n500
+
+
+async def test_chat_completions_and_replica_header(start_replica) -> None:
+    r = start_replica("--name", "rep-a")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(r.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 3}) as resp:
+            body = await resp.json()
+            assert resp.status == 200 and resp.headers[REPLICA_HEADER] == "rep-a"
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 3
+        assert body["usage"]["prompt_tokens"] >= 60  # 240 characters / 4
+        async with s.post(r.url + "/v1/completions", data=b"{not json") as resp:
+            assert resp.status == 400
+        async with s.post(r.url + "/v1/completions", json={"prompt": "x", "max_tokens": 0}) as resp:
+            assert resp.status == 400
+
+
+async def test_small_requests_have_no_nagle_stalls(start_replica) -> None:
+    r = start_replica()
+    async with aiohttp.ClientSession() as s:
+        await complete(s, r.url, 1, 1)
+        lat = [(await complete(s, r.url, 1, 1))[1] for _ in range(15)]
+    # Compute is ~1 ms; a Nagle/delayed-ACK stall would add ~40 ms.
+    assert max(lat) < 0.035, lat
+
+
+def test_bad_flags_exit_2_naming_option_and_value() -> None:
+    for args, needle in ((["--slow-factor", "abc"], "--slow-factor"), (["--fail-rate", "1.5"], "1.5"),
+                         (["--profile", "nope"], "nope")):  # fmt: skip
+        p = subprocess.run([sys.executable, "-m", "xds_control.replica", *args], capture_output=True, text=True,
+                           env=child_env(), cwd=ROOT, timeout=20)  # fmt: skip
+        assert p.returncode == 2, p
+        assert needle in p.stderr and args[0] in p.stderr, p.stderr
