@@ -21,7 +21,7 @@ A replica is one vLLM-style engine on one GPU doing *continuous batching*:
 * at most ``max_batch`` sequences run at once and their reserved KV cache
   (``input_tokens + output_tokens`` each) must fit in ``kv_capacity_tokens``;
 * at most ``queue_bound`` requests wait per replica; a request that finds the queue full is
-  rejected, one that waits or runs longer than ``request_timeout_s`` times out — both are
+  rejected, one that gets no first token within ``request_timeout_s`` times out — both are
   *lost tasks*;
 * a new replica serves nothing for ``cold_start_s`` seconds.
 
@@ -122,7 +122,8 @@ class ReplicaProfile:
     queue_bound: int = 128
     #: Seconds from "start a replica" until it can serve.
     cold_start_s: float = 20.0
-    #: A request not finished this many seconds after arrival is lost (client gives up).
+    #: A request with no first token this many seconds after arrival is lost (the client gives
+    #: up waiting); once it streams, it runs to completion.
     request_timeout_s: float = 60.0
     #: Utilisation of a decode step at batch 1 (memory bound, SMs mostly waiting).
     util_decode_floor: float = 0.3

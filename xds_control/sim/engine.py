@@ -16,19 +16,23 @@ Replica model (see :mod:`xds_control.costmodel` for the numbers)
   few events per request.
 * Admission: FIFO from the replica's queue while ``batch < max_batch`` and the KV cache can reserve
   ``input + output`` tokens. A request that can never fit (more tokens than the KV cache) is lost.
-* Losses (task loss): arriving at a full queue (``queue_bound``) — rejected; still waiting after
-  ``request_timeout_s`` — dropped at admission; finishing later than ``request_timeout_s`` after its
-  arrival — the client gave up (it still consumed the GPU); running on a replica that fails after
-  its first token was streamed; arriving when no replica is ready (Envoy "no healthy upstream").
+* Losses (task loss): arriving at a full queue (``queue_bound``) — rejected; no first token within
+  ``request_timeout_s`` of arrival — timed out (the client gave up; dropped when it would be
+  admitted, so it costs no GPU time); streaming on a replica that fails; arriving when no replica
+  is ready (Envoy "no healthy upstream"). A request that is streaming runs to completion however
+  long its output.
   Requests waiting or in prefill on a failed replica are retried once on another replica (Envoy
   retry on reset), keeping their original arrival time.
 
 Routing (the data plane)
 ------------------------
+* Only ready replicas with an EDS weight > 0 receive requests. A controller that manages EDS
+  (``eds_managed``, e.g. one driven by ``xds_control.planning``) puts a newly ready replica into
+  rotation itself; otherwise it joins at weight 1.
 * ``least_request``: Envoy's weighted least request. When all weights are equal: power of two
   choices on active requests. Otherwise each ready replica gets effective weight
-  ``weight / (active + 1) ** bias`` (bias 1.0) and one is drawn in proportion (Envoy uses an EDF
-  scheduler over the same weights; drawing in proportion has the same long-run shares).
+  ``weight / (active + 1) ** bias`` (bias 1.0) in an earliest-deadline-first schedule, the weight
+  being computed when the host is (re)inserted after a pick, as Envoy's EDF scheduler does.
 * ``round_robin``: plain round robin over ready replicas, ignoring weights and load (a Kubernetes
   Service).
 
@@ -75,7 +79,7 @@ STATUS = {
     "pending": 0,
     "ok": 1,
     "rejected": 2,  # queue full, no ready replica, or can never fit the KV cache
-    "timeout": 3,  # waited or ran longer than the request timeout
+    "timeout": 3,  # no first token within the request timeout
     "failed": 4,  # was streaming on a replica that failed
 }
 _OK, _REJ, _TMO, _FAIL = 1, 2, 3, 4
@@ -149,7 +153,7 @@ class _Replica:
     __slots__ = (
         "rid", "node", "zone", "state", "created", "ready_at", "stopped",
         "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
-        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts",
+        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts", "edf",
     )
 
     def __init__(self, rid: int, node: int, zone: str, now: float, ready_at: float) -> None:
@@ -177,6 +181,7 @@ class _Replica:
         self.routed = 0
         self.lost = 0
         self.ttfts: list[float] = []
+        self.edf = 0.0  # Envoy EDF deadline (weighted least request with unequal weights)
 
 
 def _p99(x: list[float]) -> float | None:
@@ -193,6 +198,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     p = cfg.profile
     rng = np.random.default_rng(cfg.seed)
     lb = cfg.lb or controller.lb
+    eds_managed = bool(getattr(controller, "eds_managed", False))
     if lb not in (LB_LEAST_REQUEST, LB_ROUND_ROBIN):
         raise ValueError(f"unknown lb {lb!r}")
 
@@ -216,6 +222,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         gpus_per_node=cfg.gpus_per_node,
         zones=cfg.zones,
         ttft_slo_s=ttft_slo_s(p, inp),
+        mean_input_tokens=float(np.mean(inp)) if n else 0.0,
+        mean_output_tokens=float(np.mean(out)) if n else 0.0,
     )
 
     # Python lists are much faster than numpy for the scalar hot path.
@@ -262,9 +270,14 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
 
     def rebuild_routable() -> None:
         nonlocal routable, eq_weights
-        routable = [r for r in replicas if r.state == _READY]
+        routable = [r for r in replicas if r.state == _READY and r.weight > 0]
         ws = {r.weight for r in routable}
         eq_weights = len(ws) <= 1
+        if not eq_weights:
+            # Envoy rebuilds the EDF schedule when the host set or weights change
+            base = min((r.edf for r in routable), default=0.0)
+            for r in routable:
+                r.edf = base + (len(r.waiting) + r.b + 1) ** bias / r.weight
 
     def place(now: float, ready_at: float) -> _Replica:
         # zone with fewer live replicas, then a node there with a free GPU, else a new node
@@ -342,6 +355,10 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             if su < t:
                 su = t
             su += pf_s * inp_l[i]
+            if su - arr_l[i] > timeout:
+                # the client gives up before its first token; the engine aborts it
+                lose(i, _TMO, r)
+                continue
             r.stall_until = su
             ttft[i] = su
             r.ttfts.append(su - arr_l[i])
@@ -349,10 +366,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             if o <= 1:
                 # the prefill produced the only token
                 fin[i] = su
-                if su - arr_l[i] > timeout:
-                    lose(i, _TMO, r)
-                else:
-                    status[i] = _OK
+                status[i] = _OK
                 completions.append(i)
                 continue
             r.kv_used += need
@@ -383,17 +397,15 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 upos += 2
                 r = a if len(a.waiting) + a.b <= len(c.waiting) + c.b else c
             else:
-                effs = [x.weight / (len(x.waiting) + x.b + 1) ** bias for x in routable]
-                tot = sum(effs)
-                u = ubuf[upos] * tot
-                upos += 1
-                acc = 0.0
-                r = routable[-1]
-                for x, e in zip(routable, effs):
-                    acc += e
-                    if u < acc:
+                # Envoy's EDF scheduler over weight / (active + 1) ** bias, the effective weight
+                # being computed when a host is (re)inserted, i.e. right after it is picked.
+                r = routable[0]
+                best = r.edf
+                for x in routable:
+                    if x.edf < best:
+                        best = x.edf
                         r = x
-                        break
+                r.edf = best + (len(r.waiting) + r.b + 2) ** bias / r.weight
         r.routed += 1
         served[i] = r.rid
         if len(r.waiting) >= qbound:
@@ -414,10 +426,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             r.b -= 1
             r.kv_used -= inp_l[i] + out_l[i]
             fin[i] = t
-            if t - arr_l[i] > timeout:
-                lose(i, _TMO, r)
-            else:
-                status[i] = _OK
+            status[i] = _OK
             completions.append(i)
         admit(r, t)
         if r.state == _DRAINING and not r.b and not r.waiting:
@@ -466,14 +475,16 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             changed = True
         elif k > target:
             excess = k - target
-            starting = sorted((r for r in live if r.state == _STARTING), key=lambda r: -r.created)
+            pri = {rid: j for j, rid in enumerate(drain_first)}
+            starting = sorted(
+                (r for r in live if r.state == _STARTING), key=lambda r: (pri.get(r.rid, len(pri)), -r.created)
+            )
             for r in starting[:excess]:
                 release(r, t, _GONE)
                 r.version += 1
                 excess -= 1
             if excess > 0:
                 ready = [r for r in live if r.state == _READY]
-                pri = {rid: j for j, rid in enumerate(drain_first)}
                 ready.sort(key=lambda r: (pri.get(r.rid, len(pri)), len(r.waiting) + r.b, -r.rid))
                 for r in ready[:excess]:
                     advance(r, t)
@@ -488,7 +499,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         if act.weights:
             for rid, w in act.weights.items():
                 if 0 <= rid < len(replicas):
-                    replicas[rid].weight = max(1, int(w))
+                    replicas[rid].weight = max(0, int(w))  # 0 = not in EDS
             rebuild_routable()
         if act.target_replicas is not None:
             new = max(1, min(int(act.target_replicas), cfg.max_replicas))
@@ -672,6 +683,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     r.state = _READY
                     r.last_t = t
                     r.stall_until = t
+                    # an EDS-managed controller adds it to rotation itself (planning's ramp)
+                    r.weight = 0 if eds_managed else 1
                     rebuild_routable()
             elif kind == _EV_FAIL:
                 cands = [r for r in replicas if r.state == _READY]

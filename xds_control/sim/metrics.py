@@ -11,7 +11,8 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
     and episodes shorter than ``MIN_EPISODE_S`` are ignored. A scale-up made up to one cold start
     *before* the episode began counts as delay 0 (the capacity was already on its way). An episode
     with no scale-up before it ends counts its whole length (censored; see
-    ``untriggered_episodes``). ``null`` when there was no episode, or the policy never scales up.
+    ``untriggered_episodes``). 0 when the policy scaled up and no episode happened (it was never
+    late); ``null`` when the policy never scaled up.
 ``latency_p50_ms`` / ``latency_p99_ms``
     End-to-end latency (arrival → last token) over served requests; requests that timed out count
     as the timeout (the client waited that long). Rejected and failed requests are excluded (they
@@ -24,7 +25,10 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
     Mean cost-model GPU utilisation of the ready replicas, averaged over replica-time.
 ``overload_time_frac``
     Fraction of ``LOAD_WINDOW_S`` windows of the run in which some arriving request was lost or
-    their p99 TTFT exceeded the TTFT SLO (``ttft_slo_ms``).
+    their p99 *wait* exceeded the wait SLO (``wait_slo_ms``, 1 s). A request's wait is its TTFT
+    minus its own prefill time (:func:`xds_control.costmodel.prefill_time_s`): the time it spent
+    queued or stalled behind other prompts. (TTFT itself is not a usable SLO on traces whose
+    prompts alone take more than a second to prefill.)
 ``hotspot_ratio_p99``
     At each sample, the busiest ready replica's active requests (running + waiting) over the
     mean across ready replicas, for samples where that mean is at least 1; the p99 over time.
@@ -33,7 +37,7 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
     After ``--failure-at``: seconds from the failure until the first sample at which the fleet has
     at least as many ready replicas as just before the failure (or as its current target, if the
     policy has since lowered it) *and* the requests arriving in the
-    preceding ``LOAD_WINDOW_S`` had p99 TTFT within the SLO and no loss. ``null`` without failure;
+    preceding ``LOAD_WINDOW_S`` had p99 wait within the wait SLO and no loss. ``null`` without failure;
     if never recovered, the time to the end of the run (``recovered`` is then false).
 ``task_loss_rate``
     Lost requests / all requests. Lost = rejected (queue full, no ready replica, cannot fit the KV
@@ -47,7 +51,8 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
     Most replicas provisioned (starting + ready + draining) at any sample.
 
 Extra keys: ``requests``, ``tasks_lost``, ``surge_episodes``, ``untriggered_episodes``,
-``energy_kwh`` (cost-model power integrated over the run), ``ttft_slo_ms``, ``recovered``,
+``energy_kwh`` (cost-model power integrated over the run), ``wait_slo_ms``, ``wait_p99_ms``,
+``recovered``,
 ``lb``, ``target_util``.
 """
 
@@ -58,25 +63,17 @@ from typing import Any
 
 import numpy as np
 
-from xds_control.sim.controller import ttft_slo_s as _slo
+from xds_control import costmodel as cm
+from xds_control.sim.controller import WAIT_SLO_S
 from xds_control.sim.engine import STATUS, SimResult
 
-__all__ = ["LOAD_WINDOW_S", "MIN_EPISODE_S", "ttft_slo_s", "compute_metrics", "offered_load_series", "windowed_p99"]
+__all__ = ["LOAD_WINDOW_S", "MIN_EPISODE_S", "compute_metrics", "offered_load_series", "windowed_p99"]
 
 LOAD_WINDOW_S = 10.0
 MIN_EPISODE_S = 10.0
 
 _OK = STATUS["ok"]
 _TMO = STATUS["timeout"]
-
-
-def ttft_slo_s(res: SimResult) -> float:
-    """The TTFT SLO used by ``overload_time_frac`` and ``recovery_s``.
-
-    ``max(1 s, 2 × the median request's prefill time)``: long-prompt traces get a proportionally
-    looser SLO. The same for every policy of a run (and given to the controllers).
-    """
-    return _slo(res.profile, res.input_tokens)
 
 
 def offered_load_series(res: SimResult, window_s: float = LOAD_WINDOW_S) -> np.ndarray:
@@ -134,22 +131,25 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
     timeout = p.request_timeout_s
     n = len(res.arrival)
     st = res.status
-    slo = ttft_slo_s(res)
+    slo = WAIT_SLO_S
 
     served = (st == _OK) | (st == _TMO)
     lat = np.where(st == _TMO, timeout, res.finish - res.arrival)[served]
     ttft_all = res.ttft - res.arrival
     ttft = np.where((st == _TMO) | np.isnan(ttft_all), timeout, ttft_all)[served]
     ttft = np.minimum(ttft, timeout)
+    prefill = np.asarray(cm.prefill_time_s(p, res.input_tokens.astype(np.float64)))
+    wait_all = ttft_all - prefill  # NaN where no first token
+    wait = np.maximum(ttft - prefill[served], 0.0)
 
     # windowed latency / ttft by arrival window
     n_win = max(1, int(math.ceil(res.end_t / LOAD_WINDOW_S)))
     win = np.minimum((res.arrival // LOAD_WINDOW_S).astype(np.int64), n_win - 1)
     lat_w = windowed_p99(win[served], lat, n_win)
-    ttft_w = windowed_p99(win[served], ttft, n_win)
+    wait_w = windowed_p99(win[served], wait, n_win)
     lost = (st != _OK) & (st != STATUS["pending"])
     lost_w = np.bincount(win[lost], minlength=n_win) > 0
-    overload = lost_w | (np.nan_to_num(ttft_w, nan=0.0) > slo)
+    overload = lost_w | (np.nan_to_num(wait_w, nan=0.0) > slo)
 
     # trigger delay
     load = offered_load_series(res)
@@ -168,8 +168,10 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
         else:
             delays.append(e - s)
             untriggered += 1
-    if not delays or not ups:
+    if not ups:
         td_mean = td_max = None
+    elif not delays:
+        td_mean = td_max = 0.0  # scaled, and offered load never outran capacity x target: never late
     else:
         td_mean = round(float(np.mean(delays)), 3)
         td_max = round(float(np.max(delays)), 3)
@@ -195,8 +197,9 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
             seg_st = st[lo:hi]
             if np.any((seg_st != _OK) & (seg_st != STATUS["pending"])):
                 continue
-            seg_ttft = ttft_all[lo:hi]
-            if len(seg_ttft) and float(np.percentile(seg_ttft, 99)) > slo:
+            seg_wait = wait_all[lo:hi]
+            seg_wait = seg_wait[~np.isnan(seg_wait)]
+            if len(seg_wait) and float(np.percentile(seg_wait, 99)) > slo:
                 continue
             recovery = float(t - f)
             recovered = True
@@ -232,7 +235,8 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
         "surge_episodes": len(episodes),
         "untriggered_episodes": untriggered,
         "energy_kwh": round(res.energy_j / 3.6e6, 4),
-        "ttft_slo_ms": _ms(slo),
+        "wait_p99_ms": _ms(_pct(wait, 99)),
+        "wait_slo_ms": _ms(slo),
         "recovered": recovered,
         "lb": res.lb,
         "target_util": res.target_util,

@@ -75,7 +75,8 @@ DEFAULT_LB = {
 _LB_SUFFIX = {"rr": LB_ROUND_ROBIN, "lr": LB_LEAST_REQUEST}
 
 #: Controller tick (simulated seconds between two decide() calls) per policy.
-DEFAULT_TICK_S = {"threshold": 2.0, "predictive": 2.0, "comprehensive": 2.0, "kpa": 2.0}
+#: Every policy is called every 2 s (Knative's tick); HPA keeps its own 15 s sync inside decide().
+DEFAULT_TICK_S = {"threshold": 2.0, "predictive": 2.0, "comprehensive": 2.0, "hpa": 2.0, "kpa": 2.0}
 
 
 class PolicyUnavailable(LookupError):
@@ -148,6 +149,16 @@ def default_spec(name: str, info: FleetInfo) -> Any:
     if "startup_s" in fields:
         # The forecast horizon is the replica start-up time; the simulated fleet's is the profile's.
         overrides["startup_s"] = float(p.cold_start_s)  # type: ignore[attr-defined]
+    if "demand_signal" in fields and info.mean_input_tokens > 0:
+        # Demand from the gateway's request rate over one replica's benchmarked capacity, instead of
+        # the sum of load indices: a saturated replica reports L ~ 1 whatever the queue behind it
+        # (censored demand), so forecasting on L under-provisions every surge (seen on w0/w1).
+        # rps_per_replica is what an operator's benchmark of the traffic mix gives: the cost
+        # model's capacity at the trace's mean token counts.
+        from xds_control import costmodel as cm
+
+        overrides["demand_signal"] = "rps"
+        overrides["rps_per_replica"] = cm.capacity_rps(p, info.mean_input_tokens, info.mean_output_tokens)
     if name == "threshold":
         overrides["latency_trigger_s"] = slo
     if name == "hpa":
@@ -180,28 +191,17 @@ def _target_util(name: str, spec: Any) -> float:
     return 0.8
 
 
-def _plan_weights(planner: Callable[..., Any] | None, decision: Any, signals: Any, spec: Any, now: float,
-                  rids: list[int]) -> dict[int, int] | None:
-    """Endpoint weights from ``xds_control.planning`` if it exposes a usable function, else None."""
-    if planner is None:
-        return None
-    try:
-        out = planner(decision, signals, spec, now)
-    except TypeError:
-        return None
-    weights = getattr(out, "weights", out)
-    if isinstance(weights, dict):
-        keymap = {k: rid for k, rid in zip(signals.frame.keys, rids)}
-        return {keymap[k]: int(w) for k, w in weights.items() if k in keymap}
-    arr = np.asarray(weights)
-    if arr.shape == (len(rids),):
-        return {rid: max(1, int(w)) for rid, w in zip(rids, arr.tolist())}
-    return None
-
-
 @dataclass
 class CorePolicyController:
-    """Runs one ``xds_control.policies.<name>.decide`` in the simulator."""
+    """Runs one ``xds_control.policies.<name>.decide`` and ``xds_control.planning.plan_service`` in the simulator.
+
+    Every tick: the policy sees the ready replicas (starting ones as ``pending_replicas``); planning
+    sees ready and starting replicas (starting = not ready) so its coordination table and drain
+    choice match the fleet. Envoy is taken to ACK every plan at once (``acked_through = now``).
+    Planning's weights are applied as EDS weights: 0 (PENDING, WARMING, DRAINING) takes a replica
+    out of rotation, so a newly ready replica only gets traffic once planning ramps it in
+    (``eds_managed``). Planning's drain choice is passed to the fleet as ``drain_first``.
+    """
 
     policy: str
     lb: str = LB_ROUND_ROBIN
@@ -210,14 +210,15 @@ class CorePolicyController:
     spec: Any = None
     spec_factory: Callable[[FleetInfo], Any] | None = None
     target_util: float = 0.8
+    #: Apply xds_control.planning (weights, ramps, drain choice). Off = every ready replica equal.
+    use_planning: bool = True
     #: Every Decision returned (for explanations/debugging); off by default to keep memory flat.
     keep_decisions: bool = False
     decisions: list[Any] = field(default_factory=list)
+    eds_managed: bool = False
     _state: Any = None
+    _table: Any = None
     _decide: Any = None
-    _signals_cls: Any = None
-    _frame_cls: Any = None
-    _planner: Any = None
 
     def __post_init__(self) -> None:
         self.name = self.name or self.policy
@@ -225,61 +226,102 @@ class CorePolicyController:
         if not hasattr(mod, "decide"):
             raise PolicyUnavailable(f"xds_control.policies.{self.policy} has no decide()")
         self._decide = mod.decide
-        from xds_control.core.model import ServiceSignals, SignalFrame
-
-        self._signals_cls = ServiceSignals
-        self._frame_cls = SignalFrame
-        self._planner = None  # set in initial_replicas when planning offers weights
+        if self.use_planning:
+            try:
+                importlib.import_module("xds_control.planning")
+            except ImportError:
+                self.use_planning = False
+        self.eds_managed = self.use_planning
 
     def initial_replicas(self, info: FleetInfo) -> int:
         if self.spec is None:
             self.spec = (self.spec_factory or (lambda i: default_spec(self.policy, i)))(info)
         self.target_util = _target_util(self.policy, self.spec)
-        if getattr(self.spec, "policy", None) and hasattr(self.spec, "tick_interval_s"):
-            self.tick_s = float(self.spec.tick_interval_s)
-        if hasattr(self.spec, "sync_period_s"):
-            self.tick_s = float(self.spec.sync_period_s)
         self._state = None
+        self._table = None
         n = mean_load_size(info, self.target_util)
         lo = getattr(self.spec, "min_replicas", 1)
         hi = getattr(self.spec, "max_replicas", n)
         return max(1, min(max(n, lo), hi))
 
-    def signals(self, obs: FleetObservation) -> tuple[Any, list[int]]:
-        eps = [e for e in obs.endpoints if e.state == "ready"]
-        starting = sum(1 for e in obs.endpoints if e.state == "starting")
-        zones = sorted({e.zone for e in obs.endpoints}) or [""]
+    def _frame(self, eps: list[Any], zones: list[str], obs: FleetObservation) -> Any:
+        from xds_control.core.model import SignalFrame
+
         zidx = {z: i for i, z in enumerate(zones)}
         w = obs.window_s if obs.window_s > 0 else 1.0
-        frame = self._frame_cls.from_arrays(
+        ready = np.array([e.state == "ready" for e in eps], dtype=bool)
+        nan = math.nan
+
+        def col(vals: list[float]) -> np.ndarray:
+            a = np.array(vals, dtype=np.float64)
+            a[~ready] = nan  # a starting replica has no metrics endpoint yet
+            return a
+
+        return SignalFrame.from_arrays(
             [e.address for e in eps],
-            ready=True,
+            ready=ready,
             locality=np.array([zidx[e.zone] for e in eps], dtype=np.int32),
             localities=tuple(f"sim/{z}/" for z in zones),
-            gpu_util=np.array([e.gpu_util for e in eps]),
-            latency_s=np.array([math.nan if e.ttft_mean_s is None else e.ttft_mean_s for e in eps]),
-            running=np.array([e.running for e in eps], dtype=np.float64),
-            waiting=np.array([e.waiting for e in eps], dtype=np.float64),
-            kv_cache=np.array([e.kv_util for e in eps]),
-            rps=np.array([e.routed / w for e in eps]),
-            taken_at=obs.now,
+            gpu_util=col([e.gpu_util for e in eps]),
+            latency_s=col([nan if e.ttft_mean_s is None else e.ttft_mean_s for e in eps]),
+            running=col([e.running for e in eps]),
+            waiting=col([e.waiting for e in eps]),
+            kv_cache=col([e.kv_util for e in eps]),
+            rps=col([e.routed / w for e in eps]),
+            taken_at=col([obs.now] * len(eps)),
         )
-        sig = self._signals_cls(
+
+    def signals(self, obs: FleetObservation) -> tuple[Any, Any, list[int]]:
+        """(policy signals: ready replicas only, planning signals: ready + starting, rids of the latter)."""
+        from xds_control.core.model import ServiceSignals
+
+        zones = sorted({e.zone for e in obs.endpoints}) or [""]
+        ready_eps = [e for e in obs.endpoints if e.state == "ready"]
+        live_eps = [e for e in obs.endpoints if e.state in ("ready", "starting")]
+        starting = len(live_eps) - len(ready_eps)
+        psig = ServiceSignals(
             service="llm",
-            frame=frame,
+            frame=self._frame(ready_eps, zones, obs),
             current_replicas=int(obs.target_replicas),
             pending_replicas=starting,
             request_rate=obs.arrival_rps,
         )
-        return sig, [e.rid for e in eps]
+        lsig = ServiceSignals(
+            service="llm",
+            frame=self._frame(live_eps, zones, obs),
+            current_replicas=int(obs.target_replicas),
+            pending_replicas=starting,
+            request_rate=obs.arrival_rps,
+        )
+        return psig, lsig, [e.rid for e in live_eps]
 
     def step(self, obs: FleetObservation) -> Action:
-        sig, rids = self.signals(obs)
-        decision, self._state = self._decide(sig, self._state, self.spec, obs.now)
+        psig, lsig, rids = self.signals(obs)
+        decision, self._state = self._decide(psig, self._state, self.spec, obs.now)
         if self.keep_decisions:
             self.decisions.append(decision)
-        weights = _plan_weights(self._planner, decision, sig, self.spec, obs.now, rids)
-        return Action(target_replicas=int(decision.target_replicas), weights=weights)
+        if not self.use_planning:
+            return Action(target_replicas=int(decision.target_replicas))
+        from dataclasses import replace as dc_replace
+
+        from xds_control.loadindex import compute_load
+        from xds_control.planning import plan_service
+
+        li = getattr(self.spec, "load_index", None)
+        if li is not None and len(lsig.frame) != len(psig.frame):
+            decision = dc_replace(decision, load=compute_load(lsig.frame, li, obs.now))
+        traffic = getattr(self.spec, "traffic", None)
+        if traffic is None:
+            return Action(target_replicas=int(decision.target_replicas))
+        res = plan_service(decision, lsig, self._table, traffic, obs.now, obs.now)
+        self._table = res.table
+        weights = {rid: int(w) for rid, w in zip(rids, res.weight.tolist())}
+        from xds_control.core.model import EndpointPhase as P
+
+        drains = tuple(
+            rid for rid, ph in zip(rids, res.phase.tolist()) if ph in (int(P.DRAINING), int(P.REMOVABLE))
+        )
+        return Action(target_replicas=int(decision.target_replicas), weights=weights, drain_first=drains)
 
 
 def make_controller(entry: str) -> Controller:
