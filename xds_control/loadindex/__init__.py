@@ -11,9 +11,9 @@ Contract:
 * The weights must sum to 1 (the seed paper's alpha+beta+gamma = 1, extended with the optional
   queue and KV weights that Gateway API Inference Extension and AIBrix route on).
 * If a fresh sample lacks some terms, L is the weighted mean of the terms it has (weights
-  renormalized). A sample with no usable term, or older than ``staleness_s``, is **stale** and
-  counts as saturated (``stale_load`` >= 1), never as idle (aibrix#638, GIE#336); the report
-  lists stale endpoints so decisions can say so.
+  renormalized). A sample older than ``staleness_s`` or with every metric missing is **stale**;
+  stale samples and samples with no usable load term count as saturated (``stale_load`` >= 1),
+  never as idle (aibrix#638, GIE#336); the report lists them so decisions can say so.
 * The service index is the mean over ready endpoints; locality indices likewise per locality.
   Smoothing is a time-based EWMA (:func:`ewma`) applied by policies to the service index.
 """
@@ -113,6 +113,7 @@ def parse_load_index_spec(data: dict | None) -> LoadIndexSpec:
 
 
 _TERMS = ("gpu", "cpu", "net", "queue", "kv")
+_METRIC_COLUMNS = ("gpu_util", "gpu_mem", "cpu_util", "latency_s", "running", "waiting", "kv_cache", "rps")
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -121,8 +122,12 @@ class LoadReport:
 
     #: Load index per endpoint (same order as the frame); stale endpoints carry ``stale_load``.
     endpoint: np.ndarray
-    #: True where the sample was stale or absent.
+    #: True where the sample is older than ``staleness_s`` or absent (every metric missing). Policies on
+    #: raw metrics (HPA, KPA) treat these as missing.
     stale: np.ndarray
+    #: True where the load index is unknown (stale, absent, or no load term measured): these carry
+    #: ``stale_load`` (saturated).
+    saturated: np.ndarray
     #: Mean load over ready endpoints (NaN when no endpoint is ready).
     service: float
     #: (locality key, mean load over its ready endpoints, ready count), for localities with endpoints.
@@ -130,11 +135,12 @@ class LoadReport:
     #: (term name, mean normalized value over ready fresh endpoints or NaN) for the explanation.
     terms: tuple[tuple[str, float], ...]
     n_ready: int
-    #: Ready endpoints whose sample was stale (counted as saturated).
+    #: Ready endpoints whose load is unknown (stale, absent or unmeasured), counted as saturated.
     n_stale_ready: int
 
-    def stale_keys(self, keys: tuple[str, ...], limit: int | None = None) -> tuple[str, ...]:
-        idx = np.flatnonzero(self.stale)
+    def stale_keys(self, keys: tuple[str, ...], limit: int | None = None, raw: bool = False) -> tuple[str, ...]:
+        """Keys counted as saturated (or, with ``raw``, only the stale/absent ones)."""
+        idx = np.flatnonzero(self.stale if raw else self.saturated)
         if limit is not None:
             idx = idx[:limit]
         return tuple(keys[i] for i in idx)
@@ -168,16 +174,20 @@ def compute_load(frame: SignalFrame, spec: LoadIndexSpec, now: float) -> LoadRep
             den += np.where(have, w, 0.0)
             used.append((name, v))
         age = now - frame.taken_at
-        stale = (den <= 0.0) | (age > spec.staleness_s)  # NaN age (untimed) compares False: fresh
+        absent = np.ones(n, dtype=bool)
+        for name in _METRIC_COLUMNS:
+            absent &= np.isnan(getattr(frame, name))
+        stale = absent | (age > spec.staleness_s)  # NaN age (untimed) compares False: fresh
+        saturated = stale | (den <= 0.0)  # no usable load term: unknown load counts as saturated too
         load = np.divide(num, den, out=np.full(n, spec.stale_load), where=den > 0.0)
-        load[stale] = spec.stale_load
-    stale.setflags(write=False)
-    load.setflags(write=False)
+        load[saturated] = spec.stale_load
+    for a in (stale, saturated, load):
+        a.setflags(write=False)
 
     ready = frame.ready
     n_ready = int(np.count_nonzero(ready))
     service = float(load[ready].mean()) if n_ready else math.nan
-    fresh_ready = ready & ~stale
+    fresh_ready = ready & ~saturated
     terms = []
     for name, v in used:
         sel = v[fresh_ready]
@@ -196,11 +206,12 @@ def compute_load(frame: SignalFrame, spec: LoadIndexSpec, now: float) -> LoadRep
     return LoadReport(
         endpoint=load,
         stale=stale,
+        saturated=saturated,
         service=service,
         locality=locality,
         terms=tuple(terms),
         n_ready=n_ready,
-        n_stale_ready=int(np.count_nonzero(ready & stale)),
+        n_stale_ready=int(np.count_nonzero(ready & saturated)),
     )
 
 

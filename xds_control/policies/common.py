@@ -55,7 +55,7 @@ def stale_note(notes: Notes, signals: ServiceSignals, report: LoadReport, treate
     """Report stale or absent samples of ready endpoints (always, so silence never hides them)."""
     if report.n_stale_ready == 0:
         return
-    ready_stale = np.flatnonzero(report.stale & signals.frame.ready)
+    ready_stale = np.flatnonzero(report.saturated & signals.frame.ready)
     keys = [signals.frame.keys[i] for i in ready_stale[:3]]
     more = "" if ready_stale.size <= 3 else f" +{ready_stale.size - 3} more"
     notes.add(

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from xds_control.core.model import Decision, ServiceSignals
 from xds_control.loadindex import compute_load
@@ -77,9 +77,14 @@ class HpaRule(_Spec):
 
 
 class HpaScalingRules(_Spec):
-    stabilization_window_s: int = Field(ge=0, le=3600, description="Stabilization window, seconds (0..3600).")
+    stabilization_window_s: int | None = Field(
+        None, ge=0, le=3600,
+        description="Stabilization window, seconds (0..3600). Null: upstream default (up 0 s, down 300 s).",
+    )
     select_policy: Literal["Max", "Min", "Disabled"] = Field("Max", description="Which policy wins. Default Max.")
-    policies: tuple[HpaRule, ...] = Field(description="Rate rules.")
+    policies: tuple[HpaRule, ...] | None = Field(
+        None, description="Rate rules. Null: upstream default (up: Percent 100 + Pods 4 per 15 s; down: Percent 100 per 15 s)."
+    )
 
 
 def _default_up() -> HpaScalingRules:
@@ -96,6 +101,16 @@ def _default_down() -> HpaScalingRules:
     )
 
 
+def _resolve(rules: HpaScalingRules, default: HpaScalingRules) -> HpaScalingRules:
+    return HpaScalingRules(
+        stabilization_window_s=default.stabilization_window_s
+        if rules.stabilization_window_s is None
+        else rules.stabilization_window_s,
+        select_policy=rules.select_policy,
+        policies=default.policies if rules.policies is None else rules.policies,
+    )
+
+
 class HpaBehavior(_Spec):
     scale_up: HpaScalingRules = Field(
         default_factory=_default_up, description="Default: window 0 s; max(100 %, 4 pods) per 15 s."
@@ -103,6 +118,12 @@ class HpaBehavior(_Spec):
     scale_down: HpaScalingRules = Field(
         default_factory=_default_down, description="Default: window 300 s; 100 % per 15 s."
     )
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> HpaBehavior:
+        object.__setattr__(self, "scale_up", _resolve(self.scale_up, _default_up()))
+        object.__setattr__(self, "scale_down", _resolve(self.scale_down, _default_down()))
+        return self
 
 
 class HpaSpec(PolicySpecBase):
@@ -209,7 +230,7 @@ def scale_up_limit(current: int, up: tuple, down: tuple, rules: HpaScalingRules,
         return current
     pick = min if rules.select_policy == "Min" else max
     result: int | None = None
-    for p in rules.policies:
+    for p in rules.policies or ():
         start = current - _change_in_period(up, now, p.period_s) + _change_in_period(down, now, p.period_s)
         proposed = start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100))
         result = proposed if result is None else pick(result, proposed)
@@ -222,7 +243,7 @@ def scale_down_limit(current: int, up: tuple, down: tuple, rules: HpaScalingRule
         return current
     pick = max if rules.select_policy == "Min" else min
     result: int | None = None
-    for p in rules.policies:
+    for p in rules.policies or ():
         start = current - _change_in_period(up, now, p.period_s) + _change_in_period(down, now, p.period_s)
         proposed = start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100))
         result = proposed if result is None else pick(result, proposed)
@@ -241,7 +262,7 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
                 policy="hpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
                 explanation=notes.explanation(f"HPA {current}->{target}"), reasons=tuple(notes.reasons), mode=mode,
                 load_index=None if rep is None or math.isnan(rep.service) else rep.service,
-                stale=() if rep is None else rep.stale_keys(signals.frame.keys, limit=100), load=rep,
+                stale=() if rep is None else rep.stale_keys(signals.frame.keys, limit=100, raw=True), load=rep,
             ),
             st,
         )
@@ -256,9 +277,10 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
     frame = signals.frame
     rep = compute_load(frame, spec.load_index, now)
     stale = rep.stale
-    if rep.n_stale_ready:
-        notes.add("stale_as_missing", f"{int(np.count_nonzero(stale))} endpoints with stale/no samples treated as "
-                  "missing metrics (HPA rule)", "staleness", float(np.count_nonzero(stale)))
+    n_stale = int(np.count_nonzero(stale))
+    if n_stale:
+        notes.add("stale_as_missing", f"{n_stale} endpoints with stale/no samples treated as "
+                  "missing metrics (HPA rule)", "staleness", float(n_stale))
     # pods without an endpoint in the frame are Pending -> ignored
     n_pending = max(0, current - len(frame))
 
@@ -298,7 +320,7 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
         metric_desired = max(proposals)
         # --- normalizeDesiredReplicasWithBehaviors ---
         b = spec.behavior
-        up_w, down_w = b.scale_up.stabilization_window_s, b.scale_down.stabilization_window_s
+        up_w, down_w = b.scale_up.stabilization_window_s or 0, b.scale_down.stabilization_window_s or 0
         up_rec = down_rec = metric_desired
         for t, r in state.recommendations:
             if t > now - up_w:
@@ -329,8 +351,8 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
         rescale = desired != current
 
     up_ev, down_ev = state.up_events, state.down_events
-    longest_up = max((p.period_s for p in spec.behavior.scale_up.policies), default=0)
-    longest_down = max((p.period_s for p in spec.behavior.scale_down.policies), default=0)
+    longest_up = max((p.period_s for p in spec.behavior.scale_up.policies or ()), default=0)
+    longest_down = max((p.period_s for p in spec.behavior.scale_down.policies or ()), default=0)
     up_ev = tuple(e for e in up_ev if e[0] > now - longest_up)
     down_ev = tuple(e for e in down_ev if e[0] > now - longest_down)
     if rescale:

@@ -132,9 +132,10 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
     col = frame.in_flight if spec.metric == "concurrency" else frame.rps
     vals = col[fresh]
     vals = vals[~np.isnan(vals)]
-    if rep.n_stale_ready:
-        notes.add("stale_not_scraped", f"{rep.n_stale_ready} ready pods with stale/no samples not scraped",
-                  "staleness", float(rep.n_stale_ready))
+    n_stale = int(np.count_nonzero(frame.ready & rep.stale))
+    if n_stale:
+        notes.add("stale_not_scraped", f"{n_stale} ready pods with stale/no samples not scraped",
+                  "staleness", float(n_stale))
     if vals.size:
         observed = float(vals.mean()) * ready_orig
     elif ready_orig == 0 and signals.request_rate is not None:
@@ -161,7 +162,7 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
                 policy="kpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
                 explanation=notes.explanation(head), reasons=tuple(notes.reasons), mode=mode,
                 load_index=None if math.isnan(rep.service) else rep.service,
-                stale=rep.stale_keys(frame.keys, limit=100), load=rep,
+                stale=rep.stale_keys(frame.keys, limit=100, raw=True), load=rep,
             ),
             st,
         )
