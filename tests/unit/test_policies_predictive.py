@@ -1,0 +1,184 @@
+"""Predictive and comprehensive policies: forecast on ramps, pending credit, stabilization, burst mode."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xds_control.core.errors import SpecError
+from xds_control.core.model import ServiceSignals, SignalFrame
+from xds_control.policies import decide, load_policy_spec
+from xds_control.policies.forecast import bucketize, forecast_peak, holt_damped
+
+RPS = {"policy": "predictive", "demand_signal": "rps", "rps_per_replica": 10.0, "max_replicas": 500}
+
+
+def pspec(**over):
+    return load_policy_spec({**RPS, **over})
+
+
+def cspec(**over):
+    return load_policy_spec({**RPS, "policy": "comprehensive", **over})
+
+
+def sig(ready: int, t: float, rate: float | None = None, gpu: float = 0.5, current: int | None = None):
+    f = SignalFrame.from_arrays([f"e{i}:1" for i in range(ready)], gpu_util=gpu, cpu_util=gpu, latency_s=0.05,
+                                taken_at=t)
+    return ServiceSignals("svc", f, current_replicas=ready if current is None else current, request_rate=rate)
+
+
+def drive(spec, rates, start=0.0, step=2.0, replicas=5, state=None, apply=False):
+    """Call the policy every ``step`` s with the given request rates; optionally apply targets at once."""
+    out = []
+    t = start
+    for r in rates:
+        d, state = decide(sig(replicas, t, r), state, spec, t)
+        out.append(d)
+        if apply:
+            replicas = d.target_replicas
+        t += step
+    return out, state, t
+
+
+# --- forecasting primitives ---------------------------------------------------------------------
+def test_holt_recovers_a_linear_trend():
+    y = 2.0 + 0.5 * np.arange(40)
+    fit = holt_damped(y, alpha=0.5, beta=0.3, phi=1.0)
+    assert fit.trend == pytest.approx(0.5, abs=1e-6)
+    assert fit.level == pytest.approx(y[-1], abs=1e-6)
+    assert fit.rmse == pytest.approx(0.0, abs=1e-9)
+    assert forecast_peak(fit, 10) == pytest.approx(y[-1] + 5.0)
+
+
+def test_damping_shrinks_long_extrapolation():
+    y = 2.0 + 0.5 * np.arange(40)
+    undamped = holt_damped(y, 0.5, 0.3, 1.0).at(12)
+    damped = holt_damped(y, 0.5, 0.3, 0.9).at(12)
+    assert y[-1] < damped < undamped
+
+
+def test_bucketize_means_and_forward_fills_gaps():
+    times = np.array([0.0, 1.0, 25.0, 29.0])
+    vals = np.array([1.0, 3.0, 5.0, 7.0])
+    y = bucketize(times, vals, now=30.0, bucket_s=10.0, history_s=900.0)
+    # ages 30, 29, 5, 1 -> buckets (oldest first) [30,40): 1.0 ; [20,30): 3.0 ; [10,20): empty, forward
+    # filled ; [0,10): mean(5, 7) = 6.0
+    assert y.tolist() == [1.0, 3.0, 3.0, 6.0]
+
+
+# --- predictive ---------------------------------------------------------------------------------
+def test_flat_demand_provisions_for_90_percent():
+    res, _, _ = drive(pspec(), [45.0] * 60, replicas=5)
+    assert res[-1].target_replicas == 5  # ceil(4.5 / 0.9)
+    assert "forecast" in {r.code for r in res[-1].reasons}
+
+
+def test_ramp_is_provisioned_ahead_of_demand():
+    rates = [10.0 + 0.5 * k * 2 for k in range(200)]  # +0.5 rps per second
+    res, _, _ = drive(pspec(), rates, replicas=30)
+    d = res[-1]
+    demand_now = rates[-1] / 10.0
+    reactive = math.ceil(demand_now / 0.9)
+    assert d.forecast > demand_now + 3.0  # ~2 min of trend ahead
+    assert d.target_replicas > reactive
+    assert "trend" in d.explanation
+
+
+def test_before_min_history_it_acts_on_demand_now():
+    d, _ = decide(sig(5, 0.0, 90.0), None, pspec(), 0.0)
+    assert d.target_replicas == 10 and "reactive" in {r.code for r in d.reasons}
+
+
+@pytest.mark.parametrize(
+    "ready,current,rate,expected,code",
+    [
+        (4, 8, 90.0, 8, "pending_credit"),  # want 10; 4 starting: ask max(10 - 4, 8) = 8
+        (4, 8, 126.0, 10, "pending_credit"),  # want 14 -> 14 - 4 = 10
+        (4, 4, 90.0, 8, "up_rate"),  # no pending: want 10, limited to x2
+    ],
+)
+def test_pending_replicas_are_credited(ready, current, rate, expected, code):
+    d, _ = decide(sig(ready, 0.0, rate, current=current), None, pspec(), 0.0)
+    assert d.target_replicas == expected
+    assert code in {r.code for r in d.reasons}
+
+
+def test_no_scale_down_while_replicas_are_starting():
+    _, st, t = drive(pspec(), [45.0] * 100, replicas=5)
+    d, _ = decide(sig(5, t, 10.0, current=8), st, pspec(), t)
+    assert d.target_replicas == 8 and "pending_hold" in {r.code for r in d.reasons}
+
+
+def test_scale_down_waits_for_the_window_and_at_most_halves():
+    s = pspec(scale_down_window_s=120)
+    _, st, t = drive(s, [90.0] * 100, replicas=10)  # 200 s at 10 replicas
+    res, st, t = drive(s, [9.0] * 70, start=t, replicas=10, state=st, apply=True)
+    first_down = next(i for i, d in enumerate(res) if d.target_replicas < 10)
+    assert first_down * 2.0 >= 120.0  # every recommendation in the window was still 10
+    assert res[first_down].target_replicas >= 5  # at most halves per step
+    assert res[-1].target_replicas < 5
+
+
+def test_actions_are_capped_at_six_per_minute():
+    s = pspec()
+    res, _, _ = drive(s, [10.0 * 2**k for k in range(30)], replicas=1, apply=True, step=1.0)
+    changes = [d.now for d in res if d.target_replicas != d.current_replicas]
+    for t0 in changes:
+        assert sum(1 for t in changes if t0 <= t < t0 + 60) <= 6
+
+
+def test_load_demand_counts_stale_endpoints_as_saturated():
+    s = load_policy_spec({"policy": "predictive", "load_index": {"alpha": 1.0, "beta": 0.0, "gamma": 0.0}})
+    f = SignalFrame.from_arrays(["a:1", "b:1", "c:1"], gpu_util=0.3, taken_at=[100.0, 100.0, 0.0])
+    d, _ = decide(ServiceSignals("svc", f, 3), None, s, 100.0)
+    assert "demand 1.60" in d.explanation  # 0.3 + 0.3 + 1.0
+    assert d.stale == ("c:1",)
+
+
+def test_rps_demand_needs_rps_per_replica():
+    with pytest.raises(SpecError) as e:
+        load_policy_spec({"policy": "predictive", "demand_signal": "rps"})
+    assert "rps_per_replica" in str(e.value)
+
+
+# --- comprehensive ------------------------------------------------------------------------------
+def test_forecast_miss_enters_burst_mode_and_scales_for_demand_now():
+    s = cspec()
+    _, st, t = drive(s, [45.0] * 100, replicas=5)
+    d, st = decide(sig(5, t, 90.0), st, s, t)
+    assert d.mode == "panic" and "panic_enter" in {r.code for r in d.reasons}
+    assert d.target_replicas == 10  # ceil(9 / 0.9), within x2
+
+
+def test_burst_mode_never_scales_down_and_exits_after_a_stable_window():
+    s = cspec(stable_window_s=60)
+    _, st, t = drive(s, [45.0] * 100, replicas=5)
+    d, st = decide(sig(5, t, 90.0), st, s, t)
+    entered = t
+    res, st, t = drive(s, [45.0] * 120, start=t + 2, replicas=10, state=st, apply=True)
+    in_panic = [d for d in res if d.now - entered <= 60]
+    assert all(d.target_replicas == 10 and d.mode == "panic" for d in in_panic)
+    exit_d = next(d for d in res if "panic_exit" in {r.code for r in d.reasons})
+    assert exit_d.now - entered > 60 and exit_d.mode == "stable"
+    assert res[-1].target_replicas < 10  # back to normal stabilization afterwards
+
+
+def test_saturated_fleet_in_burst_grows_by_burst_factor():
+    s = cspec(load_index={"alpha": 1.0, "beta": 0.0, "gamma": 0.0}, demand_signal="load")
+    f = SignalFrame.from_arrays([f"e{i}:1" for i in range(4)], gpu_util=1.0, taken_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f, 4), None, s, 0.0)
+    # demand 4.0 -> ceil(4/0.9)=5, ratio 5/4 < 1.3 so no panic on the first tick ...
+    assert d.mode == "stable" and d.target_replicas == 5
+    f2 = SignalFrame.from_arrays([f"e{i}:1" for i in range(4)], gpu_util=1.5, taken_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f2, 4), None, s, 0.0)
+    # ... but over-saturated (L 1.5): ceil(6/0.9)=7, ratio 7/4 >= 1.3 -> panic, at least ceil(4*1.5)=6
+    assert d.mode == "panic" and d.target_replicas == 7
+    assert "saturated" in {r.code for r in d.reasons}
+
+
+def test_comprehensive_defaults_turn_on_traffic_shaping():
+    s = load_policy_spec({"policy": "comprehensive"})
+    assert s.traffic.weighting == "headroom" and s.traffic.ramp_window_s == 60
+    assert s.load_index.queue_weight > 0 and s.load_index.kv_weight > 0
