@@ -186,3 +186,18 @@ def test_bad_flags_exit_2_naming_option_and_value() -> None:
                            env=child_env(), cwd=ROOT, timeout=20)  # fmt: skip
         assert p.returncode == 2, p
         assert needle in p.stderr and args[0] in p.stderr, p.stderr
+
+
+async def test_client_disconnect_aborts_the_request(start_replica) -> None:
+    r = start_replica()
+    async with aiohttp.ClientSession() as s:
+        t = asyncio.create_task(complete(s, r.url, 10, 2000))
+        await asyncio.sleep(0.3)
+        assert (await scrape(s, r.url))["vllm:num_requests_running"] == 1
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+    async with aiohttp.ClientSession() as s:
+        await asyncio.sleep(0.2)
+        m = await scrape(s, r.url)
+    assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0
+    assert m["vllm:request_success_total"] == 0

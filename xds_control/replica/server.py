@@ -334,7 +334,10 @@ def _set_nodelay(request: web.Request) -> None:
 async def serve(cfg: ReplicaConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 5.0) -> None:
     """Run a replica until ``stop`` is set (or forever). Prints ``listening on HOST:PORT`` once bound."""
     server = ReplicaServer(cfg)
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    # handler_cancellation: a client that disconnects aborts its request (as vLLM does).
+    runner = web.AppRunner(
+        server.app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout, handler_cancellation=True
+    )
     await runner.setup()
     if cfg.sock_fd is not None:
         sock = socket.socket(fileno=cfg.sock_fd)

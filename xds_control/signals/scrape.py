@@ -1,0 +1,235 @@
+"""Direct scrape of each endpoint's ``/metrics`` (the embedded default signal source).
+
+Like AIBrix and the Gateway API Inference Extension's endpoint picker, this reads
+the engine's own Prometheus endpoint, without a Prometheus server. Names mapped
+(vLLM V1 and dcgm-exporter; older vLLM names as fallbacks):
+
+=============  ==========================================================================
+field          source
+=============  ==========================================================================
+running        ``vllm:num_requests_running`` (sum over label sets)
+waiting        ``vllm:num_requests_waiting``
+kv_cache       ``vllm:kv_cache_usage_perc`` (or ``vllm:gpu_cache_usage_perc``); values > 1
+               are taken as percent
+gpu_util       ``DCGM_FI_DEV_GPU_UTIL`` / 100 (mean over GPUs)
+gpu_mem        ``DCGM_FI_DEV_FB_USED`` / (``FB_USED`` + ``FB_FREE``)
+cpu_util       rate of ``process_cpu_seconds_total`` between two scrapes / ``cpu_cores``
+latency_s      mean ``vllm:time_to_first_token_seconds`` (or e2e latency, ``latency="e2e"``)
+               of the requests finished between two scrapes; ``None`` if none finished
+rps            rate of ``vllm:request_success_total`` between two scrapes
+=============  ==========================================================================
+
+Rates need two scrapes: the first read of an endpoint has them ``None`` (missing,
+not zero). A counter that went down (the replica restarted) restarts the rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from xds_control.core.model import EndpointSample
+from xds_control.signals.base import EndpointReading, SignalReport
+
+__all__ = ["ScrapeSource", "RawMetrics", "parse_metrics", "derive_sample"]
+
+
+@dataclass(frozen=True)
+class RawMetrics:
+    """The numbers we use from one scrape (``None`` = not exposed)."""
+
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache: float | None = None
+    gpu_util_pct: float | None = None
+    fb_used: float | None = None
+    fb_free: float | None = None
+    cpu_seconds: float | None = None
+    success_total: float | None = None
+    ttft_sum: float | None = None
+    ttft_count: float | None = None
+    e2e_sum: float | None = None
+    e2e_count: float | None = None
+
+
+_SUM = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "DCGM_FI_DEV_FB_USED": "fb_used",
+    "DCGM_FI_DEV_FB_FREE": "fb_free",
+    "process_cpu_seconds_total": "cpu_seconds",
+    "vllm:request_success_total": "success_total",
+    "vllm:time_to_first_token_seconds_sum": "ttft_sum",
+    "vllm:time_to_first_token_seconds_count": "ttft_count",
+    "vllm:e2e_request_latency_seconds_sum": "e2e_sum",
+    "vllm:e2e_request_latency_seconds_count": "e2e_count",
+}
+_MEAN = {
+    "vllm:kv_cache_usage_perc": "kv_cache",
+    "vllm:gpu_cache_usage_perc": "kv_cache_old",
+    "DCGM_FI_DEV_GPU_UTIL": "gpu_util_pct",
+}
+
+
+def parse_metrics(text: str) -> RawMetrics:
+    """Pick the mapped metrics out of Prometheus text exposition (raises ``ValueError`` if unparsable)."""
+    sums: dict[str, float] = {}
+    means: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            f = _SUM.get(s.name)
+            if f is not None:
+                sums[f] = sums.get(f, 0.0) + float(s.value)
+                continue
+            f = _MEAN.get(s.name)
+            if f is not None:
+                means.setdefault(f, []).append(float(s.value))
+    avg = {k: sum(v) / len(v) for k, v in means.items() if v}
+    kv = avg.get("kv_cache", avg.get("kv_cache_old"))
+    if kv is not None and kv > 1.0:  # exported in percent
+        kv /= 100.0
+    return RawMetrics(kv_cache=kv, gpu_util_pct=avg.get("gpu_util_pct"), **sums)
+
+
+def _rate(cur: float | None, prev: float | None, dt: float) -> float | None:
+    if cur is None or prev is None or dt <= 0 or cur < prev:
+        return None
+    return (cur - prev) / dt
+
+
+def derive_sample(
+    cur: RawMetrics,
+    prev: RawMetrics | None,
+    dt_s: float,
+    *,
+    taken_at: float | None,
+    cpu_cores: float = 1.0,
+    latency: str = "ttft",
+) -> EndpointSample:
+    """Turn one scrape (and the previous one, ``dt_s`` seconds earlier) into an :class:`EndpointSample`."""
+    gpu_mem = None
+    if cur.fb_used is not None and cur.fb_free is not None and cur.fb_used + cur.fb_free > 0:
+        gpu_mem = cur.fb_used / (cur.fb_used + cur.fb_free)
+    cpu = None
+    lat = None
+    rps = None
+    if prev is not None:
+        r = _rate(cur.cpu_seconds, prev.cpu_seconds, dt_s)
+        cpu = None if r is None else r / cpu_cores
+        rps = _rate(cur.success_total, prev.success_total, dt_s)
+        s_cur, c_cur, s_prev, c_prev = (
+            (cur.ttft_sum, cur.ttft_count, prev.ttft_sum, prev.ttft_count)
+            if latency == "ttft"
+            else (cur.e2e_sum, cur.e2e_count, prev.e2e_sum, prev.e2e_count)
+        )
+        if None not in (s_cur, c_cur, s_prev, c_prev):
+            dc = c_cur - c_prev  # type: ignore[operator]
+            ds = s_cur - s_prev  # type: ignore[operator]
+            if dc > 0 and ds >= 0:
+                lat = ds / dc
+    return EndpointSample(
+        gpu_util=None if cur.gpu_util_pct is None else cur.gpu_util_pct / 100.0,
+        gpu_mem=gpu_mem,
+        cpu_util=cpu,
+        latency_s=lat,
+        running=cur.running,
+        waiting=cur.waiting,
+        kv_cache=cur.kv_cache,
+        rps=rps,
+        taken_at=taken_at,
+    )
+
+
+class ScrapeSource:
+    """Scrapes ``http://<key>/metrics`` of every endpoint concurrently.
+
+    Args:
+        timeout_s: per-scrape timeout; a timeout is a failed reading.
+        cpu_cores: divides the CPU rate (1.0: one core = 100 %).
+        latency: ``"ttft"`` (default) or ``"e2e"`` for :attr:`EndpointSample.latency_s`.
+        path: metrics path.
+    """
+
+    name = "scrape"
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 1.0,
+        cpu_cores: float = 1.0,
+        latency: str = "ttft",
+        path: str = "/metrics",
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if latency not in ("ttft", "e2e"):
+            raise ValueError(f"latency must be 'ttft' or 'e2e', got {latency!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.timeout_s = timeout_s
+        self.cpu_cores = cpu_cores
+        self.latency = latency
+        self.path = path
+        self._session = session
+        self._own_session = session is None
+        # key -> (monotonic time of the scrape, raw metrics)
+        self._prev: dict[str, tuple[float, RawMetrics]] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+            self._own_session = True
+        return self._session
+
+    async def _one(self, key: str, now: float, t_call: float) -> EndpointReading:
+        url = f"http://{key}{self.path}"
+        try:
+            async with self._http().get(url) as resp:
+                if resp.status != 200:
+                    return EndpointReading(key, None, error=f"HTTP {resp.status} from {url}")
+                text = await resp.text()
+        except asyncio.TimeoutError:
+            return EndpointReading(key, None, error=f"timeout after {self.timeout_s:g} s scraping {url}")
+        except (aiohttp.ClientError, OSError) as e:
+            return EndpointReading(key, None, error=f"{type(e).__name__} scraping {url}: {e}")
+        t = time.monotonic()
+        try:
+            raw = parse_metrics(text)
+        except Exception as e:  # the parser raises several types on garbage
+            return EndpointReading(key, None, error=f"unparsable metrics from {url}: {e}")
+        prev = self._prev.get(key)
+        self._prev[key] = (t, raw)
+        sample = derive_sample(
+            raw,
+            prev[1] if prev else None,
+            t - prev[0] if prev else 0.0,
+            taken_at=now + (t - t_call),
+            cpu_cores=self.cpu_cores,
+            latency=self.latency,
+        )
+        return EndpointReading(key, sample, age_s=0.0)
+
+    async def read(self, endpoints: Sequence[str], now: float) -> SignalReport:
+        t_call = time.monotonic()
+        keys = list(dict.fromkeys(endpoints))
+        results = await asyncio.gather(*(self._one(k, now, t_call) for k in keys))
+        for k in set(self._prev) - set(keys):
+            del self._prev[k]
+        return SignalReport(
+            source=self.name,
+            now=now,
+            readings={r.key: r for r in results},
+            elapsed_s=time.monotonic() - t_call,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
