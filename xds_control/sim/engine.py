@@ -660,7 +660,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     while True:
         ta = arr_l[i] if i < n else inf
         th = heap[0][0] if heap else inf
-        if next_sample <= end_t + 1e-9 and next_sample <= ta and next_sample <= th:
+        if next_sample <= end_t + 1e-9 and next_sample < ta and next_sample < th:
             t = next_sample
             sample(t)
             if t >= next_tick - 1e-9:
