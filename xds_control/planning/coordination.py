@@ -68,6 +68,17 @@ class CoordinationTable:
     #: When the ACK of the current RAMPING/DRAINING phase was first seen (NaN until then).
     acked_at: np.ndarray
 
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        for name, dtype in (("phase", np.int8), ("since", np.float64), ("acked_at", np.float64)):
+            a = getattr(self, name)
+            if not (isinstance(a, np.ndarray) and a.dtype == dtype and not a.flags.writeable):
+                a = np.array(a, dtype=dtype, copy=True)
+                a.setflags(write=False)
+                object.__setattr__(self, name, a)
+            if a.shape != (n,):
+                raise ValueError(f"CoordinationTable.{name} has shape {a.shape}, expected ({n},)")
+
     def __len__(self) -> int:
         return len(self.keys)
 
