@@ -86,7 +86,6 @@ class Publisher:
         self.history: deque[PublishEvent] = deque(maxlen=200)
         self.last_error: str | None = None
         tracker.on_nack_event(self._on_nack)
-        tracker.on_ack_event(self._on_ack)
 
     # -- input ----------------------------------------------------------------------------------
     def submit(self, plan: TrafficPlan, reason: str = "") -> None:
@@ -166,12 +165,15 @@ class Publisher:
         asyncio.get_running_loop().create_task(self._observe_push(snap), name=f"xds-push-time-v{snap.version}")
 
     async def _observe_push(self, snap: Snapshot) -> None:
+        """Push-time metric, and the "last good" version: one every connected proxy ACKed."""
         if not self.tracker.proxies():
             return
         start = self._clock()
         res = await self.tracker.wait_acked(snap.version, timeout=60)
         if res.complete:
             self.metrics.push_time.observe(self._clock() - start)
+        if res.ok and (self.last_good is None or self.last_good.version < snap.version):
+            self._maybe_good(snap)
 
     def _schedule_removal(self, snap: Snapshot) -> None:
         if self._removal_task is not None and not self._removal_task.done():
@@ -197,13 +199,6 @@ class Publisher:
     def _maybe_good(self, snap: Snapshot) -> None:
         if snap.plan is not None and not snap.retained:
             self.last_good = snap
-
-    def _on_ack(self, _proxy: ProxyStatus, _type_url: str, _version: int) -> None:
-        snap = self.cache.snapshot
-        if snap is None or (self.last_good is not None and self.last_good.version >= snap.version):
-            return
-        if self.tracker.result(snap.version).ok:
-            self._maybe_good(snap)
 
     def _on_nack(self, proxy: ProxyStatus, type_url: str, version: int, message: str) -> None:
         self.rejections.append(Rejection(proxy.node_id, T.SHORT.get(type_url, type_url), version, message,

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -69,7 +70,7 @@ class _Sub:
 
     __slots__ = ("type_url", "requested", "legacy_wildcard", "explicit_wildcard", "names", "sent_key",
                  "inflight_nonce", "inflight_since", "last_nonce", "force", "known", "must_resend",
-                 "first_pending")
+                 "first_pending", "slot", "recent_nonces")
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
@@ -91,6 +92,10 @@ class _Sub:
         self.must_resend: set[str] = set()
         #: Delta: the first request gets a response even when nothing differs.
         self.first_pending = False
+        #: Holds one of the server-wide push slots until the response is ACKed, NACKed or timed out.
+        self.slot = False
+        #: SotW: the last nonces sent for this type (shared nonces must not repeat on one stream).
+        self.recent_nonces: deque[str] = deque(maxlen=8)
 
     @property
     def wildcard(self) -> bool:
@@ -140,7 +145,9 @@ class AdsServer:
         self.metrics = metrics or XdsMetrics()
         self.ack_timeout_s = ack_timeout_s
         self._push_slots = asyncio.Semaphore(max_concurrent_pushes)
-        self._bodies: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        #: SotW responses shared by streams: key -> (body without nonce, body with nonce, nonce).
+        self._bodies: OrderedDict[tuple[Any, ...], tuple[bytes, bytes, str]] = OrderedDict()
+        self._nonces = itertools.count(1)
         self._streams: set[_Stream] = set()
 
     # -- registration -------------------------------------------------------------------------
@@ -185,8 +192,14 @@ class AdsServer:
                     return
                 out = self._next_response(st)
                 if out is not None:
-                    async with self._push_slots:
-                        yield out
+                    data, sub = out
+                    # A slot is held until the proxy answers: at most max_concurrent_pushes responses are
+                    # buffered or in flight server-wide, which bounds memory when a big snapshot fans out.
+                    await self._push_slots.acquire()
+                    sub.slot = True
+                    sub.inflight_since = asyncio.get_running_loop().time()
+                    yield data
+                    del data, out  # don't keep a big response alive while this stream sleeps
                     continue
                 st.wake.clear()
                 await self._wait(st)
@@ -194,6 +207,8 @@ class AdsServer:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+            for sub in st.subs.values():
+                self._release(sub)
             unsubscribe()
             self._streams.discard(st)
             self.metrics.connected.labels(protocol).dec()
@@ -201,16 +216,24 @@ class AdsServer:
                 self.tracker.disconnect(st.proxy)
 
     async def _wait(self, st: _Stream) -> None:
+        """Sleep until woken (request, snapshot) or until the earliest in-flight ACK times out."""
+        loop = asyncio.get_running_loop()
         timeout = None
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         for sub in st.subs.values():
             if sub.inflight_nonce is not None:
                 left = sub.inflight_since + self.ack_timeout_s - now
                 timeout = left if timeout is None else min(timeout, left)
-        if timeout is not None and timeout <= 0:
+        if timeout is None:
+            await st.wake.wait()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(st.wake.wait(), timeout)
+        if timeout <= 0:
+            return
+        timer = loop.call_later(timeout, st.wake.set)
+        try:
+            await st.wake.wait()
+        finally:
+            timer.cancel()
 
     async def _read(self, st: _Stream, requests: AsyncIterator[Any], handle: Any) -> None:
         try:
@@ -235,7 +258,12 @@ class AdsServer:
                 return True
         return False
 
-    def _next_response(self, st: _Stream) -> bytes | None:
+    def _release(self, sub: _Sub) -> None:
+        if sub.slot:
+            sub.slot = False
+            self._push_slots.release()
+
+    def _next_response(self, st: _Stream) -> tuple[bytes, _Sub] | None:
         snap = self.cache.snapshot
         if snap is None or st.proxy is None:
             return None
@@ -245,13 +273,15 @@ class AdsServer:
             sub = st.subs[t]
             if not sub.requested:
                 continue
-            if sub.inflight_nonce is not None and now - sub.inflight_since < self.ack_timeout_s:
-                continue  # one response of a type in flight; the next one merges pending changes
+            if sub.inflight_nonce is not None:
+                if now - sub.inflight_since < self.ack_timeout_s:
+                    continue  # one response of a type in flight; the next one merges pending changes
+                self._release(sub)  # no answer in time: stop holding a push slot for it
             if self._gated(st, t, now):
                 continue
             out = build(st, sub, snap, now)
             if out is not None:
-                return out
+                return out, sub
         return None
 
     def _sent(self, st: _Stream, sub: _Sub, snap: Snapshot, nonce: str, now: float, nbytes: int) -> None:
@@ -267,6 +297,7 @@ class AdsServer:
     def _ack_or_nack(self, st: _Stream, sub: _Sub, error: Any | None) -> None:
         assert st.proxy is not None
         sub.inflight_nonce = None
+        self._release(sub)
         short = T.SHORT[sub.type_url]
         if error is not None:
             msg = error.message or f"code {error.code}"
@@ -331,19 +362,36 @@ class AdsServer:
                 st.subs[T.ENDPOINT].force = True
         version = snap.type_version(sub.type_url)
         body_key = (snap.version, sub.type_url, "*" if sub.wildcard else key)
-        body = self._bodies.get(body_key)
-        if body is None:
+        entry = self._bodies.get(body_key)
+        if entry is None:
             body = (field_str(1, version) + b"".join(field_bytes(2, r.packed) for r in wanted)
                     + field_str(4, sub.type_url))
-            self._bodies[body_key] = body
-            while len(self._bodies) > 256:
-                self._bodies.popitem(last=False)
-        nonce = st.next_nonce()
+            nonce = self._new_nonce(snap)
+            entry = (body, body + field_str(5, nonce), nonce)
+            self._bodies[body_key] = entry
+            self._trim_bodies(snap.version)
+        body, out, nonce = entry
+        if nonce in sub.recent_nonces:
+            # This stream got this very response before: it needs a nonce of its own.
+            nonce = self._new_nonce(snap)
+            out = body + field_str(5, nonce)
+        # Otherwise every stream subscribing to the same names shares one bytes object (nonces only
+        # have to be unique within a stream), so a fan-out copies nothing.
+        sub.recent_nonces.append(nonce)
         sub.sent_key = key
         sub.force = False
-        out = body + field_str(5, nonce)
         self._sent(st, sub, snap, nonce, now, len(out))
         return out
+
+    def _new_nonce(self, snap: Snapshot) -> str:
+        return f"{snap.version}-{next(self._nonces)}"
+
+    def _trim_bodies(self, current: int) -> None:
+        while self._bodies:
+            oldest = next(iter(self._bodies))
+            if oldest[0] >= current - 1 and len(self._bodies) <= 256:
+                break
+            self._bodies.popitem(last=False)
 
     # -- Delta ------------------------------------------------------------------------------------
     async def _delta(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]

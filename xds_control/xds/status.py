@@ -102,6 +102,25 @@ class AckResult:
         return not self.pending and not self.rejected
 
 
+@dataclass(eq=False)
+class _Waiter:
+    version: int
+    types: frozenset[str] | None
+    nodes: frozenset[str] | None
+    pending: set[int]
+    missing: set[str]
+    selected: set[int]
+    event: asyncio.Event
+
+    def done(self, p: ProxyStatus) -> bool:
+        return (p.rejected_at_least(self.version, self.types) is not None
+                or p.acked_at_least(self.version, self.types))
+
+    def check(self) -> None:
+        if not self.pending and not self.missing:
+            self.event.set()
+
+
 NackListener = Callable[[ProxyStatus, str, int, str], None]
 AckListener = Callable[[ProxyStatus, str, int], None]
 
@@ -113,7 +132,7 @@ class SyncTracker:
         self._clock = clock
         self._proxies: dict[int, ProxyStatus] = {}
         self._ids = itertools.count(1)
-        self._changed = asyncio.Event()
+        self._waiters: set[_Waiter] = set()
         self._nack_listeners: list[NackListener] = []
         self._ack_listeners: list[AckListener] = []
         #: version -> monotonic time it was set in the cache, for convergence metrics.
@@ -127,21 +146,34 @@ class SyncTracker:
     def on_ack_event(self, fn: AckListener) -> None:
         self._ack_listeners.append(fn)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _touch(self, p: ProxyStatus) -> None:
+        """Re-check only the waiters that wait for ``p``: O(waiters), never O(proxies)."""
+        for w in self._waiters:
+            if p.stream_id in w.pending and w.done(p):
+                w.pending.discard(p.stream_id)
+                w.check()
 
     # -- stream lifecycle --------------------------------------------------------------------
     def connect(self, node_id: str, node_cluster: str, protocol: str, peer: str) -> ProxyStatus:
         sid = next(self._ids)
         p = ProxyStatus(sid, node_id, node_cluster, protocol, peer, self._clock())
         self._proxies[sid] = p
-        self._notify()
+        for w in self._waiters:
+            if w.nodes is not None and node_id in w.nodes:
+                w.missing.discard(node_id)
+                w.pending.add(sid)
+                w.selected.add(sid)
         return p
 
     def disconnect(self, proxy: ProxyStatus) -> None:
         self._proxies.pop(proxy.stream_id, None)
-        self._notify()
+        for w in self._waiters:
+            if proxy.stream_id in w.pending:
+                w.pending.discard(proxy.stream_id)
+                w.selected.discard(proxy.stream_id)
+                if w.nodes is not None and not any(q.node_id == proxy.node_id for q in self._proxies.values()):
+                    w.missing.add(proxy.node_id)
+                w.check()
 
     def type_status(self, proxy: ProxyStatus, type_url: str) -> TypeStatus:
         st = proxy.types.get(type_url)
@@ -162,7 +194,7 @@ class SyncTracker:
         st.last_error = None
         for fn in self._ack_listeners:
             fn(proxy, type_url, st.acked_version or 0)
-        self._notify()
+        self._touch(proxy)
 
     def nacked(self, proxy: ProxyStatus, type_url: str, message: str) -> None:
         st = self.type_status(proxy, type_url)
@@ -172,7 +204,7 @@ class SyncTracker:
         st.nacks += 1
         for fn in self._nack_listeners:
             fn(proxy, type_url, st.sent_version or 0, st.last_error)
-        self._notify()
+        self._touch(proxy)
 
     def mark_current(self, proxy: ProxyStatus, type_url: str, version: int, awaiting_ack: bool) -> None:
         """The stream's content for ``type_url`` is unchanged in snapshot ``version``."""
@@ -185,7 +217,7 @@ class SyncTracker:
             st.error_version = version
         elif fully_acked:
             st.acked_version = version
-            self._notify()
+            self._touch(proxy)
 
     # -- queries ------------------------------------------------------------------------------
     def proxies(self) -> list[ProxyStatus]:
@@ -198,10 +230,12 @@ class SyncTracker:
         return [p for p in self._proxies.values() if p.node_id in wanted]
 
     def result(self, version: int, nodes: Iterable[str] | None = None,
-               types: Iterable[str] | None = None) -> AckResult:
+               types: Iterable[str] | None = None, streams: set[int] | None = None) -> AckResult:
         types = tuple(types) if types is not None else None
         acked, rejected, pending = [], [], []
         for p in self._select(nodes):
+            if streams is not None and p.stream_id not in streams:
+                continue
             err = p.rejected_at_least(version, types)
             if err is not None:
                 rejected.append((p.node_id, err))
@@ -218,31 +252,33 @@ class SyncTracker:
         timeout: float | None = None,
         types: Iterable[str] | None = None,
     ) -> AckResult:
-        """Wait until every selected connected proxy has ACKed (or rejected) ``version``.
+        """Wait until every selected proxy has ACKed (or rejected) ``version``.
 
-        ``nodes`` selects proxies by node id (all connected ones when None); ``types``
-        restricts the check (all requested types when None). Returns when nothing is
-        pending or ``timeout`` seconds passed; the result says who is where. Named
+        ``nodes`` selects proxies by node id; when None, the streams connected when the
+        wait starts are selected (a proxy connecting later gets the newest version on
+        its own). ``types`` restricts the check (all requested types when None). Named
         proxies that are not connected count as pending until they connect and ACK.
+        Returns when nothing is pending or ``timeout`` seconds passed; the result says
+        who is where. Cost: each ACK re-checks only the waiters waiting for its proxy.
         """
-        nodes = list(nodes) if nodes is not None else None
-        types = list(types) if types is not None else None
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            res = self.result(version, nodes, types)
-            missing = set(nodes or ()) - {p.node_id for p in self._proxies.values()}
-            if missing:
-                res = AckResult(res.version, res.acked, res.rejected, tuple(sorted(set(res.pending) | missing)))
-            if res.complete:
-                return res
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return res
+        node_set = frozenset(nodes) if nodes is not None else None
+        type_set = frozenset(types) if types is not None else None
+        selected = {p.stream_id for p in self._select(node_set)}
+        w = _Waiter(version, type_set, node_set, set(), set(), selected, asyncio.Event())
+        w.pending = {sid for sid in selected if not w.done(self._proxies[sid])}
+        w.missing = set(node_set or ()) - {p.node_id for p in self._proxies.values()}
+        if w.pending or w.missing:
+            self._waiters.add(w)
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await asyncio.wait_for(w.event.wait(), timeout)
             except TimeoutError:
                 pass
+            finally:
+                self._waiters.discard(w)
+        res = self.result(version, node_set, type_set, streams=w.selected)
+        if w.missing:
+            res = AckResult(res.version, res.acked, res.rejected, tuple(sorted(set(res.pending) | w.missing)))
+        return res
 
     def syncz(self) -> list[dict[str, object]]:
         """A JSON-ready view like Istio's /debug/syncz."""
