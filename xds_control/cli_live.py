@@ -75,6 +75,7 @@ def loadgen(
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in surge.", parser=_int),
     header: list[str] = typer.Option([], "--header", help="Extra request header 'Name: value' (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    records: Optional[str] = typer.Option(None, "--records", help="Also write every request's record to this file (JSON lines)."),
 ) -> None:
     """Replay a trace open-loop against an OpenAI-compatible endpoint and print a summary."""
     from xds_control.loadgen import endpoint_url, format_summary, run_load, summary_json
@@ -107,6 +108,13 @@ def loadgen(
         if duration is not None:
             rows = [r for r in rows if r.timestamp_s < duration]
     result = asyncio.run(run_load(target, rows, stream=stream, chat=chat, timeout_s=timeout, headers=headers or None))
+    if records:
+        import dataclasses
+        import json
+
+        with open(records, "w", encoding="utf-8") as fh:
+            for rec in result.records:
+                fh.write(json.dumps(dataclasses.asdict(rec)) + "\n")
     if as_json:
         typer.echo(summary_json(result.summary))
     else:

@@ -113,13 +113,16 @@ def test_cli_loadgen_json(start_replica, tmp_path) -> None:
     r = start_replica()
     p = tmp_path / "t.csv"
     write_trace(p, even_trace(10, 0.1, n_out=3))
+    rec = tmp_path / "records.jsonl"
     out = CliRunner().invoke(_app(), ["loadgen", "--target", r.url, "--trace", str(p), "--speedup", "2",
-                                      "--duration", "0.3", "--json"])  # fmt: skip
+                                      "--duration", "0.3", "--json", "--records", str(rec)])  # fmt: skip
     assert out.exit_code == 0, out.output
     s = json.loads(out.output)
     assert s["requests"] == 6 and s["ok"] == 6 and s["failed"] == 0  # t = 0, .05, ... .25
     for k in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "achieved_rps", "ttft_p50_ms"):
         assert s[k] is not None and s[k] > 0
+    lines = [json.loads(x) for x in rec.read_text().splitlines()]
+    assert len(lines) == 6 and all(x["status"] == 200 and x["ttft_s"] > 0 for x in lines)
 
 
 @pytest.mark.parametrize(

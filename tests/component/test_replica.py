@@ -201,3 +201,10 @@ async def test_client_disconnect_aborts_the_request(start_replica) -> None:
         m = await scrape(s, r.url)
     assert m["vllm:num_requests_running"] == 0 and m["vllm:kv_cache_usage_perc"] == 0
     assert m["vllm:request_success_total"] == 0
+
+
+def test_taken_port_exits_1_with_message(start_replica) -> None:
+    r = start_replica()
+    p = subprocess.run([sys.executable, "-m", "xds_control.replica", "--port", str(r.port)], capture_output=True,
+                       text=True, env=child_env(), cwd=ROOT, timeout=20)  # fmt: skip
+    assert p.returncode == 1 and f"cannot listen on 127.0.0.1:{r.port}" in p.stderr, p.stderr

@@ -369,7 +369,13 @@ def run(cfg: ReplicaConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, stop=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as e:  # e.g. the port is taken
+        import sys
+
+        print(f"replica: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def with_overrides(cfg: ReplicaConfig, **kw: Any) -> ReplicaConfig:
