@@ -251,14 +251,16 @@ def apply_to_pool(pool: PoolPlan, result: ServicePlanResult) -> PoolPlan:
     inventory = {e.key: e for e in pool.endpoints}
     loc_cache = [_locality_from_key(k) for k in result.localities]
     healthy, draining_h = HealthStatus.HEALTHY, HealthStatus.DRAINING
-    phase, weight, keys, loc_idx = result.phase, result.weight, result.keys, result.locality_index
+    keys = result.keys
+    phase, weight, loc_idx = result.phase.tolist(), result.weight.tolist(), result.locality_index.tolist()
+    draining_code = int(P.DRAINING)
     eps = []
     for i in np.flatnonzero(result.in_eds).tolist():
         key = keys[i]
-        if phase[i] == P.DRAINING:
+        if phase[i] == draining_code:
             w, health = 1, draining_h
         else:
-            w, health = int(weight[i]), healthy
+            w, health = weight[i], healthy
             if w < 1:  # not ready: keep out of rotation
                 continue
         base = inventory.get(key)

@@ -5,7 +5,7 @@ Contract (pure, vectorized, inputs never mutated):
 * :func:`capped_allocation` solves ``w = clip(lam * h, lo, hi)`` with ``sum(w) == total`` (the
   water-filling problem) for ``h > 0``; requires ``n*lo <= total <= n*hi``.
 * :func:`largest_remainder` rounds non-negative reals to integers with a prescribed integer sum,
-  moving each value by less than 1 (floors, then +1 to the largest fractional parts; ties by index).
+  moving each value by less than 1 (floors, then +1 to the largest fractional parts).
   Values that are already integers never move, so an integer upper bound is never exceeded.
 * :func:`headroom` is ``max(0, saturation - L) + floor``.
 """
@@ -31,6 +31,20 @@ def capped_allocation(h: np.ndarray, total: float, lo: float, hi: float, iters: 
     w = h * (total / hsum)
     if w.min() >= lo and w.max() <= hi:  # fast path: no bound binds
         return w
+    if w.min() >= lo:
+        # Only the cap binds (the usual case): water-fill. Fix violators at hi, rescale the rest up;
+        # rescaling only raises the free ones, so fixed ones stay valid. Each round fixes >= 1.
+        capped = np.zeros(n, dtype=bool)
+        for _ in range(n):
+            capped |= w > hi
+            free = ~capped
+            rest = total - hi * np.count_nonzero(capped)
+            hf = float(h[free].sum())
+            w = np.where(capped, hi, h * (rest / hf) if hf > 0 else 0.0)
+            if not (w[free] > hi).any():
+                break
+        if w.min() >= lo - 1e-12:
+            return w
     # f(lam) = sum(clip(lam*h, lo, hi)) is non-decreasing: bisect, then solve the free set exactly.
     a, b = 0.0, hi / float(h.min())
     buf = np.empty(n)
@@ -62,7 +76,8 @@ def largest_remainder(x: np.ndarray, total: int) -> np.ndarray:
     r = int(total - out.sum())
     frac = x - fl
     if r > 0:
-        idx = np.argsort(-frac, kind="stable")[:r]
+        # the r largest fractional parts (argpartition: O(n); ties broken deterministically)
+        idx = np.argpartition(-frac, r - 1)[:r] if r < out.size else np.arange(out.size)
         out[idx] += 1
     elif r < 0:  # float fuzz only: undo the roundings-up that had the least support
         idx = np.argsort(frac, kind="stable")[:-r]
