@@ -334,3 +334,50 @@ def test_plan_explanation_counts_phases():
     s = fleet(3, 0.0)
     r = plan_service(decision(s, 3, 0.0), s, None, TrafficSpec(), 0.0)
     assert "serving 3" in r.explanation and "target 3" in r.explanation
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(["equal", "headroom"]),
+    st.sampled_from([0.0, 20.0]),
+    st.lists(
+        st.tuples(
+            st.lists(st.booleans(), min_size=8, max_size=8),
+            st.lists(st.sampled_from([0.0, 2.0, float("nan")]), min_size=8, max_size=8),
+            st.lists(st.floats(0.0, 2.0), min_size=8, max_size=8),
+            st.integers(0, 10),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=15,
+    ),
+)
+def test_plan_and_pool_invariants_over_random_histories(weighting, ramp, steps):
+    tspec = TrafficSpec(weighting=weighting, ramp_window_s=ramp, drain_timeout_s=30.0)
+    table, now, last, acked = None, 0.0, None, None
+    for ready, fl, gpu, target, ack in steps:
+        now += 5.0
+        if ack:
+            acked = last
+        s = fleet(8, now, ready=ready, running=fl, gpu=gpu)
+        prev = table
+        r = plan_service(decision(s, target, now), s, table, tspec, now, acked)
+        ready_a = np.array(ready)
+        rot = ready_a & ((r.phase == P.RAMPING) | (r.phase == P.SERVING))
+        assert np.all((r.weight > 0) == rot)
+        assert r.scaler_replicas == target + int(np.count_nonzero(r.phase == P.DRAINING))
+        if prev is not None:
+            for k in r.removable:
+                i = r.keys.index(k)
+                assert P(int(prev.phase[i])) in (P.DRAINING, P.PENDING, P.WARMING, P.REMOVABLE)
+        pool = apply_to_pool(PoolPlan("p"), r)
+        by_key = {k: i for i, k in enumerate(r.keys)}
+        for e in pool.endpoints:
+            i = by_key[e.key]
+            assert e.weight >= 1
+            if e.health is HealthStatus.HEALTHY:
+                assert rot[i]
+            else:
+                assert e.health is HealthStatus.DRAINING and r.phase[i] == P.DRAINING
+        assert not {e.key for e in pool.endpoints} & set(r.removable)
+        table, last = r.table, now
