@@ -68,7 +68,7 @@ class Scripted:
 
 def test_one_replica_known_latencies():
     tr = trace([(0.0, 100, 3), (0.0, 100, 5), (10.0, 200, 5), (10.05, 100, 1)])
-    r = simulate(tr, Scripted(1), SimConfig(profile=P))
+    r = simulate(tr, Scripted(1), SimConfig(profile=P, warmup_s=0))
     # r0 prefill 0-0.1, r1 prefill 0.1-0.2 (decode paused); both decode at batch 2 (30 ms/step):
     # r0 needs 2 steps -> 0.26; r1 2 more steps at batch 1 (20 ms) -> 0.30.
     assert r.ttft[:2] == pytest.approx([0.1, 0.2])
@@ -84,7 +84,7 @@ def test_one_replica_known_latencies():
 def test_queue_overflow_counts_losses():
     p = P.with_(max_batch=1, queue_bound=2)
     tr = trace([(0.0, 10, 2)] * 5)
-    r = simulate(tr, Scripted(1), SimConfig(profile=p))
+    r = simulate(tr, Scripted(1), SimConfig(profile=p, warmup_s=0))
     # one runs, two wait, two find the queue full
     assert list(r.status) == [OK, OK, OK, REJ, REJ]
     m = compute_metrics(r)
@@ -96,21 +96,21 @@ def test_timeout_without_first_token_is_lost():
     p = P.with_(max_batch=1, queue_bound=10, request_timeout_s=1.0, decode_per_seq_s=0.0)
     # each request: 0.1 s prefill + 40 decode steps of 10 ms = 0.5 s, one at a time
     tr = trace([(0.0, 100, 41)] * 5)
-    r = simulate(tr, Scripted(1), SimConfig(profile=p))
+    r = simulate(tr, Scripted(1), SimConfig(profile=p, warmup_s=0))
     assert r.finish[:2] == pytest.approx([0.5, 1.0])
     # the third would get its first token at 1.1 s > 1 s timeout: the client gave up
     assert list(r.status) == [OK, OK, TMO, TMO, TMO]
     m = compute_metrics(r)
     assert m["task_loss_rate"] == pytest.approx(0.6)
     # a request too big for the KV cache can never be served
-    r2 = simulate(trace([(0.0, 9_000, 2_000)]), Scripted(1), SimConfig(profile=P))
+    r2 = simulate(trace([(0.0, 9_000, 2_000)]), Scripted(1), SimConfig(profile=P, warmup_s=0))
     assert list(r2.status) == [REJ]
 
 
 def test_kv_cache_blocks_admission():
     p = P.with_(kv_capacity_tokens=300, decode_per_seq_s=0.0)
     tr = trace([(0.0, 100, 101), (0.0, 100, 2)])
-    r = simulate(tr, Scripted(1), SimConfig(profile=p))
+    r = simulate(tr, Scripted(1), SimConfig(profile=p, warmup_s=0))
     # r0 reserves 201 tokens; r1 needs 102 -> waits until r0 is done at 0.1 + 100 * 0.01 = 1.1
     assert r.finish[0] == pytest.approx(1.1)
     assert r.ttft[1] == pytest.approx(1.1 + 0.1)
@@ -120,7 +120,7 @@ def test_kv_cache_blocks_admission():
 def test_cold_start_delays_capacity():
     ctl = Scripted(1, [(1.0, Action(target_replicas=2))])
     rows = [(1.5 + 0.25 * k, 10, 2) for k in range(40)]  # 1.5 .. 11.25 s
-    r = simulate(trace(rows), ctl, SimConfig(profile=P))
+    r = simulate(trace(rows), ctl, SimConfig(profile=P, warmup_s=0))
     t = list(r.ts_t)
     assert r.ts_provisioned[t.index(2.0)] == 2
     assert r.ts_ready[t.index(5.0)] == 1  # started at 1.0, cold start 5 s
@@ -135,7 +135,7 @@ def test_cold_start_delays_capacity():
 
 def test_failure_is_replaced_and_recovery_measured():
     rows = [(0.5 * k, 50, 3) for k in range(80)]  # 0 .. 39.5 s, light load
-    r = simulate(trace(rows), Scripted(2), SimConfig(profile=P, failure_at=10.0, detect_s=2.0, seed=3))
+    r = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0, failure_at=10.0, detect_s=2.0, seed=3))
     assert r.failure_at == 10.0 and r.pre_failure_ready == 2
     t = list(r.ts_t)
     assert r.ts_ready[t.index(11.0)] == 1
@@ -144,23 +144,23 @@ def test_failure_is_replaced_and_recovery_measured():
     m = compute_metrics(r)
     assert m["recovery_s"] == pytest.approx(7.0)
     assert m["recovered"] is True
-    assert compute_metrics(simulate(trace(rows), Scripted(2), SimConfig(profile=P)))["recovery_s"] is None
+    assert compute_metrics(simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0)))["recovery_s"] is None
 
 
 def test_failure_retries_queued_and_loses_streaming():
     p = P.with_(max_batch=1, decode_per_seq_s=0.0)
     # both on replica 0 of 1: r0 streaming when it dies, r1 queued -> retried (no replica ready: lost)
     tr = trace([(0.0, 10, 500), (0.0, 10, 5)])
-    r = simulate(tr, Scripted(1), SimConfig(profile=p, failure_at=1.0))
+    r = simulate(tr, Scripted(1), SimConfig(profile=p, warmup_s=0, failure_at=1.0))
     assert r.status[0] == FAIL
     assert r.status[1] == REJ  # retried at once, but nothing is ready for 7 s
 
 
 def test_round_robin_and_p2c():
     rows = [(0.01 * k, 10, 2) for k in range(400)]
-    rr = simulate(trace(rows), Scripted(4, lb="round_robin"), SimConfig(profile=P))
+    rr = simulate(trace(rows), Scripted(4, lb="round_robin"), SimConfig(profile=P, warmup_s=0))
     assert list(rr.replica[:8]) == [0, 1, 2, 3, 0, 1, 2, 3]
-    lr = simulate(trace(rows), Scripted(4, lb="least_request"), SimConfig(profile=P, seed=1))
+    lr = simulate(trace(rows), Scripted(4, lb="least_request"), SimConfig(profile=P, warmup_s=0, seed=1))
     counts = np.bincount(lr.replica, minlength=4)
     assert counts.min() > 60  # P2C spreads the load
 
@@ -168,7 +168,7 @@ def test_round_robin_and_p2c():
 def test_edf_follows_unequal_weights_and_zero_weight_removes():
     rows = [(2.0 + 0.05 * k, 1, 1) for k in range(400)]  # tiny requests: active stays ~0
     ctl = Scripted(3, [(1.0, Action(weights={0: 300, 1: 100, 2: 0}))], lb="least_request")
-    r = simulate(trace(rows), ctl, SimConfig(profile=P))
+    r = simulate(trace(rows), ctl, SimConfig(profile=P, warmup_s=0))
     counts = np.bincount(r.replica, minlength=3)
     assert counts[2] == 0
     assert counts[0] / counts[1] == pytest.approx(3.0, rel=0.05)
@@ -176,7 +176,7 @@ def test_edf_follows_unequal_weights_and_zero_weight_removes():
 
 def test_deterministic_for_a_seed():
     tr = synthetic(lambda t: 5.0, 120, seed=2, input_tokens=(100, 500), output_tokens=(5, 50))
-    cfg = SimConfig(profile=P, seed=7, failure_at=60.0)
+    cfg = SimConfig(profile=P, warmup_s=0, seed=7, failure_at=60.0)
     a = simulate(tr, Scripted(3, lb="least_request"), cfg)
     b = simulate(tr, Scripted(3, lb="least_request"), cfg)
     assert np.array_equal(a.replica, b.replica)
@@ -187,14 +187,14 @@ def test_deterministic_for_a_seed():
 def test_fixed_fleet_is_sized_for_mean_load():
     tr = synthetic(lambda t: 4.0, 300, seed=0, input_tokens=500, output_tokens=11)
     # work per request: 0.5 s prefill + 10 tokens at (0.01 + 0.02) / 2 = 0.65 s; 4 rps -> 2.6
-    r = simulate(tr, FixedController(target_util=0.8), SimConfig(profile=P))
+    r = simulate(tr, FixedController(target_util=0.8), SimConfig(profile=P, warmup_s=0))
     assert r.ts_ready[0] == math.ceil(float(np.mean(r.work)) * len(tr) / r.end_t / 0.8)
     assert r.actions == []
 
 
 def test_observation_contents():
     ctl = Scripted(2, tick_s=2.0)
-    simulate(trace([(0.1 * k, 100, 5) for k in range(50)]), ctl, SimConfig(profile=P))
+    simulate(trace([(0.1 * k, 100, 5) for k in range(50)]), ctl, SimConfig(profile=P, warmup_s=0))
     obs = ctl.seen[0]
     assert obs.now == 2.0 and obs.window_s == 2.0
     assert obs.arrival_rps == pytest.approx(20 / 2.0, abs=0.6)

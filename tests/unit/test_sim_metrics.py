@@ -45,7 +45,7 @@ def test_trigger_delay_from_episode_start_to_first_scale_up():
     # load 0.2 -> 2.0 replica-equivalents at t=100 on 1 replica (target 0.8): the 10 s window
     # crosses 0.8 at t = 100 + 10/3, i.e. the sample at 104 (episode start 103).
     tr = step_trace(2.0, 20.0, 100.0, 300.0)
-    m = compute_metrics(simulate(tr, At(1, {130.0: 3}), SimConfig(profile=P)))
+    m = compute_metrics(simulate(tr, At(1, {130.0: 3}), SimConfig(profile=P, warmup_s=0)))
     assert m["surge_episodes"] == 1
     assert m["trigger_delay_s_mean"] == pytest.approx(27.0)
     assert m["trigger_delay_s_max"] == pytest.approx(27.0)
@@ -54,25 +54,29 @@ def test_trigger_delay_from_episode_start_to_first_scale_up():
 
 def test_trigger_delay_zero_when_capacity_was_already_coming():
     tr = step_trace(2.0, 20.0, 100.0, 300.0)
-    m = compute_metrics(simulate(tr, At(1, {99.0: 3}), SimConfig(profile=P)))
+    m = compute_metrics(simulate(tr, At(1, {99.0: 3}), SimConfig(profile=P, warmup_s=0)))
     assert m["trigger_delay_s_mean"] == 0.0
 
 
 def test_trigger_delay_censored_and_never():
     tr = step_trace(2.0, 20.0, 100.0, 300.0)
     # scales up only after the run: the episode counts its whole length, flagged untriggered
-    m = compute_metrics(simulate(tr, At(1, {10.0: 2, 20.0: 1}), SimConfig(profile=P)))
+    m = compute_metrics(simulate(tr, At(1, {10.0: 2, 20.0: 1}), SimConfig(profile=P, warmup_s=0)))
     assert m["untriggered_episodes"] == 1
     assert m["trigger_delay_s_max"] == pytest.approx(300.0 - 103.0)
-    # a policy that never scales up has no trigger delay
-    m = compute_metrics(simulate(tr, At(1, {}), SimConfig(profile=P)))
-    assert m["trigger_delay_s_mean"] is None
+    # a policy that never scales up through the surge: censored at the end of the run
+    m = compute_metrics(simulate(tr, At(1, {}), SimConfig(profile=P, warmup_s=0)))
+    assert m["trigger_delay_s_mean"] == pytest.approx(300.0 - 103.0)
     assert m["scaling_actions_per_min_max"] == 0
+    # a fleet that cannot scale has none
+    fixed = At(1, {})
+    fixed.scales = False
+    assert compute_metrics(simulate(tr, fixed, SimConfig(profile=P, warmup_s=0)))["trigger_delay_s_mean"] is None
 
 
 def test_actions_per_minute_and_replicas_max():
     tr = step_trace(2.0, 2.0, 100.0, 200.0)
-    m = compute_metrics(simulate(tr, At(1, {10.0: 2, 30.0: 3, 65.0: 4, 71.0: 2, 150.0: 1}), SimConfig(profile=P)))
+    m = compute_metrics(simulate(tr, At(1, {10.0: 2, 30.0: 3, 65.0: 4, 71.0: 2, 150.0: 1}), SimConfig(profile=P, warmup_s=0)))
     assert m["scaling_actions_per_min_max"] == 3  # 30, 65, 71 (or 10, 30, 65)
     assert m["replicas_max"] == 4
     assert m["recovery_s"] is None
@@ -84,7 +88,7 @@ def test_windowed_p99_and_hotspot():
     out = windowed_p99(keys, vals, 3)
     assert out[0] == 3.0 and np.isnan(out[1]) and out[2] == 5.0
     tr = step_trace(20.0, 20.0, 10.0, 60.0)
-    m = compute_metrics(simulate(tr, At(4, {}), SimConfig(profile=P)))
+    m = compute_metrics(simulate(tr, At(4, {}), SimConfig(profile=P, warmup_s=0)))
     assert m["hotspot_ratio_p99"] >= 1.0
     assert 0.0 < m["gpu_util_mean"] <= 1.0
     assert m["gpu_hours"] == pytest.approx(4 * 60.0 / 3600.0, abs=1e-4)

@@ -47,9 +47,9 @@ def test_adapters_call_the_real_decide(monkeypatch):
     monkeypatch.setattr(thr, "decide", spy)
     tr = surge(1, 6, duration_s=120, ramp_start_s=30, ramp_s=20, hold_s=40, seed=0)
     ctl = pol.make_controller("threshold")
-    simulate(tr, ctl, SimConfig(seed=0))
-    assert len(calls) == 60  # every 2 simulated seconds
-    assert calls[0][0] == 2.0 and calls[-1][0] == 120.0
+    simulate(tr, ctl, SimConfig(seed=0, warmup_s=30.0))
+    assert len(calls) == 46  # every 2 simulated seconds after the 30 s warm-up
+    assert calls[0][0] == 30.0 and calls[-1][0] == 120.0
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ class FleetObservation:
     #: Seconds since the previous tick (the window the rates and percentiles cover).
     window_s: float
     endpoints: tuple[EndpointObservation, ...]
-    #: Arrivals per second over the window.
+    #: Gateway request rate: arrivals per second over the last 10 s (a Prometheus ``rate()`` window).
     arrival_rps: float
     #: Offered load over the window in replica-equivalents (cost-model work seconds per second).
     offered_load: float
@@ -175,6 +175,7 @@ class FixedController:
 
     def __init__(self, *, target_util: float = 0.8, lb: str = LB_ROUND_ROBIN, name: str = "fixed") -> None:
         self.name = name
+        self.scales = False
         self.tick_s = 10.0
         self.target_util = target_util
         self.lb = lb

@@ -68,7 +68,10 @@ from xds_control.sim.controller import (
 )
 from xds_control.sim.trace import Trace
 
-__all__ = ["SimConfig", "SimResult", "simulate", "STATUS"]
+__all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S"]
+
+#: Window of the gateway request rate shown to controllers (``FleetObservation.arrival_rps``).
+RATE_WINDOW_S = 10.0
 
 # replica states
 _STARTING, _READY, _DRAINING, _DEAD, _GONE = range(5)
@@ -109,6 +112,11 @@ class SimConfig:
     lb: str | None = None
     #: Simulated seconds after the last arrival during which the fleet keeps being sampled and billed.
     tail_s: float = 0.0
+    #: The controller is first called at this simulated second. The fleet starts warm but idle,
+    #: so the first seconds of a trace window look like an idle fleet; a policy deciding on them
+    #: (HPA with an empty stabilisation window) would scale a correctly sized fleet down to 1.
+    #: Metrics cover the whole run, warm-up included.
+    warmup_s: float = 30.0
 
 
 @dataclass
@@ -141,6 +149,8 @@ class SimResult:
     # scaling actions: (time, old target, new target)
     actions: list[tuple[float, int, int]] = field(default_factory=list)
     failure_at: float | None = None
+    #: Whether the controller can scale at all (False for the fixed fleet).
+    scales: bool = True
     #: Ready replicas just before the failure.
     pre_failure_ready: int = 0
     gpu_seconds: float = 0.0
@@ -532,7 +542,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     k_sample = 0
     next_sample = cfg.sample_s
     tick_s = max(float(controller.tick_s), cfg.sample_s)
-    next_tick = tick_s
+    next_tick = max(tick_s, math.ceil(cfg.warmup_s / cfg.sample_s) * cfg.sample_s)
     last_tick = 0.0
     comp_ptr = 0
     lost_ptr = 0
@@ -604,6 +614,9 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         mi = (in_cum[j] - in_cum[arr_ptr_tick]) / na if na else 0.0
         mo = (out_cum[j] - out_cum[arr_ptr_tick]) / na if na else 0.0
         arr_ptr_tick = j
+        # gateway request rate over the last RATE_WINDOW_S (a Prometheus rate() window), not just the tick
+        jr = int(np.searchsorted(arr, t - RATE_WINDOW_S, side="right"))
+        rate = (j - jr) / min(RATE_WINDOW_S, t) if t > 0 else 0.0
         done = completions[comp_ptr:]
         comp_ptr = len(completions)
         lat = [fin[i] - arr_l[i] for i in done]
@@ -644,7 +657,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             now=t,
             window_s=window,
             endpoints=tuple(eps),
-            arrival_rps=na / window if window > 0 else 0.0,
+            arrival_rps=rate,
             offered_load=float(off),
             mean_input_tokens=float(mi),
             mean_output_tokens=float(mo),
@@ -728,6 +741,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         ts_active_mean=ts_amean[:k_sample],
         actions=actions,
         failure_at=failure_time,
+        scales=bool(getattr(controller, "scales", True)),
         pre_failure_ready=pre_failure_ready,
         gpu_seconds=gpu_seconds,
         energy_j=energy_j,

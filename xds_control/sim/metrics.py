@@ -12,7 +12,8 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
     *before* the episode began counts as delay 0 (the capacity was already on its way). An episode
     with no scale-up before it ends counts its whole length (censored; see
     ``untriggered_episodes``). 0 when the policy scaled up and no episode happened (it was never
-    late); ``null`` when the policy never scaled up.
+    late); ``null`` for a fleet that cannot scale (``fixed``) or when there was neither an episode
+    nor a scale-up.
 ``latency_p50_ms`` / ``latency_p99_ms``
     End-to-end latency (arrival → last token) over served requests; requests that timed out count
     as the timeout (the client waited that long). Rejected and failed requests are excluded (they
@@ -168,10 +169,11 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
         else:
             delays.append(e - s)
             untriggered += 1
-    if not ups:
-        td_mean = td_max = None
+    if not res.scales:
+        td_mean = td_max = None  # the fixed fleet never triggers
     elif not delays:
-        td_mean = td_max = 0.0  # scaled, and offered load never outran capacity x target: never late
+        # offered load never outran capacity x target: never late (null if it never had to scale)
+        td_mean = td_max = 0.0 if ups else None
     else:
         td_mean = round(float(np.mean(delays)), 3)
         td_max = round(float(np.max(delays)), 3)
