@@ -67,3 +67,25 @@ def test_every_policy_reports_stale_samples(name):
     assert "b:1" in d.stale
     assert any(r.code.startswith("stale") for r in d.reasons)
     assert "stale" in d.explanation
+
+
+@pytest.mark.parametrize(
+    "source,fragment",
+    [
+        ("policy: threshold\nl_high: [1,\n", "invalid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ({"policy": "hpa", "metrics": [{"signal": "cpu_util", "target": -1}]}, "metrics.0.target = -1"),
+        ({"policy": "kpa", "stable_window_s": 1}, "6.0 <= stable_window_s <= 3600.0"),
+        ({"policy": "comprehensive", "traffic": {"hotspot_cap": 0.5}}, "traffic.hotspot_cap = 0.5"),
+        ({"policy": "comprehensive", "traffic": {"ramp_window_s": 30, "envoy_slow_start_window_s": 10}},
+         "would ramp new endpoints twice"),
+        ({"policy": "predictive", "history_s": 30}, "60.0 <= history_s <= 3600.0"),
+        ("nonexistent/preset.yaml", "cannot read"),
+    ],
+)
+def test_spec_errors_are_clear(source, fragment):
+    from xds_control.core.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        load_policy_spec(source)
+    assert fragment in str(e.value)

@@ -34,9 +34,11 @@ class FieldProblem:
     value: Any
     message: str
     allowed: str | None = None
+    #: False for problems without a value (file or YAML syntax errors).
+    show_value: bool = True
 
     def __str__(self) -> str:
-        if isinstance(self.value, (dict, list, tuple)):  # a section-level rule: the message names the values
+        if not self.show_value or isinstance(self.value, (dict, list, tuple)):  # section rule: message names values
             s = f"{self.key}: {self.message}"
         else:
             s = f"{self.key} = {self.value!r}: {self.message}"

@@ -240,7 +240,8 @@ class Decision:
     load_index: float | None = None
     #: Forecast demand peak (replica-equivalents) over the horizon, predictive policies only.
     forecast: float | None = None
-    #: Endpoint keys whose samples were stale or absent (counted as saturated, or as missing for HPA/KPA).
+    #: Ready endpoints whose samples were stale or absent (counted as saturated, or as missing for HPA/KPA),
+    #: at most 100 keys.
     stale: tuple[str, ...] = ()
     #: The :class:`xds_control.loadindex.LoadReport` used, for planning (per-endpoint load). Typed
     #: loosely because ``core`` may not import ``loadindex``.

@@ -138,9 +138,12 @@ class LoadReport:
     #: Ready endpoints whose load is unknown (stale, absent or unmeasured), counted as saturated.
     n_stale_ready: int
 
-    def stale_keys(self, keys: tuple[str, ...], limit: int | None = None, raw: bool = False) -> tuple[str, ...]:
-        """Keys counted as saturated (or, with ``raw``, only the stale/absent ones)."""
-        idx = np.flatnonzero(self.stale if raw else self.saturated)
+    def stale_keys(
+        self, keys: tuple[str, ...], limit: int | None = None, raw: bool = False, within: np.ndarray | None = None
+    ) -> tuple[str, ...]:
+        """Keys counted as saturated (or, with ``raw``, only the stale/absent ones), optionally ``within`` a mask."""
+        mask = self.stale if raw else self.saturated
+        idx = np.flatnonzero(mask if within is None else mask & within)
         if limit is not None:
             idx = idx[:limit]
         return tuple(keys[i] for i in idx)

@@ -60,6 +60,8 @@ class ServicePlanResult:
     locality_priorities: tuple[tuple[str, int], ...] | None
     outlier: OutlierDetectionPlan | None
     slow_start_window_s: float | None
+    slow_start_aggression: float
+    slow_start_min_weight_percent: float
     transitions: tuple[Transition, ...]
     removable: tuple[str, ...]
     table: CoordinationTable
@@ -229,6 +231,8 @@ def plan_service(
         locality_priorities=lp,
         outlier=outlier_plan(spec.outlier, n_rot),
         slow_start_window_s=spec.envoy_slow_start_window_s,
+        slow_start_aggression=spec.ramp_aggression,
+        slow_start_min_weight_percent=100.0 * spec.ramp_min_fraction,
         transitions=transitions,
         removable=removable,
         table=table,
@@ -271,13 +275,18 @@ def apply_to_pool(pool: PoolPlan, result: ServicePlanResult) -> PoolPlan:
             eps.append(base)  # unchanged: reuse (frozen dataclass construction dominates at 10k endpoints)
         else:
             eps.append(EndpointPlan(base.address, base.port, base.locality, w, health))
-    return replace(
+    out = replace(
         pool,
         endpoints=tuple(eps),
         locality_weights=result.locality_weights,
         locality_priorities=result.locality_priorities,
         outlier_detection=result.outlier if result.outlier is not None else pool.outlier_detection,
-        slow_start_window_s=result.slow_start_window_s
-        if result.slow_start_window_s is not None
-        else pool.slow_start_window_s,
     )
+    if result.slow_start_window_s is not None:  # Envoy does the ramp: same shape as planning's own
+        out = replace(
+            out,
+            slow_start_window_s=result.slow_start_window_s,
+            slow_start_aggression=result.slow_start_aggression,
+            slow_start_min_weight_percent=result.slow_start_min_weight_percent,
+        )
+    return out

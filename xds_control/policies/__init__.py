@@ -87,11 +87,12 @@ def load_policy_spec(source: Mapping[str, Any] | str | Path) -> PolicySpec:
         path = Path(source)
         origin = str(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            text = path.read_text()
         except OSError as exc:
             raise SpecError(f"cannot read {origin}", [FieldProblem("<file>", str(path), str(exc))]) from None
+        data = _yaml(text, origin)
     elif isinstance(source, str):
-        data = yaml.safe_load(source)
+        data = _yaml(source, origin)
     else:
         data = dict(source)
     if not isinstance(data, Mapping):
@@ -107,6 +108,16 @@ def load_policy_spec(source: Mapping[str, Any] | str | Path) -> PolicySpec:
         return cls.model_validate(data)  # type: ignore[return-value]
     except ValidationError as exc:
         raise spec_error_from_pydantic(f"invalid {origin} ({name})", exc, cls) from None
+
+
+def _yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"invalid YAML in {origin}", [FieldProblem(where, None, problem, show_value=False)]) from None
 
 
 def decide(signals: ServiceSignals, state: Any, spec: PolicySpec, now: float) -> tuple[Decision, Any]:

@@ -145,7 +145,7 @@ def decide(
             explanation=notes.explanation(f"comprehensive {current}->{target} ({mode})"),
             reasons=tuple(notes.reasons), mode=mode, load_index=pred_state.smoothed,
             forecast=None if math.isnan(core.peak) else core.peak,
-            stale=rep.stale_keys(signals.frame.keys, limit=100), load=rep,
+            stale=rep.stale_keys(signals.frame.keys, limit=100, within=signals.frame.ready), load=rep,
         ),
         new_state,
     )

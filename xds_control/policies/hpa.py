@@ -262,7 +262,7 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
                 policy="hpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
                 explanation=notes.explanation(f"HPA {current}->{target}"), reasons=tuple(notes.reasons), mode=mode,
                 load_index=None if rep is None or math.isnan(rep.service) else rep.service,
-                stale=() if rep is None else rep.stale_keys(signals.frame.keys, limit=100, raw=True), load=rep,
+                stale=() if rep is None else rep.stale_keys(signals.frame.keys, limit=100, raw=True, within=signals.frame.ready), load=rep,
             ),
             st,
         )

@@ -162,7 +162,7 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
                 policy="kpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
                 explanation=notes.explanation(head), reasons=tuple(notes.reasons), mode=mode,
                 load_index=None if math.isnan(rep.service) else rep.service,
-                stale=rep.stale_keys(frame.keys, limit=100, raw=True), load=rep,
+                stale=rep.stale_keys(frame.keys, limit=100, raw=True, within=frame.ready), load=rep,
             ),
             st,
         )

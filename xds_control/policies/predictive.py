@@ -249,7 +249,7 @@ def decide(
             explanation=notes.explanation(f"predictive {current}->{target}"), reasons=tuple(notes.reasons),
             mode="stable", load_index=new_state.smoothed,
             forecast=None if math.isnan(core.peak) else core.peak,
-            stale=core.report.stale_keys(signals.frame.keys, limit=100), load=core.report,
+            stale=core.report.stale_keys(signals.frame.keys, limit=100, within=signals.frame.ready), load=core.report,
         ),
         new_state,
     )

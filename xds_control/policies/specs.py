@@ -120,6 +120,15 @@ class TrafficSpec(_Spec):
         default_factory=OutlierSpec, description="Outlier detection for the pool; null leaves it unset."
     )
 
+    @model_validator(mode="after")
+    def _one_ramp(self) -> TrafficSpec:
+        if self.envoy_slow_start_window_s is not None and self.ramp_window_s > 0:
+            raise ValueError(
+                f"ramp_window_s ({self.ramp_window_s}) and envoy_slow_start_window_s "
+                f"({self.envoy_slow_start_window_s}) would ramp new endpoints twice: set one of them (0 / null)"
+            )
+        return self
+
 
 class PolicySpecBase(_Spec):
     """Fields every policy spec has."""

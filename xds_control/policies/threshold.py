@@ -199,7 +199,7 @@ def decide(
         reasons=tuple(notes.reasons),
         mode="stable",
         load_index=None if math.isnan(smoothed) else smoothed,
-        stale=rep.stale_keys(frame.keys, limit=100),
+        stale=rep.stale_keys(frame.keys, limit=100, within=frame.ready),
         load=rep,
     )
     return decision, new_state
