@@ -94,8 +94,8 @@ def test_before_min_history_it_acts_on_demand_now():
 @pytest.mark.parametrize(
     "ready,current,rate,expected,code",
     [
-        (4, 8, 90.0, 8, "pending_credit"),  # want 10; 4 starting: ask max(10 - 4, 8) = 8
-        (4, 8, 126.0, 10, "pending_credit"),  # want 14 -> 14 - 4 = 10
+        (4, 8, 63.0, 8, "pending_credit"),  # ready fleet at 158 %, but want 7 <= 4 ready + 4 starting: ask nothing
+        (4, 8, 90.0, 10, "pending_credit"),  # want 10: the 4 starting count, ask 2 more (not 6)
         (4, 4, 90.0, 8, "up_rate"),  # no pending: want 10, limited to x2
     ],
 )
@@ -114,15 +114,24 @@ def test_no_scale_down_while_replicas_are_starting():
 def test_scale_down_waits_for_the_window_and_at_most_halves():
     s = pspec(scale_down_window_s=120)
     _, st, t = drive(s, [90.0] * 100, replicas=10)  # 200 s at 10 replicas
-    res, st, t = drive(s, [9.0] * 70, start=t, replicas=10, state=st, apply=True)
+    res, st, t = drive(s, [9.0] * 90, start=t, replicas=10, state=st, apply=True)
     first_down = next(i for i, d in enumerate(res) if d.target_replicas < 10)
     assert first_down * 2.0 >= 120.0  # every recommendation in the window was still 10
     assert res[first_down].target_replicas >= 5  # at most halves per step
     assert res[-1].target_replicas < 5
 
 
+def test_actions_are_spread_at_least_10s_apart():
+    res, _, _ = drive(pspec(), [10.0 * 1.2**k for k in range(40)], replicas=1, apply=True, step=2.0)
+    changes = [d.now for d in res if d.target_replicas != d.current_replicas]
+    assert len(changes) >= 3
+    assert all(b - a >= 10.0 for a, b in zip(changes, changes[1:]))
+    blocked = [d for d in res if "interval" in {r.code for r in d.reasons}]
+    assert blocked and "min 10s" in blocked[0].explanation
+
+
 def test_actions_are_capped_at_six_per_minute():
-    s = pspec()
+    s = pspec(min_action_interval_s=0)
     res, _, _ = drive(s, [10.0 * 2**k for k in range(30)], replicas=1, apply=True, step=1.0)
     changes = [d.now for d in res if d.target_replicas != d.current_replicas]
     for t0 in changes:
@@ -149,20 +158,21 @@ def test_forecast_miss_enters_burst_mode_and_scales_for_demand_now():
     _, st, t = drive(s, [45.0] * 100, replicas=5)
     d, st = decide(sig(5, t, 90.0), st, s, t)
     assert d.mode == "panic" and "panic_enter" in {r.code for r in d.reasons}
-    assert d.target_replicas == 10  # ceil(9 / 0.9), within x2
+    assert d.target_replicas == math.ceil(d.forecast / 0.9 - 1e-9) >= 10  # at least ceil(9 / 0.9), not x2-limited
+    assert "up_rate" not in {r.code for r in d.reasons}
 
 
 def test_burst_mode_never_scales_down_and_exits_after_a_stable_window():
     s = cspec(stable_window_s=60)
     _, st, t = drive(s, [45.0] * 100, replicas=5)
     d, st = decide(sig(5, t, 90.0), st, s, t)
-    entered = t
-    res, st, t = drive(s, [45.0] * 120, start=t + 2, replicas=10, state=st, apply=True)
+    entered, top = t, d.target_replicas
+    res, st, t = drive(s, [45.0] * 120, start=t + 2, replicas=top, state=st, apply=True)
     in_panic = [d for d in res if d.now - entered <= 60]
-    assert all(d.target_replicas == 10 and d.mode == "panic" for d in in_panic)
+    assert all(d.target_replicas == top and d.mode == "panic" for d in in_panic)
     exit_d = next(d for d in res if "panic_exit" in {r.code for r in d.reasons})
     assert exit_d.now - entered > 60 and exit_d.mode == "stable"
-    assert res[-1].target_replicas < 10  # back to normal stabilization afterwards
+    assert res[-1].target_replicas < top  # back to normal stabilization afterwards
 
 
 def test_saturated_fleet_in_burst_grows_by_burst_factor():

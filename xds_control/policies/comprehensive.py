@@ -7,8 +7,9 @@ Contract: ``decide(signals, state, spec, now) -> (Decision, ComprehensiveState)`
   one-bucket forecast by ``burst_miss_tolerance`` while above target capacity, or when
   ceil(demand / target_utilization) / ready >= ``panic_threshold``. In burst mode the target never
   goes down (max of everything asked since entering) and, when the ready fleet is saturated (mean
-  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor``. Leave
-  after ``stable_window_s`` without a trigger (Knative: one stable window).
+  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor``; the
+  up-rate limit is ``burst_max_scale_up_rate`` and the 10 s action spacing is lifted (the 6-per-minute
+  cap stays). Leave after ``stable_window_s`` without a trigger (Knative: one stable window).
 * Traffic shaping is planning's job; this policy's defaults turn it on: headroom weights with a
   hotspot cap, per-locality weights with spill, a 60 s EDS ramp for new endpoints, coordinated drains,
   and queue/KV terms in the load index (what GIE and AIBrix route on).
@@ -70,6 +71,12 @@ class ComprehensiveSpec(PredictiveSpec):
     stable_window_s: float = Field(
         60.0, ge=0.0, le=3600.0, description="Leave burst mode after this long without a trigger. Default 60 s."
     )
+    burst_max_scale_up_rate: float = Field(
+        10.0, gt=1.0, le=1000.0,
+        description="In burst mode the up-rate limit is this (instead of max_scale_up_rate) and "
+        "min_action_interval_s does not apply (the 6-per-minute cap still does). Default 10: a burst from 2 to "
+        "16 replicas is one action, not three 10 s apart.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +135,18 @@ def decide(
                 burst = max(burst, math.ceil(ready * spec.burst_factor))
                 notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
                           f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
+            pending = signals.pending
+            if pending and burst > core.raw_target:
+                # llm-d's overshoot guard on the burst increment, which is measured on the saturated ready
+                # fleet (its backlog is what the starting replicas will absorb): demand - pending.
+                burst = max(burst - pending, core.raw_target)
             want = max(want, burst, max_panic, current)
             notes.add("panic_hold", f"burst mode: no scale-down, want {want}")
-        target, pred_state = finish(signals, core, spec, now, notes, want, allow_down=panic_since is None)
+        in_burst = panic_since is not None
+        target, pred_state = finish(
+            signals, core, spec, now, notes, want, allow_down=not in_burst,
+            up_rate=spec.burst_max_scale_up_rate if in_burst else None, min_interval_s=0.0 if in_burst else None,
+        )
         if panic_since is not None:
             max_panic = max(max_panic, target)
         nxt = core.fit.at(1) if core.fit is not None else core.demand

@@ -11,12 +11,14 @@ Rule:
 3. Peak = max(demand now, forecast over the next ``startup_s`` + one bucket) + ``sigma_margin`` x
    one-step RMSE. Target = ceil(peak / target_utilization) (default 0.9: the seed keeps the
    forecast peak under 90 % of capacity).
-4. Pending-replica credit (llm-d's overshoot guard): when the target exceeds the current count,
-   ask for ``max(target - pending, current)``: replicas already starting will absorb the load that
-   queues on the ready ones now, so we do not ask again for capacity that is on its way. No scale
-   down while replicas are starting.
+4. Pending-replica credit (llm-d's overshoot guard: do not ask again for capacity on its way): the
+   target is an absolute count compared with the current count, which includes the replicas still
+   starting, so an overloaded ready fleet whose load the starting replicas will absorb asks for
+   nothing more, and a larger target asks only for the difference. No scale-down while replicas are
+   starting (that would cancel capacity already paid for).
 5. Scale-down uses the highest recommendation of the last ``scale_down_window_s`` and at most
-   halves per step; scale-up at most doubles per step; at most 6 actions a minute (Table 1).
+   halves per step; scale-up at most doubles per step; at most 6 actions a minute (Table 1), at
+   least ``min_action_interval_s`` (10 s) apart.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ class PredictiveSpec(PolicySpecBase):
         description="Scale down to the highest recommendation of this window, seconds. Default 120 s.",
     )
     max_actions_per_minute: int = Field(6, ge=1, le=600, description="Table 1: at most 6 scaling actions a minute.")
+    min_action_interval_s: float = Field(
+        10.0, ge=0.0, le=3600.0,
+        description="Seconds between two scaling actions. Default 10 (= 60 s / 6): spreads Table 1's budget so "
+        "that a ramp is not spent in +1 steps within 12 s and then frozen for the rest of the minute; also the "
+        "seed's < 10 s scaling response.",
+    )
 
     @model_validator(mode="after")
     def _rps_needs_capacity(self):  # type: ignore[no-untyped-def]
@@ -168,6 +176,7 @@ def predict_core(
             f"(level {fmt(fit.level)}, trend {fmt(fit.trend, 3)}/{fmt(spec.bucket_s, 0)}s, rmse {fmt(fit.rmse)})",
             "forecast", fpk,
         )
+    peak = max(0.0, peak)
     raw = max(0, math.ceil(peak / spec.target_utilization - 1e-9))
     notes.add("capacity", f"ceil({fmt(peak)} / {fmt(spec.target_utilization)}) = {raw}", "replicas", raw,
               spec.target_utilization)
@@ -182,34 +191,53 @@ def finish(
     notes: Notes,
     want: int,
     allow_down: bool = True,
+    up_rate: float | None = None,
+    min_interval_s: float | None = None,
 ) -> tuple[int, PredictiveState]:
-    """Apply pending credit, stabilization, rate limits, action cap and bounds to ``want``."""
+    """Apply pending credit, stabilization, rate limits, action cap and bounds to ``want``.
+
+    ``up_rate`` / ``min_interval_s`` override the spec's (the comprehensive policy's burst mode).
+    """
+    up_rate = spec.max_scale_up_rate if up_rate is None else up_rate
+    min_interval_s = spec.min_action_interval_s if min_interval_s is None else min_interval_s
     st = core.state
     current = signals.current_replicas
     pending = signals.pending
     lo, hi = spec.min_replicas, spec.max_replicas
     actions = recent(st.action_times, now, 60.0)
+    since_last = now - st.action_times[-1] if st.action_times else math.inf
+    blocked = None
+    if since_last < min_interval_s:
+        blocked = ("interval", f"last action {fmt(since_last, 0)}s ago (min {fmt(min_interval_s, 0)}s)",
+                   since_last, min_interval_s)
+    elif len(actions) >= spec.max_actions_per_minute:
+        blocked = ("rate_cap", f"{len(actions)} actions in 60s (cap {spec.max_actions_per_minute})",
+                   len(actions), spec.max_actions_per_minute)
     recs = tuple(r for r in st.recs if now - r[0] < spec.scale_down_window_s) + ((now, want),)
     target = current
     if current < lo or current > hi:
         target = clamp(current, lo, hi)
         notes.add("bounds", f"{current} outside [{lo}, {hi}]")
     elif want > current:
-        credited = max(want - pending, current) if pending else want
-        if credited < want:
-            notes.add("pending_credit", f"{pending} replicas already starting: asking {credited} not {want}",
-                      "pending", pending)
-        up_cap = max(current + 1, math.ceil(current * spec.max_scale_up_rate))
+        # ``want`` is an absolute count and ``current`` already includes the replicas that are starting,
+        # so they are credited: only ``want - current`` more are asked for, never the starting ones again.
+        credited = want
+        if pending:
+            notes.add("pending_credit", f"{pending} of {current} replicas still starting count toward {want}: "
+                      f"asking {want - current} more", "pending", pending)
+        up_cap = max(current + 1, math.ceil(current * up_rate))
         t = min(credited, up_cap, hi)
-        if t > current and len(actions) >= spec.max_actions_per_minute:
-            notes.add("rate_cap", f"{len(actions)} actions in 60s (cap {spec.max_actions_per_minute})", "actions",
-                      len(actions), spec.max_actions_per_minute)
+        if t > current and blocked:
+            notes.add(blocked[0], blocked[1], "actions", blocked[2], blocked[3])
         else:
             if t < min(credited, hi):
-                notes.add("up_rate", f"limited to x{fmt(spec.max_scale_up_rate, 1)} per step", "replicas", t)
+                notes.add("up_rate", f"limited to x{fmt(up_rate, 1)} per step", "replicas", t)
             target = t
     elif want < current:
         stabilized = max(r for _, r in recs)
+        if pending and want > current - pending:
+            notes.add("pending_credit", f"{want} needed is covered by {pending} replicas already starting",
+                      "pending", pending)
         if not allow_down:
             pass
         elif st.hist_t and now - st.hist_t[0] < spec.scale_down_window_s:
@@ -220,9 +248,8 @@ def finish(
         elif stabilized >= current:
             notes.add("down_window", f"highest recommendation in {fmt(spec.scale_down_window_s, 0)}s is "
                       f"{stabilized}", "replicas", stabilized)
-        elif len(actions) >= spec.max_actions_per_minute:
-            notes.add("rate_cap", f"{len(actions)} actions in 60s (cap {spec.max_actions_per_minute})", "actions",
-                      len(actions), spec.max_actions_per_minute)
+        elif blocked:
+            notes.add(blocked[0], blocked[1], "actions", blocked[2], blocked[3])
         else:
             floor = math.floor(current / spec.max_scale_down_rate)
             target = max(lo, stabilized, floor)
