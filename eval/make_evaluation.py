@@ -26,7 +26,7 @@ from xds_control.sim.trace import load_trace  # noqa: E402
 TRACES = ("azure2023_code_w0", "azure2023_code_w1", "azure2023_conv_w0", "azure2023_conv_w1")
 SPEEDUPS = (1.0, 4.0)
 POLICIES = list(POLICY_NAMES) + ["comprehensive@rr"]
-DEFAULT_PNG = "azure2023_code_w0@x4,azure2023_conv_w1@x4"
+DEFAULT_PNG = "azure2023_code_w0@x4,azure2023_conv_w1,azure2023_conv_w0+fail450"
 
 
 def markdown(title: str, metrics: dict[str, dict]) -> str:
