@@ -146,6 +146,17 @@ def test_load_demand_counts_stale_endpoints_as_saturated():
     assert d.stale == ("c:1",)
 
 
+def test_concurrency_demand_keeps_counting_the_backlog():
+    s = load_policy_spec({"policy": "predictive", "demand_signal": "concurrency", "concurrency_per_replica": 32})
+    f = SignalFrame.from_arrays(["a:1", "b:1", "c:1"], running=32.0, waiting=[64.0, 64.0, np.nan], taken_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f, 3), None, s, 0.0)
+    assert "demand 7.00" in d.explanation  # (96 + 96 + 32) / 32
+    assert d.target_replicas == 6  # ceil(7 / 0.9) = 8, limited to x2 per step
+    with pytest.raises(SpecError) as e:
+        load_policy_spec({"policy": "predictive", "demand_signal": "concurrency"})
+    assert "concurrency_per_replica" in str(e.value)
+
+
 def test_rps_demand_needs_rps_per_replica():
     with pytest.raises(SpecError) as e:
         load_policy_spec({"policy": "predictive", "demand_signal": "rps"})

@@ -5,7 +5,9 @@ Contract: ``decide(signals, state, spec, now) -> (Decision, PredictiveState)``, 
 Rule:
 
 1. Demand now, in replica-equivalents: the sum of the load index over ready endpoints (stale ones
-   count saturated), or, with ``demand_signal: rps``, the request rate / ``rps_per_replica``.
+   count saturated), or the request rate / ``rps_per_replica`` (``rps``), or in-flight requests /
+   ``concurrency_per_replica`` (``concurrency``; not censored by saturation, since a backlog keeps
+   counting).
 2. History: the last ``history_s`` (default 15 min, the seed's 10-20 min) of demand, bucketed at
    ``bucket_s`` and fitted with damped Holt (see :mod:`xds_control.policies.forecast` for why).
 3. Peak = max(demand now, forecast over the next ``startup_s`` + one bucket) + ``sigma_margin`` x
@@ -43,13 +45,20 @@ class PredictiveSpec(PolicySpecBase):
     """Forecast-driven provisioning (damped Holt over 10-20 min of history)."""
 
     policy: Literal["predictive"] = "predictive"
-    demand_signal: Literal["load", "rps"] = Field(
+    demand_signal: Literal["load", "rps", "concurrency"] = Field(
         "load",
-        description="'load': demand = sum of endpoint load indices (replica-equivalents). 'rps': demand = request "
-        "rate / rps_per_replica (service request_rate if given, else the sum of endpoint rps). Default load.",
+        description="'load': demand = sum of endpoint load indices (replica-equivalents; censored near saturation "
+        "because the index is capped). 'rps': request rate / rps_per_replica (service request_rate if given, else "
+        "the sum of endpoint rps). 'concurrency': in-flight requests (running + waiting, so a backlog keeps "
+        "counting) / concurrency_per_replica. Default load.",
     )
     rps_per_replica: float | None = Field(
         None, gt=0.0, le=1e9, description="Requests/s one replica serves at saturation; required for demand_signal rps."
+    )
+    concurrency_per_replica: float | None = Field(
+        None, gt=0.0, le=1e9,
+        description="In-flight requests one replica serves at saturation (e.g. its max batch); required for "
+        "demand_signal concurrency.",
     )
     history_s: float = Field(
         900.0, ge=60.0, le=3600.0, description="History fitted, seconds. Default 900 (the seed: 10-20 minutes)."
@@ -94,6 +103,10 @@ class PredictiveSpec(PolicySpecBase):
     def _rps_needs_capacity(self):  # type: ignore[no-untyped-def]
         if self.demand_signal == "rps" and self.rps_per_replica is None:
             raise ValueError("demand_signal 'rps' requires rps_per_replica (requests/s per replica, > 0)")
+        if self.demand_signal == "concurrency" and self.concurrency_per_replica is None:
+            raise ValueError(
+                "demand_signal 'concurrency' requires concurrency_per_replica (in-flight requests per replica, > 0)"
+            )
         return self
 
 
@@ -134,6 +147,13 @@ def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadRepor
                 return math.nan
             total = float(r.sum()) * (rep.n_ready / r.size)  # extrapolate over unscraped ready endpoints
         return total / spec.rps_per_replica
+    if spec.demand_signal == "concurrency":
+        assert spec.concurrency_per_replica is not None
+        c = frame.in_flight[frame.ready & ~rep.stale]
+        c = c[~np.isnan(c)]
+        if c.size == 0:
+            return math.nan
+        return float(c.sum()) * (rep.n_ready / c.size) / spec.concurrency_per_replica
     if rep.n_ready == 0:
         return math.nan
     return float(rep.endpoint[frame.ready].sum())
