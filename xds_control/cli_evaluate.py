@@ -70,6 +70,11 @@ def evaluate_cmd(
         tr = load_trace(trace)
     except TraceError as e:
         raise _fail("--trace", trace, str(e)) from None
+    if failure_at is not None and failure_at > tr.duration_s / speedup:
+        raise _fail(
+            "--failure-at", failure_at,
+            f"after the end of the trace ({tr.duration_s / speedup:.1f} s at speedup {speedup:g})",
+        )
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise _fail("--out", out, "exists and is not a directory")
 

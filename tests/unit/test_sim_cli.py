@@ -55,6 +55,9 @@ def run(app, *args):
         (["--speedup", "0"], "--speedup", "0.0"),
         (["--speedup", "-2"], "--speedup", "-2.0"),
         (["--failure-at", "-1"], "--failure-at", "-1.0"),
+        (["--failure-at", "1e6"], "--failure-at", "1000000.0"),
+        (["--failure-scope", "rack"], "--failure-scope", "rack"),
+        (["--profile", "nope"], "--profile", "nope"),
     ],
 )
 def test_invalid_input_exits_2_naming_option(app, small_trace, args, option, value):

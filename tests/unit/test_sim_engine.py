@@ -201,3 +201,20 @@ def test_observation_contents():
     assert {e.zone for e in obs.endpoints} == {"zone-a", "zone-b"}
     assert all(e.state == "ready" and 0.0 <= e.gpu_util <= 1.0 for e in obs.endpoints)
     assert obs.ready == 2 and obs.starting == 0
+
+
+def test_node_failure_kills_every_replica_on_the_node():
+    rows = [(0.5 * k, 50, 3) for k in range(80)]
+    r = simulate(trace(rows), Scripted(4), SimConfig(profile=P, failure_at=10.0, failure_scope="node",
+                                                     warmup_s=0))
+    t = list(r.ts_t)
+    # zones alternate, so each of the two nodes holds two of the four replicas
+    assert r.pre_failure_ready == 4
+    assert r.ts_ready[t.index(11.0)] == 2
+    assert r.ts_ready[t.index(17.0)] == 4
+
+
+def test_failure_after_the_end_is_ignored():
+    r = simulate(trace([(0.0, 10, 2), (5.0, 10, 2)]), Scripted(1), SimConfig(profile=P, failure_at=100.0))
+    assert r.failure_at is None
+    assert compute_metrics(r)["recovery_s"] is None

@@ -526,7 +526,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         place(0.0, 0.0)
     rebuild_routable()
 
-    if cfg.failure_at is not None:
+    if cfg.failure_at is not None and float(cfg.failure_at) <= end_t:
         push(float(cfg.failure_at), _EV_FAIL, 0)
 
     # --- time series buffers

@@ -56,7 +56,18 @@ def to_json(trace: str, metrics: Mapping[str, Mapping[str, Any]], extra: Mapping
     if extra:
         obj.update(extra)
     obj["policies"] = {k: dict(v) for k, v in metrics.items()}
-    return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities become null (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def render_table(title: str, metrics: Mapping[str, Mapping[str, Any]], console: Any = None) -> None:
