@@ -203,3 +203,38 @@ def test_comprehensive_defaults_turn_on_traffic_shaping():
     s = load_policy_spec({"policy": "comprehensive"})
     assert s.traffic.weighting == "headroom" and s.traffic.ramp_window_s == 60
     assert s.load_index.queue_weight > 0 and s.load_index.kv_weight > 0
+
+
+def test_holt_winters_learns_a_short_cycle():
+    from xds_control.policies.forecast import holt_winters
+
+    m = 6
+    cycle = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 5.0])
+    y = np.tile(cycle, 5)  # 5 seasons, ends at the end of a cycle
+    fit = holt_winters(y, 0.3, 0.1, 0.3, 1.0, m)
+    assert fit.season is not None
+    assert fit.at(1) == pytest.approx(1.0, abs=0.3) and fit.at(5) == pytest.approx(5.0, abs=0.3)
+    assert forecast_peak(fit, 6) == pytest.approx(5.0, abs=0.3)
+    assert holt_winters(y[:8], 0.3, 0.1, 0.3, 1.0, m).season is None  # < 2 seasons: plain Holt
+
+
+def test_seasonal_forecast_provisions_before_a_recurring_burst():
+    # a burst of 90 rps every 300 s (60 s long), 10 rps otherwise; ask at t=800, 40 s before the 3rd
+    def rate(t):
+        return 90.0 if (t % 300) >= 240 else 10.0
+
+    times = np.arange(0.0, 802.0, 2.0)
+    plain = pspec(history_s=900, startup_s=60)
+    seasonal = pspec(history_s=900, startup_s=60, season_s=300)
+    out = {}
+    for name, s in (("plain", plain), ("seasonal", seasonal)):
+        st = None
+        for t in times:
+            d, st = decide(sig(5, t, rate(t)), st, s, t)
+        out[name] = d
+    assert rate(times[-1]) == 10.0  # quiet right now
+    assert out["seasonal"].forecast > 2 * out["plain"].forecast
+    assert "seasonal" in out["seasonal"].explanation
+    with pytest.raises(SpecError) as e:
+        pspec(history_s=900, season_s=600)
+    assert "history_s >= 2 x season_s" in str(e.value)

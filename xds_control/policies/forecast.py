@@ -12,6 +12,11 @@ Why damped Holt (double exponential smoothing with a damped trend, Gardner & McK
   damping (phi < 1) keeps a short ramp from being extrapolated into a runaway scale-up.
 * It is O(n) over ~90 buckets, deterministic, and explainable in one sentence (level, trend,
   residual), unlike ARIMA fits or learned models.
+
+Optional seasonality (:func:`holt_winters`, additive, damped trend): off by default, for the one
+case a 15-minute window *can* hold several periods: short cycles such as batch jobs or cron-driven
+clients firing every few minutes. It needs two full seasons of history and otherwise falls back to
+plain damped Holt.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["bucketize", "HoltFit", "holt_damped", "forecast_peak"]
+__all__ = ["bucketize", "HoltFit", "holt_damped", "holt_winters", "forecast_peak"]
 
 
 def bucketize(times: np.ndarray, values: np.ndarray, now: float, bucket_s: float, history_s: float) -> np.ndarray:
@@ -59,16 +64,21 @@ class HoltFit:
     rmse: float
     n: int
     phi: float
+    #: Additive seasonal offsets (one per bucket of the season), or None without seasonality.
+    season: tuple[float, ...] | None = None
 
     def at(self, steps: int) -> float:
-        """Forecast ``steps`` buckets ahead: level + trend * sum_{i=1..steps} phi^i."""
+        """Forecast ``steps`` buckets ahead: level + trend * sum_{i=1..steps} phi^i (+ season offset)."""
         if steps <= 0:
             return self.level
         if self.phi == 1.0:
             s = float(steps)
         else:
             s = self.phi * (1 - self.phi**steps) / (1 - self.phi)
-        return self.level + self.trend * s
+        out = self.level + self.trend * s
+        if self.season:
+            out += self.season[(self.n - 1 + steps) % len(self.season)]
+        return out
 
 
 def holt_damped(y: np.ndarray, alpha: float, beta: float, phi: float) -> HoltFit:
@@ -92,6 +102,32 @@ def holt_damped(y: np.ndarray, alpha: float, beta: float, phi: float) -> HoltFit
     return HoltFit(level, trend, math.sqrt(sq / cnt) if cnt else 0.0, n, phi)
 
 
+def holt_winters(y: np.ndarray, alpha: float, beta: float, gamma: float, phi: float, m: int) -> HoltFit:
+    """Additive Holt-Winters with damped trend, season of ``m`` buckets; plain Holt below 2 seasons."""
+    n = int(y.size)
+    if m < 2 or n < 2 * m:
+        return holt_damped(y, alpha, beta, phi)
+    first, second = y[:m], y[m : 2 * m]
+    level = float(first.mean())
+    trend = float(second.mean() - first.mean()) / m
+    season = [float(v) - level for v in first]
+    sq = 0.0
+    cnt = 0
+    for i in range(m, n):
+        si = i % m
+        prev = level + phi * trend
+        err = float(y[i]) - (prev + season[si])
+        sq += err * err
+        cnt += 1
+        new_level = alpha * (float(y[i]) - season[si]) + (1 - alpha) * prev
+        trend = beta * (new_level - level) + (1 - beta) * phi * trend
+        season[si] = gamma * (float(y[i]) - new_level) + (1 - gamma) * season[si]
+        level = new_level
+    return HoltFit(level, trend, math.sqrt(sq / cnt) if cnt else 0.0, n, phi, tuple(season))
+
+
 def forecast_peak(fit: HoltFit, steps: int) -> float:
-    """Largest forecast over 1..steps buckets ahead (monotone in steps, so an endpoint)."""
+    """Largest forecast over 1..steps buckets ahead (without a season it is monotone: an endpoint)."""
+    if fit.season:
+        return max(fit.at(k) for k in range(1, max(1, steps) + 1))
     return max(fit.at(1), fit.at(max(1, steps)))

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from xds_control.core.model import Decision, ServiceSignals
 from xds_control.loadindex import LoadReport, compute_load, ewma
 from xds_control.policies.common import Notes, clamp, fmt, recent, stale_note
-from xds_control.policies.forecast import HoltFit, bucketize, forecast_peak, holt_damped
+from xds_control.policies.forecast import HoltFit, bucketize, forecast_peak, holt_damped, holt_winters
 from xds_control.policies.specs import PolicySpecBase
 
 __all__ = ["PredictiveSpec", "PredictiveState", "decide", "Core", "predict_core"]
@@ -82,6 +82,12 @@ class PredictiveSpec(PolicySpecBase):
         0.95, gt=0.0, le=1.0, description="Trend damping per bucket (1 = undamped). Default 0.95: a 2-min ramp "
         "extrapolates ~60 % as far as an undamped trend would.",
     )
+    season_s: float | None = Field(
+        None, gt=0.0, le=1800.0,
+        description="Length of a demand cycle to model (additive Holt-Winters), seconds; null = no seasonality "
+        "(default). Only short cycles fit the 10-20 min window: needs history_s >= 2 x season_s.",
+    )
+    season_gamma: float = Field(0.3, ge=0.0, le=1.0, description="Seasonal smoothing per bucket. Default 0.3.")
     sigma_margin: float = Field(
         1.0, ge=0.0, le=10.0, description="Add this many one-step RMSEs of forecast error to the peak. Default 1."
     )
@@ -103,6 +109,13 @@ class PredictiveSpec(PolicySpecBase):
     def _rps_needs_capacity(self):  # type: ignore[no-untyped-def]
         if self.demand_signal == "rps" and self.rps_per_replica is None:
             raise ValueError("demand_signal 'rps' requires rps_per_replica (requests/s per replica, > 0)")
+        if self.season_s is not None:
+            if self.history_s < 2 * self.season_s:
+                raise ValueError(
+                    f"season_s ({self.season_s}) needs history_s >= 2 x season_s (history_s is {self.history_s})"
+                )
+            if self.season_s < 2 * self.bucket_s:
+                raise ValueError(f"season_s ({self.season_s}) must span >= 2 buckets of bucket_s ({self.bucket_s})")
         if self.demand_signal == "concurrency" and self.concurrency_per_replica is None:
             raise ValueError(
                 "demand_signal 'concurrency' requires concurrency_per_replica (in-flight requests per replica, > 0)"
@@ -187,13 +200,18 @@ def predict_core(
         notes.add("reactive", f"demand {fmt(demand)} (history {fmt(span, 0)}s < {fmt(spec.min_history_s, 0)}s: "
                   "no forecast yet)", "demand", demand)
     else:
-        fit = holt_damped(y, spec.smoothing_alpha, spec.trend_beta, spec.damping_phi)
+        if spec.season_s is not None:
+            m = int(round(spec.season_s / spec.bucket_s))
+            fit = holt_winters(y, spec.smoothing_alpha, spec.trend_beta, spec.season_gamma, spec.damping_phi, m)
+        else:
+            fit = holt_damped(y, spec.smoothing_alpha, spec.trend_beta, spec.damping_phi)
         fpk = forecast_peak(fit, steps)
         peak = max(demand, fpk) + spec.sigma_margin * fit.rmse
         notes.add(
             "forecast",
             f"demand {fmt(demand)}, forecast peak {fmt(fpk)} over {fmt(steps * spec.bucket_s, 0)}s "
-            f"(level {fmt(fit.level)}, trend {fmt(fit.trend, 3)}/{fmt(spec.bucket_s, 0)}s, rmse {fmt(fit.rmse)})",
+            f"(level {fmt(fit.level)}, trend {fmt(fit.trend, 3)}/{fmt(spec.bucket_s, 0)}s, rmse {fmt(fit.rmse)}"
+            f"{', seasonal' if fit.season else ''})",
             "forecast", fpk,
         )
     peak = max(0.0, peak)
