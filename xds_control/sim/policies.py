@@ -286,6 +286,8 @@ class CorePolicyController:
             pending_replicas=starting,
             request_rate=obs.arrival_rps,
         )
+        if not starting:
+            return psig, psig, [e.rid for e in live_eps]  # same replicas: one frame serves both
         lsig = ServiceSignals(
             service="llm",
             frame=self._frame(live_eps, zones, obs),
