@@ -96,7 +96,7 @@ def test_json_output_and_files(app, small_trace, tmp_path):
 def test_table_output(app, small_trace):
     res = run(app, "--trace", small_trace, "--policy", "fixed", "--speedup", "2")
     assert res.exit_code == 0, res.output
-    assert "Scaling trigger delay" in res.output and "Task loss" in res.output
+    assert "Trigger delay" in res.output and "Task loss" in res.output
 
 
 def test_real_trace_window(app):

@@ -16,21 +16,21 @@ __all__ = ["ROWS", "to_json", "render_table", "write_png"]
 
 #: (label, metric key, formatter) in the order of the seed paper's Table 2, then ours.
 ROWS: tuple[tuple[str, str, str], ...] = (
-    ("Scaling trigger delay, mean (s)", "trigger_delay_s_mean", "f1"),
-    ("Scaling trigger delay, max (s)", "trigger_delay_s_max", "f1"),
-    ("Peak latency, worst 10 s p99 (ms)", "latency_peak_ms", "f0"),
+    ("Trigger delay mean (s)", "trigger_delay_s_mean", "f1"),
+    ("Trigger delay max (s)", "trigger_delay_s_max", "f1"),
+    ("Peak latency (ms)", "latency_peak_ms", "f0"),
     ("Latency p50 (ms)", "latency_p50_ms", "f0"),
     ("Latency p99 (ms)", "latency_p99_ms", "f0"),
     ("TTFT p99 (ms)", "ttft_p99_ms", "f0"),
-    ("GPU utilisation, mean (%)", "gpu_util_mean", "pct"),
-    ("Node recovery time (s)", "recovery_s", "f1"),
+    ("GPU util mean (%)", "gpu_util_mean", "pct"),
+    ("Node recovery (s)", "recovery_s", "f1"),
     ("Task loss (%)", "task_loss_rate", "pct2"),
     ("Overload time (%)", "overload_time_frac", "pct"),
-    ("Hotspot ratio p99 (max/mean)", "hotspot_ratio_p99", "f2"),
+    ("Hotspot ratio p99", "hotspot_ratio_p99", "f2"),
     ("GPU-hours", "gpu_hours", "f2"),
     ("Energy (kWh)", "energy_kwh", "f2"),
-    ("Scaling actions / min, max", "scaling_actions_per_min_max", "int"),
-    ("Replicas, max", "replicas_max", "int"),
+    ("Actions/min max", "scaling_actions_per_min_max", "int"),
+    ("Replicas max", "replicas_max", "int"),
 )
 
 
@@ -77,7 +77,7 @@ def render_table(title: str, metrics: Mapping[str, Mapping[str, Any]], console: 
 
     console = console or Console()
     table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column("Metric", style="bold")
+    table.add_column("Metric", style="bold", no_wrap=True)
     for name in metrics:
         table.add_column(name, justify="right")
     for label, key, how in ROWS:
