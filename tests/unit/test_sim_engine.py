@@ -218,3 +218,13 @@ def test_failure_after_the_end_is_ignored():
     r = simulate(trace([(0.0, 10, 2), (5.0, 10, 2)]), Scripted(1), SimConfig(profile=P, failure_at=100.0))
     assert r.failure_at is None
     assert compute_metrics(r)["recovery_s"] is None
+
+
+@pytest.mark.parametrize("inp,out", [(1, 1), (2048, 28), (1155, 211), (12_000, 2)])
+def test_lone_request_takes_the_cost_models_isolated_latency(inp, out):
+    # the same contract the emulated replica keeps, so the simulator and the live demo agree
+    p = cm.DEFAULT_PROFILE
+    r = simulate(trace([(0.0, inp, out)]), Scripted(1), SimConfig(profile=p, warmup_s=0))
+    ttft, total = cm.isolated_latency_s(p, inp, out)
+    assert r.ttft[0] == pytest.approx(ttft)
+    assert r.finish[0] == pytest.approx(total)
