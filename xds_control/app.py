@@ -17,6 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -51,6 +52,9 @@ class ControlPlane:
     metrics_port: int | None = 0
     watch_interval_s: float = 0.25
     ports: Ports = field(default_factory=Ports)
+    #: Replica scaler and signal source for autoscaled pools; built from the config when None.
+    scaler: Any = None
+    source: Any = None
 
     def __post_init__(self) -> None:
         x = self.config.xds
@@ -70,11 +74,17 @@ class ControlPlane:
         self._stopped = asyncio.Event()
         self._config_digest = b""
         self.failure: BaseException | None = None
+        self.controller: Any = None
+        self._owns_scaler = self.scaler is None
+        self._owns_source = self.source is None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         # The first snapshot exists before any proxy can connect: never serve an empty config first.
-        self.publisher.publish_now(to_traffic_plan(self.config), reason="initial config")
+        if autoscaled(self.config):
+            await self._start_controller()
+        else:
+            self.publisher.publish_now(to_traffic_plan(self.config), reason="initial config")
         if self.config_path is not None:
             self._config_digest = hashlib.sha256(self.config_path.read_bytes()).digest()
         server = grpc.aio.server(options=[
@@ -97,6 +107,8 @@ class ControlPlane:
         if self.metrics_port is not None:
             await self._start_http()
         self._spawn("xds-publisher", self.publisher.run)
+        if self.controller is not None:
+            self._spawn("controller", self.controller.run)
         if self.config_path is not None:
             self._spawn("config-watcher", self._watch_config)
         log.info("xDS (ADS, SotW and Delta) on %s:%d%s", self.host, self.ports.xds,
@@ -116,6 +128,12 @@ class ControlPlane:
             except BaseException:  # noqa: BLE001 - cancelled or already reported
                 pass
         self._tasks.clear()
+        if self.controller is not None:
+            await self.controller.close()
+        if self.scaler is not None and self._owns_scaler:
+            await self.scaler.close()
+        if self.source is not None and self._owns_source:
+            await self.source.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -126,6 +144,19 @@ class ControlPlane:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    async def _start_controller(self) -> None:
+        from xds_control.controller import Controller
+
+        if self.scaler is None:
+            from xds_control.scalers.local import LocalScaler
+
+            # The app handles SIGINT/SIGTERM itself and closes the scaler on the way out.
+            self.scaler = LocalScaler(install_signal_handlers=False)
+        if self.source is None:
+            self.source = make_source(self.config)
+        self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source)
+        await self.controller.start()
 
     def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         async def guarded() -> None:
@@ -169,9 +200,20 @@ class ControlPlane:
             self.metrics.config_reloads.labels("known_bad").inc()
             log.error("config change rejected: proxies rejected this exact configuration before")
             return False
+        if self.controller is not None:
+            if not autoscaled(cfg):
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: it removes autoscaling from every pool, which needs a restart")
+                return False
+            self.controller.set_config(cfg)
+        else:
+            if autoscaled(cfg):
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: turning autoscaling on needs a restart of serve")
+                return False
+            self.publisher.submit(plan, reason=f"config reload from {source}")
         self.config = cfg
         self.metrics.config_reloads.labels("ok").inc()
-        self.publisher.submit(plan, reason=f"config reload from {source}")
         return True
 
     # -- HTTP: /metrics and debug views ----------------------------------------------------------
@@ -180,6 +222,7 @@ class ControlPlane:
         app.router.add_get("/metrics", self._metrics_view)
         app.router.add_get("/debug/syncz", self._syncz_view)
         app.router.add_get("/debug/snapshot", self._snapshot_view)
+        app.router.add_get("/debug/tasks", self._tasks_view)
         app.router.add_get("/healthz", lambda _r: web.Response(text="ok\n"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -188,6 +231,22 @@ class ControlPlane:
         self._http = runner
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         self.ports.metrics = sock.getsockname()[1]
+
+    async def _tasks_view(self, _req: web.Request) -> web.Response:
+        """Every asyncio task with where it is waiting (for diagnosing a stuck loop)."""
+        lines = []
+        for t in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+            if t.get_name().startswith("xds-sotw") or t.get_name().startswith("xds-delta"):
+                continue
+            chain = []
+            coro = t.get_coro()
+            while coro is not None and len(chain) < 20:
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                if frame is not None:
+                    chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+            lines.append(f"{t.get_name()}: {' -> '.join(chain) or '?'}")
+        return web.Response(text="\n".join(lines) + "\n")
 
     async def _metrics_view(self, _req: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -217,6 +276,23 @@ class ControlPlane:
             "rejections": [r.__dict__ for r in self.publisher.rejections],
             "last_error": self.publisher.last_error,
         }
+
+
+def autoscaled(cfg: Config) -> bool:
+    return any(p.autoscale is not None for s in cfg.services for p in s.pools)
+
+
+def make_source(cfg: Config) -> Any:
+    sc = cfg.controller.signals
+    if sc.source == "prometheus":
+        from xds_control.signals.prometheus import PrometheusSource
+
+        assert sc.prometheus_url is not None
+        return PrometheusSource(sc.prometheus_url, queries=sc.queries or None, window=sc.window,
+                                timeout_s=sc.timeout_s)
+    from xds_control.signals.scrape import ScrapeSource
+
+    return ScrapeSource(timeout_s=sc.timeout_s)
 
 
 async def serve_forever(cp: ControlPlane) -> int:

@@ -180,3 +180,43 @@ async def test_control_plane_killed_and_restarted_loses_no_request(tmp_path: Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_cluster_change_rewarms_without_stall_or_failures(tmp_path: Path, upstreams, delta: bool) -> None:  # type: ignore[no-untyped-def]
+    """Changing a cluster (not its endpoints) makes Envoy re-warm it: the server must re-send the
+    assignment at once, or Envoy holds the cluster (and its ACK) for its 15 s initial_fetch_timeout."""
+    port = free_port()
+    cfg_path = tmp_path / "config.yaml"
+    write_config(cfg_path, upstreams, port)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["xds"]["ack_timeout_s"] = 30  # a stream stuck waiting for an ACK must show up, not time out quietly
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cp = ControlPlane(load_config(cfg_path), config_path=cfg_path, xds_port=0, metrics_port=None,
+                      watch_interval_s=0.1)
+    await cp.start()
+    envoy = Envoy("rewarm", cp.ports.xds, delta=delta).start()
+    try:
+        await asyncio.to_thread(envoy.wait_for, lambda: envoy.listener_port("ingress") == port, 15, "listener")
+        assert (await cp.tracker.wait_acked(cp.cache.snapshot.version, timeout=10)).ok
+        with Load(port) as load:
+            for step in range(3):
+                cfg = yaml.safe_load(cfg_path.read_text())
+                cfg["services"][0]["pools"][0]["outlier_detection"] = {"consecutive_5xx": 3 + step}
+                cfg["services"][0]["pools"][1]["lb_policy"] = ["least_request", "random", "round_robin"][step]
+                v = cp.cache.snapshot.version
+                cfg_path.write_text(yaml.safe_dump(cfg))
+                await wait_until(lambda: cp.cache.snapshot.version > v, 3, "the reload")
+                # Well under Envoy's 15 s warming timeout: the assignments were re-sent with the clusters.
+                res = await cp.tracker.wait_acked(cp.cache.snapshot.version, timeout=5)
+                assert res.ok, (res, cp.tracker.syncz())
+        assert load.tally.total > 50 and not load.tally.failures, load.tally.failures[:5]
+        dump = envoy.config_dump()
+        clusters = [c for cfg in dump["configs"] if "dynamic_active_clusters" in cfg
+                    for c in cfg["dynamic_active_clusters"]]
+        v1 = next(c["cluster"] for c in clusters if c["cluster"]["name"] == "llm-v1")
+        assert v1["outlier_detection"]["consecutive_5xx"] == 5
+        assert not [c for cfg in dump["configs"] for c in cfg.get("dynamic_warming_clusters", [])]
+    finally:
+        envoy.stop()
+        await cp.stop(grace=0)

@@ -68,6 +68,76 @@ class SlowStartConfig(_Strict):
     min_weight_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
 
 
+class ReplicaTemplateConfig(_Strict):
+    """How the local scaler starts a replica of an autoscaled pool (the emulated vLLM server)."""
+
+    profile: str = "llama3-8b-48gb"
+    """Cost-model profile (see ``xds_control.costmodel.PROFILES``)."""
+    load_delay_s: Annotated[float, Field(ge=0, le=3600)] | None = None
+    """Emulated model-load time before /health is ready; the profile's cold start when unset."""
+    slow_factor: Annotated[float, Field(gt=0, le=100)] | None = None
+    fail_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_queue: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    zones: list[str] = Field(default_factory=list)
+    """Zones assigned to new replicas in turn (their Envoy locality); none when empty."""
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        from xds_control.costmodel import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown replica profile {v!r}; known: {', '.join(sorted(PROFILES))}")
+        return v
+
+
+class AutoscaleConfig(_Strict):
+    """Autoscaling of one pool: its endpoints are replicas the controller starts, ramps, drains and stops."""
+
+    policy: str = "comprehensive"
+    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``policies/NAME.yaml``) or a YAML file."""
+    overrides: dict[str, object] = Field(default_factory=dict)
+    """Keys merged into the preset (nested mappings are merged key by key), e.g. ``{max_replicas: 8}``."""
+    initial_replicas: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    """Replicas started before the first decision; the policy's ``min_replicas`` when unset."""
+    replica: ReplicaTemplateConfig = Field(default_factory=ReplicaTemplateConfig)
+
+    @model_validator(mode="after")
+    def _spec(self) -> "AutoscaleConfig":
+        from xds_control.config.policy import resolve_policy
+
+        resolve_policy(self.policy, self.overrides)  # raises ValueError naming the key
+        return self
+
+
+class SignalsConfig(_Strict):
+    """Where the controller reads load signals."""
+
+    source: Literal["scrape", "prometheus"] = "scrape"
+    """``scrape``: each replica's /metrics directly; ``prometheus``: PromQL against ``prometheus_url``."""
+    prometheus_url: str | None = None
+    queries: dict[str, str] = Field(default_factory=dict)
+    """PromQL per signal field (gpu_util, cpu_util, latency_s, running, waiting, kv_cache, rps, gpu_mem)."""
+    window: str = "15s"
+    """Rate window for the default PromQL (at least 4 scrape intervals)."""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @model_validator(mode="after")
+    def _url(self) -> "SignalsConfig":
+        if self.source == "prometheus" and not self.prometheus_url:
+            raise ValueError("prometheus_url is required when source is 'prometheus'")
+        return self
+
+
+class ControllerConfig(_Strict):
+    tick_s: Annotated[float, Field(ge=0.05, le=600)] = 1.0
+    """Seconds between two decisions (read signals -> decide -> plan -> push)."""
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    ack_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """How long a pushed version may wait for proxies' ACKs before the controller reports them stale."""
+
+
 class PoolConfig(_Strict):
     """A set of interchangeable replicas; becomes one Envoy EDS cluster named ``name``."""
 
@@ -85,9 +155,13 @@ class PoolConfig(_Strict):
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     health_check_path: str | None = None
     """HTTP path for Envoy active health checks (e.g. ``/health``); none when unset."""
+    autoscale: AutoscaleConfig | None = None
+    """When set, the controller manages this pool's replicas; static ``endpoints`` must then be empty."""
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> "PoolConfig":
+        if self.autoscale is not None and self.endpoints:
+            raise ValueError("endpoints: must be empty when autoscale is set (the controller starts the replicas)")
         seen: set[tuple[str, int]] = set()
         for i, ep in enumerate(self.endpoints):
             key = (ep.address, ep.port)
@@ -186,6 +260,7 @@ class Config(_Strict):
     listeners: list[ListenerConfig] = Field(default_factory=list)
     services: list[ServiceConfig] = Field(default_factory=list)
     xds: XdsConfig = Field(default_factory=XdsConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
 
     @model_validator(mode="after")
     def _references(self) -> "Config":

@@ -55,10 +55,10 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 # Which earlier types must be ACKed before a type is sent (make-before-break).
-_GATES_SOTW = {T.CLUSTER: (), T.ENDPOINT: (T.CLUSTER,), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
-               T.ROUTE: (T.CLUSTER, T.ENDPOINT, T.LISTENER)}
-_GATES_DELTA = {T.CLUSTER: (), T.ENDPOINT: (), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
-                T.ROUTE: (T.CLUSTER, T.ENDPOINT, T.LISTENER)}
+# EDS is never gated by CDS: Envoy holds the ACK of a CDS update until the changed clusters have warmed,
+# and they warm only when their assignments arrive.
+_GATES = {T.CLUSTER: (), T.ENDPOINT: (), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
+          T.ROUTE: (T.CLUSTER, T.ENDPOINT, T.LISTENER)}
 
 
 def _identity(b: bytes) -> bytes:
@@ -69,7 +69,7 @@ class _Sub:
     """Per-stream, per-type protocol state (both variants)."""
 
     __slots__ = ("type_url", "requested", "legacy_wildcard", "explicit_wildcard", "names", "sent_key",
-                 "inflight_nonce", "inflight_since", "last_nonce", "force", "known", "must_resend",
+                 "inflight_nonce", "inflight_since", "expired", "last_nonce", "force", "known", "must_resend",
                  "first_pending", "slot", "recent_nonces")
 
     def __init__(self, type_url: str) -> None:
@@ -82,6 +82,9 @@ class _Sub:
         self.sent_key: tuple[tuple[str, str], ...] | None = None
         self.inflight_nonce: str | None = None
         self.inflight_since = 0.0
+        #: The in-flight response was not answered within ack_timeout_s: it no longer gates anything
+        #: (a late ACK is still recognised by its nonce).
+        self.expired = False
         #: The nonce of the last response sent for this type ("" before any).
         self.last_nonce = ""
         #: SotW: send even if unchanged (EDS after a CDS change).
@@ -96,6 +99,10 @@ class _Sub:
         self.slot = False
         #: SotW: the last nonces sent for this type (shared nonces must not repeat on one stream).
         self.recent_nonces: deque[str] = deque(maxlen=8)
+
+    def awaiting(self, now: float, timeout: float) -> bool:
+        """An answer to the in-flight response is still expected (and so it gates later types)."""
+        return self.inflight_nonce is not None and not self.expired and now - self.inflight_since < timeout
 
     @property
     def wildcard(self) -> bool:
@@ -218,18 +225,14 @@ class AdsServer:
     async def _wait(self, st: _Stream) -> None:
         """Sleep until woken (request, snapshot) or until the earliest in-flight ACK times out."""
         loop = asyncio.get_running_loop()
-        timeout = None
         now = loop.time()
-        for sub in st.subs.values():
-            if sub.inflight_nonce is not None:
-                left = sub.inflight_since + self.ack_timeout_s - now
-                timeout = left if timeout is None else min(timeout, left)
-        if timeout is None:
+        deadlines = [sub.inflight_since + self.ack_timeout_s for sub in st.subs.values()
+                     if sub.awaiting(now, self.ack_timeout_s)]
+        if not deadlines:
             await st.wake.wait()
             return
-        if timeout <= 0:
-            return
-        timer = loop.call_later(timeout, st.wake.set)
+        # Never return without awaiting: a stream loop must not spin the event loop.
+        timer = loop.call_later(max(0.0, min(deadlines) - now), st.wake.set)
         try:
             await st.wake.wait()
         finally:
@@ -251,12 +254,7 @@ class AdsServer:
             st.proxy = self.tracker.connect(node.id or "(unknown)", node.cluster, st.protocol, st.peer)
 
     def _gated(self, st: _Stream, type_url: str, now: float) -> bool:
-        gates = _GATES_SOTW if st.protocol == "sotw" else _GATES_DELTA
-        for g in gates[type_url]:
-            sub = st.subs[g]
-            if sub.inflight_nonce is not None and now - sub.inflight_since < self.ack_timeout_s:
-                return True
-        return False
+        return any(st.subs[g].awaiting(now, self.ack_timeout_s) for g in _GATES[type_url])
 
     def _release(self, sub: _Sub) -> None:
         if sub.slot:
@@ -273,10 +271,13 @@ class AdsServer:
             sub = st.subs[t]
             if not sub.requested:
                 continue
-            if sub.inflight_nonce is not None:
-                if now - sub.inflight_since < self.ack_timeout_s:
+            if sub.inflight_nonce is not None and not sub.expired:
+                if sub.awaiting(now, self.ack_timeout_s):
                     continue  # one response of a type in flight; the next one merges pending changes
-                self._release(sub)  # no answer in time: stop holding a push slot for it
+                sub.expired = True  # no answer in time: stop gating on it and free its push slot
+                self._release(sub)
+                log.warning("%s did not answer %s nonce %s within %.1fs", st.proxy.node_id,
+                            T.SHORT[sub.type_url], sub.inflight_nonce, self.ack_timeout_s)
             if self._gated(st, t, now):
                 continue
             out = build(st, sub, snap, now)
@@ -286,6 +287,7 @@ class AdsServer:
 
     def _sent(self, st: _Stream, sub: _Sub, snap: Snapshot, nonce: str, now: float, nbytes: int) -> None:
         sub.inflight_nonce = nonce
+        sub.expired = False
         sub.last_nonce = nonce
         sub.inflight_since = now
         assert st.proxy is not None

@@ -1,0 +1,63 @@
+"""Policy presets: ``policies/NAME.yaml`` in the repository, or any YAML file, plus overrides.
+
+Resolved and validated once when the config is loaded; errors name the key, the value
+and the allowed range (they come from :func:`xds_control.policies.load_policy_spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xds_control.core.errors import SpecError
+from xds_control.policies import POLICIES, PolicySpec, load_policy_spec
+
+#: The presets users pick and edit (top-level ``policies/`` of the repository).
+PRESET_DIR = Path(__file__).resolve().parents[2] / "policies"
+
+
+def preset_path(name: str) -> Path | None:
+    p = PRESET_DIR / f"{name}.yaml"
+    return p if p.is_file() else None
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_policy(policy: str, overrides: Mapping[str, Any] | None = None) -> PolicySpec:
+    """The validated spec for a preset name or YAML path, with ``overrides`` merged in.
+
+    Raises ValueError (a :class:`SpecError`) naming every bad key.
+    """
+    if policy in POLICIES:
+        path = preset_path(policy)
+        data: Any = yaml.safe_load(path.read_text()) if path is not None else {"policy": policy}
+        origin = str(path) if path is not None else f"built-in {policy} defaults"
+    else:
+        path = Path(policy)
+        if not path.is_file():
+            raise ValueError(
+                f"policy {policy!r} is neither a preset ({', '.join(POLICIES)}) nor a readable YAML file"
+            )
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"policy file {path}: not valid YAML: {e}") from None
+        origin = str(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"policy {origin}: the top level must be a mapping")
+    merged = _merge(dict(data), overrides or {})
+    try:
+        return load_policy_spec(merged)
+    except SpecError as e:
+        raise ValueError(f"policy {policy!r} ({origin}): {e}") from None
