@@ -81,6 +81,10 @@ class ReplicaInfo:
     #: Why the replica failed (exit, ready timeout), with the tail of its log.
     reason: str = ""
     options: ReplicaOptions = field(default_factory=ReplicaOptions)
+    #: Topology, when the scaler knows it (Kubernetes: the EndpointSlice's ``zone`` and ``nodeName``);
+    #: the controller uses ``zone`` as the endpoint's Envoy locality zone when it is set.
+    zone: str = ""
+    node: str = ""
 
     @property
     def key(self) -> str:
