@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e "is ignored" -e "^ *$$" || true
+	$(BIN)/python -m xds_control.admin.proto >/dev/null   # admin API stubs from admin.proto (grpcio-tools)
 	@$(BIN)/python -c "import xds_control, envoy.service.discovery.v3.ads_pb2, grpc, pytest" \
 		|| (echo "make venv: the install failed (see above)"; exit 1)
 	@touch $(STAMP)

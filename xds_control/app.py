@@ -24,6 +24,8 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from xds_control.admin.overlay import OperatorState
+from xds_control.admin.tls import add_port
 from xds_control.config import Config, parse_text, to_traffic_plan
 from xds_control.core.errors import ConfigError, InconsistentSnapshot
 from xds_control.xds.cache import SnapshotCache
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 class Ports:
     xds: int = 0
     metrics: int | None = None
+    admin: int | None = None
 
 
 @dataclass
@@ -55,6 +58,8 @@ class ControlPlane:
     #: Replica scaler and signal source for autoscaled pools; built from the config when None.
     scaler: Any = None
     source: Any = None
+    #: Admin API port on ``config.admin.address`` (0 = any free one); None = no admin API.
+    admin_port: int | None = None
 
     def __post_init__(self) -> None:
         x = self.config.xds
@@ -75,6 +80,9 @@ class ControlPlane:
         self._config_digest = b""
         self.failure: BaseException | None = None
         self.controller: Any = None
+        #: Operator weight overrides, drains and policies (admin API); shared with the controller.
+        self.operator = OperatorState()
+        self.admin: Any = None
         self._owns_scaler = self.scaler is None
         self._owns_source = self.source is None
 
@@ -96,7 +104,7 @@ class ControlPlane:
         self.ads.add_to_server(server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        port = server.add_insecure_port(f"{self.host}:{self.xds_port}")
+        port = add_port(server, f"{self.host}:{self.xds_port}", self.config.admin.xds_tls)
         if port == 0:
             raise OSError(f"cannot bind the xDS port {self.host}:{self.xds_port}")
         self.ports.xds = port
@@ -106,6 +114,11 @@ class ControlPlane:
         await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_port is not None:
             await self._start_http()
+        if self.admin_port is not None:
+            from xds_control.admin.service import start_admin
+
+            self.admin = await start_admin(self)
+            self.ports.admin = self.admin.port
         self._spawn("xds-publisher", self.publisher.run)
         if self.controller is not None:
             self._spawn("controller", self.controller.run)
@@ -134,6 +147,9 @@ class ControlPlane:
             await self.scaler.close()
         if self.source is not None and self._owns_source:
             await self.source.close()
+        if self.admin is not None:
+            await self.admin.stop(grace)
+            self.admin = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
@@ -156,6 +172,7 @@ class ControlPlane:
         if self.source is None:
             self.source = make_source(self.config)
         self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source)
+        self.controller.operator = self.operator
         await self.controller.start()
 
     def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -211,7 +228,7 @@ class ControlPlane:
                 self.metrics.config_reloads.labels("invalid").inc()
                 log.error("config change rejected: turning autoscaling on needs a restart of serve")
                 return False
-            self.publisher.submit(plan, reason=f"config reload from {source}")
+            self.publisher.submit(self.operator.apply(plan), reason=f"config reload from {source}")
         self.config = cfg
         self.metrics.config_reloads.labels("ok").inc()
         return True
@@ -302,7 +319,8 @@ async def serve_forever(cp: ControlPlane) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await cp.start()
-    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics}), flush=True)
+    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics, "admin_port": cp.ports.admin}),
+          flush=True)
     done = asyncio.create_task(cp.wait_stopped(), name="wait-stopped")
     stopper = asyncio.create_task(stop.wait(), name="wait-signal")
     await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)

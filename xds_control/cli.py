@@ -35,6 +35,12 @@ def _register() -> None:
         pass
     else:
         cli_live.register(app)
+    try:
+        from xds_control import cli_admin  # issue 6: operator surface
+    except ImportError:
+        pass
+    else:
+        cli_admin.register(app)
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ def serve(
                                               "(0 = pick a free one).", min=0, max=65535)] = 9102,
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    admin_port: Annotated[Optional[int], typer.Option("--admin-port", help="Admin API port on admin.address "
+                                                      "(default: admin.port of the config, 18001; 0 = any free "
+                                                      "one).", min=0, max=65535)] = None,
 ) -> None:
     """Serve the listeners, routes, clusters and endpoints in CONFIG to Envoy over ADS (SotW and Delta).
 
@@ -51,7 +54,13 @@ def serve(
         cfg = load_config(config)
     except ConfigError as e:
         _fail(str(e))
-    cp = ControlPlane(cfg, config_path=config, host=host, xds_port=xds_port, metrics_port=metrics_port)
+    from xds_control.admin.auth import admin_bind_problem
+
+    problem = admin_bind_problem(cfg)
+    if problem:
+        _fail(f"{config}: {problem}")
+    cp = ControlPlane(cfg, config_path=config, host=host, xds_port=xds_port, metrics_port=metrics_port,
+                      admin_port=(cfg.admin.port if admin_port is None else admin_port) if cfg.admin.enabled else None)
     try:
         code = asyncio.run(serve_forever(cp))
     except OSError as e:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from xds_control.admin.overlay import OperatorState
 from xds_control.config import Config, to_traffic_plan
 from xds_control.config.policy import resolve_policy
 from xds_control.config.schema import PoolConfig, ReplicaTemplateConfig
@@ -125,6 +126,8 @@ class Controller:
         self.scale_downs = 0
         self._stopping: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Operator weight overrides, drains and policy specs (the admin API writes it; the app may share one).
+        self.operator = OperatorState()
         self.set_config(config)
 
     # -- configuration ------------------------------------------------------------------------
@@ -137,7 +140,8 @@ class Controller:
             for pool in svc.pools:
                 if pool.autoscale is None:
                     continue
-                spec = resolve_policy(pool.autoscale.policy, pool.autoscale.overrides)
+                spec = self.operator.specs.get(pool.name) or resolve_policy(pool.autoscale.policy,
+                                                                            pool.autoscale.overrides)
                 old = self.runtimes.get(pool.name)
                 rt = PoolRuntime(svc.name, pool.name, spec, pool.autoscale.replica)
                 if old is not None:
@@ -222,7 +226,8 @@ class Controller:
                 decision = replace(decision, target_replicas=decision.current_replicas,
                                    explanation="autoscaling paused by an operator; " + decision.explanation)
             rt.state = new_state
-            result = plan_service(decision, signals, rt.table, rt.spec.traffic, now, self.acked_through)
+            result = plan_service(decision, signals, rt.table, rt.spec.traffic, now, self.acked_through,
+                                  force_drain=self.operator.drains)
             rt.table = result.table
             rt.last_decision, rt.last_result = decision, result
             self._log_decision(rt, decision, result)
@@ -238,6 +243,7 @@ class Controller:
         return records
 
     def _log_decision(self, rt: PoolRuntime, d: Decision, res: ServicePlanResult) -> None:
+        plan = self.operator.apply(plan, [k for r in self.runtimes.values() if r.table is not None for k in r.table.keys])
         level = logging.INFO if d.direction != "hold" or res.transitions else logging.DEBUG
         log.log(level, "%s/%s [%s %s] %d -> %d: %s | %s", rt.service, rt.pool, d.policy, d.mode,
                 d.current_replicas, d.target_replicas, d.explanation, res.explanation)

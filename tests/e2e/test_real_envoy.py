@@ -131,7 +131,7 @@ async def test_minimal_config_split_weight_change_and_rejected_route(tmp_path: P
 def _serve(cfg_path: Path, xds_port: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "xds_control.cli", "serve", "--config", str(cfg_path), "--xds-port", str(xds_port),
-         "--metrics-port", "0", "--log-level", "warning"],
+         "--metrics-port", "0", "--admin-port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline() if proc.stdout else ""

@@ -14,7 +14,9 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from xds_control.config.kubernetes import KubernetesConfig
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, Field(pattern=_NAME, description="letters, digits, '.', '_', '-'; 1-63 characters")]
@@ -193,6 +195,8 @@ class ServiceConfig(_Strict):
     timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     """Route timeout for a whole request (0 = none); LLM responses are long."""
     retry: RetryConfig | None = None
+    tenant: Name = "default"
+    """Who owns the service: admin tokens of another tenant neither see nor act on it."""
 
     @field_validator("prefix")
     @classmethod
@@ -254,6 +258,114 @@ class XdsConfig(_Strict):
         return self
 
 
+
+class TlsConfig(_Strict):
+    """Server TLS; with ``client_ca`` the server requires client certificates signed by it (mutual TLS)."""
+
+    cert: str
+    """PEM certificate chain file of the server."""
+    key: str
+    """PEM private key file of the server."""
+    client_ca: str | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+
+    @model_validator(mode="after")
+    def _files(self) -> "TlsConfig":
+        from pathlib import Path
+
+        for k in ("cert", "key", "client_ca"):
+            v = getattr(self, k)
+            if v is not None and not Path(v).is_file():
+                raise ValueError(f"{k}: {v!r} is not a readable file")
+        return self
+
+
+class AdminTokenConfig(_Strict):
+    """One bearer token. Its value is never logged or shown; errors name the token by ``name``."""
+
+    name: Name
+    """Who holds it (recorded as the actor of every action taken with it)."""
+    token: SecretStr
+    tenant: str = "default"
+    """The tenant whose services it sees and acts on; ``*`` for every tenant."""
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+    """viewer: read and watch; operator: also pause/resume, drain, weights, replica bounds; admin: also policies."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token(cls, data: object) -> object:
+        if isinstance(data, dict):
+            t = data.get("token")
+            if not isinstance(t, str) or len(t) < 16 or any(c.isspace() for c in t):
+                # The value itself is never echoed.
+                raise ValueError("token: must be a string of at least 16 characters without spaces")
+        return data
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, v: str) -> str:
+        if v != "*" and not re.match(_NAME, v):
+            raise ValueError(f"must be '*' or a name (letters, digits, '.', '_', '-'), got {v!r}")
+        return v
+
+
+class AdminConfig(_Strict):
+    """The operator API (gRPC, ``xds-control admin ...``) and TLS for the admin and xDS ports."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    """Bind address of the admin API; beyond loopback it needs at least one token."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 18001
+    """Admin API port (0 = any free port)."""
+    tokens: list[AdminTokenConfig] = Field(default_factory=list)
+    tokens_file: str | None = None
+    """YAML file with a list of tokens (same keys as ``tokens``), read when the config is loaded."""
+    tls: TlsConfig | None = None
+    """TLS (mTLS with ``client_ca``) for the admin port."""
+    xds_tls: TlsConfig | None = None
+    """TLS (mTLS with ``client_ca``) for the xDS port."""
+
+    _ip = field_validator("address")(_check_ip)
+
+    @model_validator(mode="after")
+    def _tokens(self) -> "AdminConfig":
+        all_tokens = self.all_tokens()
+        _unique("admin tokens", [t.name for t in all_tokens])
+        if len({t.token.get_secret_value() for t in all_tokens}) != len(all_tokens):
+            raise ValueError("tokens: two tokens have the same value")
+        return self
+
+    def all_tokens(self) -> list[AdminTokenConfig]:
+        """Inline tokens plus those of ``tokens_file`` (raises ValueError naming the file, never a value)."""
+        if self.tokens_file is None:
+            return list(self.tokens)
+        from pathlib import Path
+
+        import yaml
+        from pydantic import ValidationError
+
+        path = Path(self.tokens_file)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ValueError(f"tokens_file: cannot read {str(path)!r}: {e.strerror}") from None
+        except yaml.YAMLError:
+            raise ValueError(f"tokens_file: {str(path)!r} is not valid YAML") from None
+        if isinstance(data, dict):
+            data = data.get("tokens")
+        if not isinstance(data, list):
+            raise ValueError(f"tokens_file: {str(path)!r} must hold a list of tokens (or tokens: [...])")
+        out = list(self.tokens)
+        for i, entry in enumerate(data):
+            try:
+                out.append(AdminTokenConfig.model_validate(entry))
+            except ValidationError as e:
+                where = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: "
+                                  f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+                raise ValueError(f"tokens_file: {str(path)!r} entry [{i}]: {where}") from None
+        return out
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -261,6 +373,9 @@ class Config(_Strict):
     services: list[ServiceConfig] = Field(default_factory=list)
     xds: XdsConfig = Field(default_factory=XdsConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    kubernetes: KubernetesConfig | None = None
+    """Autoscaled pools run as Kubernetes Deployments, with leader election (see config/kubernetes.py)."""
 
     @model_validator(mode="after")
     def _references(self) -> "Config":
@@ -268,6 +383,9 @@ class Config(_Strict):
         _unique("services", service_names)
         _unique("listeners", [l.name for l in self.listeners])
         _unique("pools", [p.name for s in self.services for p in s.pools])
+        if self.kubernetes is not None:
+            self.kubernetes.check_pools([p.name for s in self.services for p in s.pools if p.autoscale is not None],
+                                        [p.name for s in self.services for p in s.pools])
         known = set(service_names)
         for i, lst in enumerate(self.listeners):
             carried = lst.services if lst.services is not None else service_names

@@ -18,7 +18,7 @@ Contract:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -182,10 +182,13 @@ def plan_service(
     spec: TrafficSpec,
     now: float,
     acked_through: float | None = None,
+    force_drain: Collection[str] = (),
 ) -> ServicePlanResult:
     """Turn a decision into coordination transitions, weights, localities and outlier settings.
 
     ``acked_through``: the ``now`` of the newest plan every proxy ACKed (None: none yet).
+    ``force_drain``: endpoint keys an operator asked to drain: they drain (and are never undrained) whatever
+    the target, and ``scaler_replicas`` counts them as draining so a replacement starts.
     """
     frame = signals.frame
     keys = frame.keys
@@ -193,7 +196,14 @@ def plan_service(
         table = CoordinationTable.adopt(keys, frame.ready, now)
     table, vanished = table.align(keys, now)
     in_flight = frame.in_flight
-    drain, undrain = select_drains(table, decision.target_replicas, in_flight, frame.ready)
+    if force_drain:
+        forced = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys)) & (table.phase <= P.SERVING)
+        live_target = decision.target_replicas + int(np.count_nonzero(forced))
+        drain, undrain = select_drains(table, live_target, in_flight, frame.ready)
+        forced_all = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys))
+        drain, undrain = drain | forced, undrain & ~forced_all
+    else:
+        drain, undrain = select_drains(table, decision.target_replicas, in_flight, frame.ready)
     table, transitions = advance(table, frame.ready, in_flight, acked_through, now, spec, drain, undrain)
     load = None
     rep = decision.load

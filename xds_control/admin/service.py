@@ -1,0 +1,740 @@
+"""The admin gRPC service (grpc.aio) on its own port: read, act and watch, with auth, health and reflection.
+
+``start_admin(cp)`` mounts :class:`AdminServicer` for a running :class:`~xds_control.app.ControlPlane` on
+``config.admin.address`` and ``cp.admin_port`` (TLS/mTLS when ``admin.tls`` is set) and returns an
+:class:`AdminServer` (``.port``, ``await .stop()``).
+
+Status codes: INVALID_ARGUMENT names the request field; NOT_FOUND for an unknown service, pool or endpoint
+(another tenant's service is indistinguishable from a missing one); FAILED_PRECONDITION for acting on a
+paused, draining or non-autoscaled target; PERMISSION_DENIED for a role that may not do it; UNAUTHENTICATED
+from the interceptor. An unexpected exception is logged and answered INTERNAL; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from xds_control.admin.auth import (
+    PRINCIPAL,
+    Authenticator,
+    AuthInterceptor,
+    Principal,
+    admin_bind_problem,
+    is_loopback,
+)
+from xds_control.admin.events import EventLog
+from xds_control.admin.proto import load
+from xds_control.admin.tls import add_port
+from xds_control.config import to_traffic_plan
+from xds_control.config.policy import _merge, preset_path
+from xds_control.config.schema import ServiceConfig
+from xds_control.core.errors import SpecError
+from xds_control.core.traffic import HealthStatus
+from xds_control.policies import POLICIES, load_policy_spec
+from xds_control.snapshot import types as T
+
+if TYPE_CHECKING:
+    from xds_control.app import ControlPlane
+
+pb, pb_grpc = load()
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
+
+_TYPES = {
+    "cds": T.CLUSTER, "clusters": T.CLUSTER, "cluster": T.CLUSTER,
+    "eds": T.ENDPOINT, "endpoints": T.ENDPOINT, "endpoint": T.ENDPOINT,
+    "lds": T.LISTENER, "listeners": T.LISTENER, "listener": T.LISTENER,
+    "rds": T.ROUTE, "routes": T.ROUTE, "route": T.ROUTE,
+}
+_MAX_TEXT = 500
+
+
+class ApiError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(field: str, why: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {why}")
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, what)
+
+
+def precondition(why: str) -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, why)
+
+
+def rpc(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Authorize (role), map ApiError to its status, and never let an exception crash the call."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def handler(self: AdminServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = PRINCIPAL.get()
+            try:
+                if principal is None:
+                    raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "not authenticated")
+                if not principal.can(role):
+                    raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
+                                   f"{fn.__name__} needs the {role} role; {principal} has {principal.role}")
+                return fn(self, principal, request)
+            except ApiError as e:
+                err = e
+            except Exception:  # noqa: BLE001 - logged; the caller gets INTERNAL, the server lives on
+                log.exception("admin %s failed", fn.__name__)
+                err = ApiError(grpc.StatusCode.INTERNAL, f"{fn.__name__} failed unexpectedly (see the server log)")
+            await context.abort(err.code, err.message)
+
+        handler.__name__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        return handler
+
+    return wrap
+
+
+def _opt(x: float | None) -> dict[str, float]:
+    return {} if x is None or (isinstance(x, float) and not math.isfinite(x)) else {"v": float(x)}
+
+
+def _check_text(field: str, value: str, required: bool = False, limit: int = 253) -> str:
+    if required and not value:
+        raise invalid(field, "is required")
+    if len(value) > limit:
+        raise invalid(field, f"is {len(value)} characters long; at most {limit}")
+    if any(not c.isprintable() for c in value):
+        raise invalid(field, "contains non-printable characters")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    _check_text("endpoint", value, required=True)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid("endpoint", f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return value
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (str, bool)) or v is None:
+        return v
+    if isinstance(v, (int, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return str(v)
+
+
+def _struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(_jsonable(d))
+    return s
+
+
+def _from_struct(s: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct -> dict, with integral numbers as ints (Struct only has doubles)."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(json_format.MessageToDict(s))
+
+
+@dataclass
+class _Target:
+    service: ServiceConfig
+    pool: str
+    health: str  # published health ("" when not published)
+    draining: bool
+
+
+class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
+    def __init__(self, cp: ControlPlane, events: EventLog) -> None:
+        self.cp = cp
+        self.events = events
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- lookups ------------------------------------------------------------------------------------
+    def _services(self, p: Principal) -> list[ServiceConfig]:
+        return [s for s in self.cp.config.services if p.sees(s.tenant)]
+
+    def _service(self, p: Principal, name: str) -> ServiceConfig:
+        _check_text("service", name, required=True)
+        for s in self.cp.config.services:
+            if s.name == name and p.sees(s.tenant):
+                return s
+        raise not_found(f"service {name!r} not found")
+
+    def _runtime(self, pool: str) -> Any:
+        c = self.cp.controller
+        return c.runtimes.get(pool) if c is not None else None
+
+    def _runtimes(self, svc: ServiceConfig, pool: str) -> list[Any]:
+        """The autoscaled pools of ``svc`` an action targets (``pool`` empty = all of them)."""
+        _check_text("pool", pool)
+        names = [p.name for p in svc.pools]
+        if pool and pool not in names:
+            raise not_found(f"pool {pool!r} not found in service {svc.name!r}")
+        rts = [rt for n in ([pool] if pool else names) if (rt := self._runtime(n)) is not None]
+        if not rts:
+            raise precondition(f"{'pool ' + repr(pool) if pool else 'service ' + repr(svc.name)} is not autoscaled")
+        return rts
+
+    def _published(self) -> Any:
+        snap = self.cp.cache.snapshot
+        return snap.plan if snap is not None else None
+
+    def _last_records(self) -> dict[str, Any]:
+        c = self.cp.controller
+        out: dict[str, Any] = {}
+        if c is not None:
+            for rec in reversed(c.history):
+                out.setdefault(rec.pool, rec)
+                if len(out) >= len(c.runtimes):
+                    break
+        return out
+
+    def _target(self, p: Principal, service: str, endpoint: str) -> _Target:
+        svc = self._service(p, service)
+        key = _check_endpoint(endpoint)
+        plan = self._published()
+        op = self.cp.operator
+        for pc in svc.pools:
+            pub = plan.pool(pc.name) if plan is not None else None
+            pe = next((e for e in (pub.endpoints if pub else ()) if e.key == key), None)
+            rt = self._runtime(pc.name)
+            phase = rt.table.phase_of(key) if rt is not None and rt.table is not None else None
+            static = any(f"{e.address}:{e.port}" == key for e in pc.endpoints)
+            if pe is None and phase is None and not static:
+                continue
+            health = pe.health.value if pe is not None else ""
+            draining = key in op.drains or health == HealthStatus.DRAINING.value or (
+                phase is not None and phase.name in ("DRAINING", "REMOVABLE"))
+            return _Target(svc, pc.name, health, draining)
+        raise not_found(f"endpoint {key!r} not found in service {svc.name!r}")
+
+    def _record(self, p: Principal, kind: str, message: str, reason: str, **detail: Any) -> int:
+        _check_text("reason", reason, limit=_MAX_TEXT)
+        ev = {"kind": "action", "action": kind, "actor": str(p), "message": message, **detail}
+        if reason:
+            ev["reason"] = reason
+        self.events.append(ev)
+        log.info("admin: %s by %s%s", message, p, f" ({reason})" if reason else "")
+        return int(ev["seq"])
+
+    def _republish(self, why: str) -> None:
+        """Static pools: publish the config's plan with the operator layer now. The controller does it each tick."""
+        if self.cp.controller is None:
+            self.cp.publisher.submit(self.cp.operator.apply(to_traffic_plan(self.cp.config)), reason=why)
+
+    def _service_of_pool(self, pool: str) -> ServiceConfig | None:
+        for s in self.cp.config.services:
+            if any(p.name == pool for p in s.pools):
+                return s
+        return None
+
+    # -- Read ---------------------------------------------------------------------------------------
+    @rpc("viewer")
+    def GetStatus(self, p: Principal, req: Any) -> Any:
+        cp = self.cp
+        snap = cp.cache.snapshot
+        out = pb.Status(version=snap.version if snap else 0,
+                        last_good_version=cp.publisher.last_good.version if cp.publisher.last_good else 0,
+                        leader=True, instance=self.instance, last_error=cp.publisher.last_error or "",
+                        caller=str(p))
+        for svc in self._services(p):
+            for pc in svc.pools:
+                rt = self._runtime(pc.name)
+                if rt is not None:
+                    out.policies.add(service=svc.name, pool=pc.name, policy=rt.spec.policy, paused=rt.paused,
+                                     min_replicas=rt.spec.min_replicas, max_replicas=rt.spec.max_replicas)
+        last_nack = {}
+        for r in cp.publisher.rejections:
+            last_nack[r.node] = r
+        for px in cp.tracker.syncz():
+            pr = out.proxies.add(node_id=str(px["node"]), cluster=str(px["cluster"]), protocol=str(px["protocol"]),
+                                 peer=str(px["peer"]))
+            for t, st in px["types"].items():  # type: ignore[union-attr]
+                ts = pr.types.add(type=t, state=st["state"], nonce=st["nonce"] or "", error=st["error"] or "")
+                if st["sent"] is not None:
+                    ts.sent_version = st["sent"]
+                if st["acked"] is not None:
+                    ts.acked_version = st["acked"]
+            n = last_nack.get(px["node"])
+            if n is not None:
+                pr.last_nack.CopyFrom(pb.Nack(type=n.type, version=n.version, message=n.message, at=n.at))
+        return out
+
+    @rpc("viewer")
+    def ListServices(self, p: Principal, req: Any) -> Any:
+        plan = self._published()
+        recs = self._last_records()
+        out = pb.ListServicesResponse()
+        for svc in self._services(p):
+            si = out.services.add(name=svc.name, tenant=svc.tenant)
+            for pc in svc.pools:
+                pub = plan.pool(pc.name) if plan is not None else None
+                in_rot = sum(1 for e in (pub.endpoints if pub else ()) if e.health is HealthStatus.HEALTHY)
+                pi = si.pools.add(name=pc.name, weight=pc.weight, autoscaled=pc.autoscale is not None,
+                                  in_rotation=in_rot)
+                rt = self._runtime(pc.name)
+                if rt is not None:
+                    rec = recs.get(pc.name)
+                    pi.policy, pi.paused = rt.spec.policy, rt.paused
+                    pi.min_replicas, pi.max_replicas = rt.spec.min_replicas, rt.spec.max_replicas
+                    if rec is not None:
+                        pi.replicas, pi.target, pi.ready = rec.current, rec.target, rec.ready
+                else:
+                    pi.policy = "static"
+                    pi.replicas = pi.target = len(pc.endpoints)
+                    pi.ready = in_rot
+        return out
+
+    @rpc("viewer")
+    def ListEndpoints(self, p: Principal, req: Any) -> Any:
+        services = [self._service(p, req.service)] if req.service else self._services(p)
+        plan = self._published()
+        recs = self._last_records()
+        op = self.cp.operator
+        out = pb.ListEndpointsResponse()
+        for svc in services:
+            for pc in svc.pools:
+                pub = {e.key: e for e in (plan.pool(pc.name).endpoints if plan and plan.pool(pc.name) else ())}
+                rec = recs.get(pc.name)
+                rows: list[tuple[str, dict[str, Any]]] = []
+                if pc.autoscale is not None and rec is not None:
+                    for v in rec.endpoints:
+                        rows.append((v.key, dict(state=v.state, phase=v.phase, zone=v.zone, load=v.load,
+                                                 latency=v.latency_s, running=v.running, waiting=v.waiting)))
+                else:
+                    for e in pc.endpoints:
+                        k = f"{e.address}:{e.port}"
+                        pe = pub.get(k)
+                        rows.append((k, dict(state="static", zone=e.zone,
+                                             phase="draining" if pe is not None and pe.health is HealthStatus.DRAINING
+                                             else "serving")))
+                for key, d in rows:
+                    pe = pub.get(key)
+                    ep = out.endpoints.add(
+                        service=svc.name, pool=pc.name, address=key, state=d["state"], phase=d["phase"],
+                        weight=pe.weight if pe is not None and pe.health is HealthStatus.HEALTHY else 0,
+                        health=pe.health.value if pe is not None else "", zone=d.get("zone", ""),
+                        operator_drain=key in op.drains)
+                    for field, name in (("load_index", "load"), ("latency_s", "latency"), ("running", "running"),
+                                        ("waiting", "waiting")):
+                        v = _opt(d.get(name))
+                        if v:
+                            setattr(ep, field, v["v"])
+                    if key in op.weights:
+                        ep.weight_override = op.weights[key]
+        return out
+
+    @rpc("viewer")
+    def GetPlan(self, p: Principal, req: Any) -> Any:
+        services = [self._service(p, req.service)] if req.service else self._services(p)
+        snap = self.cp.cache.snapshot
+        out = pb.Plan(version=snap.version if snap else 0, reason=(snap.reason if snap and p.all_tenants else ""))
+        plan = snap.plan if snap is not None else None
+        if plan is None:
+            return out
+        for svc in services:
+            sp = next((s for s in plan.services if s.name == svc.name), None)
+            route_w = dict(sp.pools) if sp is not None else {}
+            for pc in svc.pools:
+                pp = plan.pool(pc.name)
+                if pp is None:
+                    continue
+                po = out.pools.add(service=svc.name, name=pc.name, route_weight=route_w.get(pc.name, 0),
+                                   lb_policy=pp.lb_policy.value)
+                for e in pp.endpoints:
+                    po.endpoints.add(address=e.key, weight=e.weight, health=e.health.value, locality=e.locality.key)
+                rt = self._runtime(pc.name)
+                if rt is not None and rt.last_result is not None:
+                    po.target_replicas = rt.last_result.target_replicas
+                    po.explanation = rt.last_result.explanation
+        return out
+
+    @rpc("viewer")
+    def GetConfigDump(self, p: Principal, req: Any) -> Any:
+        want = _check_text("type", req.type.strip())
+        types: tuple[str, ...]
+        if not want:
+            types = T.ORDER if p.all_tenants else (T.CLUSTER, T.ENDPOINT)
+        else:
+            t = _TYPES.get(want.lower()) or (want if want in T.ORDER else None)
+            if t is None:
+                raise invalid("type", f"{want!r} is not one of CDS, EDS, LDS, RDS (or clusters, endpoints, "
+                                      "listeners, routes, or a type URL)")
+            if t in (T.LISTENER, T.ROUTE) and not p.all_tenants:
+                raise ApiError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{T.SHORT[t]} resources are shared by every tenant; {p} sees only its clusters "
+                               "and endpoints")
+            types = (t,)
+        snap = self.cp.cache.snapshot
+        out = pb.ConfigDump(version=snap.version if snap else 0)
+        if snap is None:
+            return out
+        mine = {pc.name for s in self._services(p) for pc in s.pools}
+        for t in types:
+            tr = out.types.add(type_url=t, type=T.SHORT[t])
+            for name, r in sorted(snap.of(t).items()):
+                if t in (T.CLUSTER, T.ENDPOINT) and not p.all_tenants and name not in mine:
+                    continue
+                res = tr.resources.add(name=name, version=r.version)
+                res.resource.type_url = t
+                res.resource.value = r.body
+        return out
+
+    @rpc("viewer")
+    def ListDecisions(self, p: Principal, req: Any) -> Any:
+        svc = self._service(p, req.service) if req.service else None
+        if req.limit > 1000:
+            raise invalid("limit", f"{req.limit} is above 1000")
+        limit = req.limit or 50
+        out = pb.ListDecisionsResponse()
+        c = self.cp.controller
+        if c is None:
+            return out
+        visible = {s.name for s in self._services(p)}
+        offset = time.time() - c.clock()
+        picked = []
+        for rec in reversed(c.history):
+            if rec.service not in visible or (svc is not None and rec.service != svc.name):
+                continue
+            if req.changes_only and rec.target == rec.current:
+                continue
+            picked.append(rec)
+            if len(picked) >= limit:
+                break
+        for rec in reversed(picked):
+            d = out.decisions.add(at=rec.now + offset, service=rec.service, pool=rec.pool, policy=rec.policy,
+                                  current=rec.current, target=rec.target, ready=rec.ready, mode=rec.mode,
+                                  explanation=rec.explanation, version=rec.version or 0)
+            if _opt(rec.load_index):
+                d.load_index = rec.load_index
+        return out
+
+    # -- Act ----------------------------------------------------------------------------------------
+    def _pause(self, p: Principal, req: Any, paused: bool) -> Any:
+        svc = self._service(p, req.service)
+        rts = self._runtimes(svc, req.pool)
+        todo = [rt for rt in rts if rt.paused != paused]
+        if not todo:
+            raise precondition(f"autoscaling of {', '.join(rt.pool for rt in rts)} is already "
+                               f"{'paused' if paused else 'running'}")
+        _check_text("reason", req.reason, limit=_MAX_TEXT)
+        for rt in todo:
+            rt.paused = paused
+        verb = "paused" if paused else "resumed"
+        msg = f"autoscaling {verb} for {svc.name}/{','.join(rt.pool for rt in todo)}"
+        seq = self._record(p, "pause" if paused else "resume", msg, req.reason, service=svc.name,
+                           pools=[rt.pool for rt in todo])
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def PauseAutoscaling(self, p: Principal, req: Any) -> Any:
+        return self._pause(p, req, True)
+
+    @rpc("operator")
+    def ResumeAutoscaling(self, p: Principal, req: Any) -> Any:
+        return self._pause(p, req, False)
+
+    def _set_spec(self, rts: list[Any], build: Callable[[Any], Any]) -> list[Any]:
+        """Validate a new spec for every pool first (all or nothing), then apply and pin them."""
+        specs = []
+        for rt in rts:
+            try:
+                specs.append(build(rt))
+            except SpecError as e:
+                raise invalid(*_spec_problem(e, rt.pool)) from None
+        for rt, spec in zip(rts, specs):
+            if type(spec) is not type(rt.spec):
+                rt.state = None
+            rt.spec = spec
+            self.cp.operator.specs[rt.pool] = spec
+        return specs
+
+    @rpc("admin")
+    def SetPolicy(self, p: Principal, req: Any) -> Any:
+        svc = self._service(p, req.service)
+        name = _check_text("policy", req.policy.strip())
+        if name and name not in POLICIES:
+            raise invalid("policy", f"{name!r} is not a preset; one of {', '.join(POLICIES)}")
+        overrides = _from_struct(req.overrides)
+        if "policy" in overrides:
+            raise invalid("overrides.policy", "set the policy with the policy field")
+        if not name and not overrides:
+            raise invalid("policy", "give a policy, overrides, or both")
+        rts = self._runtimes(svc, req.pool)
+
+        def build(rt: Any) -> Any:
+            if name:
+                path = preset_path(name)
+                import yaml
+
+                base = yaml.safe_load(path.read_text()) if path is not None else {"policy": name}
+            else:
+                base = rt.spec.model_dump(mode="python")
+            return load_policy_spec(_merge(dict(base), overrides))
+
+        specs = self._set_spec(rts, build)
+        msg = (f"policy of {svc.name}/{','.join(rt.pool for rt in rts)} set to {specs[0].policy}"
+               + (f" with {json.dumps(overrides, sort_keys=True)}" if overrides else ""))
+        seq = self._record(p, "set_policy", msg, req.reason, service=svc.name, pools=[rt.pool for rt in rts],
+                           policy=specs[0].policy, overrides=overrides)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def SetReplicaBounds(self, p: Principal, req: Any) -> Any:
+        svc = self._service(p, req.service)
+        upd: dict[str, int] = {}
+        if req.HasField("min_replicas"):
+            upd["min_replicas"] = req.min_replicas
+        if req.HasField("max_replicas"):
+            upd["max_replicas"] = req.max_replicas
+        if not upd:
+            raise invalid("min_replicas", "set min_replicas, max_replicas or both")
+        rts = self._runtimes(svc, req.pool)
+        self._set_spec(rts, lambda rt: load_policy_spec({**rt.spec.model_dump(mode="python"), **upd}))
+        msg = (f"replica bounds of {svc.name}/{','.join(rt.pool for rt in rts)} set: "
+               + ", ".join(f"{k}={v}" for k, v in upd.items()))
+        seq = self._record(p, "set_replica_bounds", msg, req.reason, service=svc.name,
+                           pools=[rt.pool for rt in rts], **upd)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def SetWeightOverride(self, p: Principal, req: Any) -> Any:
+        t = self._target(p, req.service, req.endpoint)
+        if not 1 <= req.weight <= 1_000_000:
+            raise invalid("weight", f"{req.weight} is outside 1..1000000 (drain the endpoint to take it out)")
+        if t.draining:
+            raise precondition(f"endpoint {req.endpoint} is draining; its weight cannot be set")
+        _check_text("reason", req.reason, limit=_MAX_TEXT)
+        self.cp.operator.weights[req.endpoint] = req.weight
+        msg = f"weight of {req.endpoint} ({t.service.name}/{t.pool}) pinned to {req.weight}"
+        self._republish(msg)
+        seq = self._record(p, "weight_set", msg, req.reason, service=t.service.name, pool=t.pool,
+                           endpoint=req.endpoint, weight=req.weight)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def ClearWeightOverride(self, p: Principal, req: Any) -> Any:
+        t = self._target(p, req.service, req.endpoint)
+        if req.endpoint not in self.cp.operator.weights:
+            raise precondition(f"endpoint {req.endpoint} has no weight override")
+        _check_text("reason", req.reason, limit=_MAX_TEXT)
+        del self.cp.operator.weights[req.endpoint]
+        msg = f"weight override of {req.endpoint} ({t.service.name}/{t.pool}) cleared"
+        self._republish(msg)
+        seq = self._record(p, "weight_clear", msg, req.reason, service=t.service.name, pool=t.pool,
+                           endpoint=req.endpoint)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def DrainEndpoint(self, p: Principal, req: Any) -> Any:
+        t = self._target(p, req.service, req.endpoint)
+        if t.draining:
+            raise precondition(f"endpoint {req.endpoint} is already draining")
+        _check_text("reason", req.reason, limit=_MAX_TEXT)
+        self.cp.operator.drains.add(req.endpoint)
+        then = ("it is removed once idle and replaced" if self._runtime(t.pool) is not None
+                else "it stays DRAINING until undrained")
+        msg = f"draining {req.endpoint} ({t.service.name}/{t.pool}): {then}"
+        self._republish(msg)
+        seq = self._record(p, "drain", msg, req.reason, service=t.service.name, pool=t.pool, endpoint=req.endpoint)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    @rpc("operator")
+    def UndrainEndpoint(self, p: Principal, req: Any) -> Any:
+        t = self._target(p, req.service, req.endpoint)
+        if req.endpoint not in self.cp.operator.drains:
+            raise precondition(f"endpoint {req.endpoint} was not drained by an operator")
+        _check_text("reason", req.reason, limit=_MAX_TEXT)
+        self.cp.operator.drains.discard(req.endpoint)
+        msg = f"drain of {req.endpoint} ({t.service.name}/{t.pool}) cancelled"
+        self._republish(msg)
+        seq = self._record(p, "undrain", msg, req.reason, service=t.service.name, pool=t.pool,
+                           endpoint=req.endpoint)
+        return pb.ActionResult(event_seq=seq, message=msg)
+
+    # -- Watch --------------------------------------------------------------------------------------
+    def _event_visible(self, p: Principal, ev: Mapping[str, Any], req: Any) -> bool:
+        svc_name = ev.get("service")
+        if not svc_name and ev.get("pool"):
+            s = self._service_of_pool(str(ev["pool"]))
+            svc_name = s.name if s is not None else None
+        if svc_name:
+            s = next((x for x in self.cp.config.services if x.name == svc_name), None)
+            if s is not None and not p.sees(s.tenant):
+                return False
+        if req.kinds and ev.get("kind") not in req.kinds:
+            return False
+        return not (req.service and svc_name != req.service)
+
+    def _event_pb(self, p: Principal, ev: Mapping[str, Any]) -> Any:
+        svc = ev.get("service") or ""
+        if not svc and ev.get("pool"):
+            s = self._service_of_pool(str(ev["pool"]))
+            svc = s.name if s is not None else ""
+        message = str(ev.get("message") or ev.get("explanation") or ev.get("reason") or "")
+        if ev.get("kind") == "push" and not p.all_tenants:
+            message = ""  # a push's reason may carry other tenants' decisions
+        skip = {"seq", "at", "kind", "service", "pool", "endpoint", "actor", "message"}
+        detail = {k: v for k, v in ev.items() if k not in skip and not (k == "reason" and ev.get("kind") == "push")}
+        return pb.Event(seq=int(ev["seq"]), at=float(ev.get("at", 0.0)), kind=str(ev.get("kind", "")), service=svc,
+                        pool=str(ev.get("pool") or ""), endpoint=str(ev.get("endpoint") or ""),
+                        actor=str(ev.get("actor") or ""), message=message, detail=_struct(detail))
+
+    async def WatchEvents(self, req: Any, context: grpc.aio.ServicerContext) -> Any:
+        p = PRINCIPAL.get()
+        try:
+            if p is None:
+                raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "not authenticated")
+            if req.service:
+                self._service(p, req.service)
+            for k in req.kinds:
+                _check_text("kinds", k, required=True, limit=63)
+            if req.after_seq > self.events.seq:
+                raise ApiError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"after_seq: {req.after_seq} is beyond the newest event {self.events.seq} "
+                               f"(the server restarted?); resume from 0")
+        except ApiError as e:
+            await context.abort(e.code, e.message)
+            return
+        after = req.after_seq
+        while True:
+            first = self.events.first_seq
+            if after + 1 < first:
+                yield pb.Event(seq=first - 1, at=time.time(), kind="gap",
+                               message=f"events {after + 1}..{first - 1} are no longer buffered")
+                after = first - 1
+            for ev in self.events.after(after):
+                after = int(ev["seq"])
+                if self._event_visible(p, ev, req):
+                    yield self._event_pb(p, ev)
+            if not req.follow:
+                return
+            await self.events.wait_beyond(after)
+
+
+def _spec_problem(e: SpecError, pool: str) -> tuple[str, str]:
+    """(field, message) for INVALID_ARGUMENT from a policy SpecError: the first bad key is the field."""
+    probs = list(e.problems)
+    if not probs:
+        return "overrides", str(e)
+    first = probs[0].key
+    field = first if first in ("min_replicas", "max_replicas", "policy") else f"overrides.{first}"
+    text = "; ".join(str(x) for x in probs)
+    return field, f"invalid for pool {pool}: {text}"
+
+
+class AdminServer:
+    def __init__(self, server: grpc.aio.Server, port: int, events: EventLog, unsubscribe: Callable[[], None]) -> None:
+        self.server = server
+        self.port = port
+        self.events = events
+        self._unsubscribe = unsubscribe
+
+    async def stop(self, grace: float = 0.5) -> None:
+        self._unsubscribe()
+        await self.server.stop(grace)
+
+
+def attach_events(cp: ControlPlane, events: EventLog) -> Callable[[], None]:
+    """Feed controller events, pushes, ACKs and NACKs into ``events``; returns the detach function."""
+    live = [True]
+    if cp.controller is not None:
+        for ev in list(cp.controller.events):
+            events.append(dict(ev))
+        cp.controller.events = events
+
+    def on_push(snap: Any) -> None:
+        if live[0]:
+            events.append({"kind": "push", "version": snap.version, "reason": snap.reason,
+                           "message": snap.reason, "resources": snap.summary()})
+
+    def on_ack(proxy: Any, type_url: str, version: int) -> None:
+        if live[0]:
+            events.append({"kind": "ack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
+                           "version": version, "message": f"{proxy.node_id} ACKed {T.SHORT.get(type_url, type_url)} "
+                                                          f"v{version}"})
+
+    def on_nack(proxy: Any, type_url: str, version: int, message: str) -> None:
+        if live[0]:
+            events.append({"kind": "nack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
+                           "version": version, "message": message})
+
+    unsub = cp.cache.subscribe(on_push)
+    cp.tracker.on_ack_event(on_ack)
+    cp.tracker.on_nack_event(on_nack)
+
+    def detach() -> None:
+        live[0] = False
+        unsub()
+
+    return detach
+
+
+async def start_admin(cp: ControlPlane, port: int | None = None) -> AdminServer:
+    """Serve the admin API for ``cp`` on ``config.admin.address``:``port`` (default ``cp.admin_port``)."""
+    problem = admin_bind_problem(cp.config)
+    if problem:
+        raise ValueError(problem)
+    a = cp.config.admin
+    cache: list[Any] = [None, None]
+
+    def authenticator() -> Authenticator:
+        if cache[0] is not cp.config.admin:  # rebuilt when a config reload changed the admin section
+            cache[0], cache[1] = cp.config.admin, Authenticator(cp.config.admin)
+        return cache[1]  # type: ignore[no-any-return]
+
+    authenticator()
+    events = EventLog()
+    detach = attach_events(cp, events)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(authenticator)])
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(cp, events), server)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    bound = add_port(server, f"{a.address}:{cp.admin_port if port is None else port}", a.tls)
+    if bound == 0:
+        detach()
+        raise OSError(f"cannot bind the admin port {a.address}:{port if port is not None else cp.admin_port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if a.tls is None and not is_loopback(a.address):
+        log.warning("admin API on %s:%d without TLS: bearer tokens cross the network in clear", a.address, bound)
+    log.info("admin API on %s:%d%s%s", a.address, bound, " (TLS" + (", mTLS)" if a.tls.client_ca else ")")
+             if a.tls else "", "" if authenticator()._entries else " (no tokens: open on loopback)")
+    return AdminServer(server, bound, events, detach)
+
+
+
+
+__all__ = ["AdminServer", "AdminServicer", "ApiError", "start_admin", "attach_events", "SERVICE_NAME"]

@@ -1,0 +1,26 @@
+"""TLS and mutual TLS for gRPC ports (admin and xDS) from ``admin.tls`` / ``admin.xds_tls``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from xds_control.config.schema import TlsConfig
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """Server certificate and key; with ``client_ca`` clients must present a certificate it signed."""
+    ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
+    """Bind ``address`` with TLS when ``tls`` is set, in clear otherwise; returns the port (0 = failed)."""
+    if tls is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, server_credentials(tls))
