@@ -295,6 +295,15 @@ class ControlPlane:
         }
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for listeners that Envoy, not we, will bind)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def autoscaled(cfg: Config) -> bool:
     return any(p.autoscale is not None for s in cfg.services for p in s.pools)
 

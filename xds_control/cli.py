@@ -23,6 +23,9 @@ def _register() -> None:
     from xds_control import cli_serve
 
     cli_serve.register(app)
+    from xds_control import cli_demo
+
+    cli_demo.register(app)
     try:
         from xds_control import cli_evaluate  # issue 4: simulator
     except ImportError:

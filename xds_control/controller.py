@@ -220,7 +220,13 @@ class Controller:
                 locality={r.key: Locality(zone=rt.zone_of.get(r.id, "")).key for r in live},
             )
             n_starting = sum(1 for r in live if r.state == ReplicaState.STARTING)
-            signals = ServiceSignals(rt.service, frame, current_replicas=len(live), pending_replicas=n_starting)
+            # Replicas being drained are already decided away: they are not part of the current count,
+            # or the policy would "hold" them back into service on the next tick.
+            leaving = {int(EndpointPhase.DRAINING), int(EndpointPhase.REMOVABLE)}
+            phases = dict(zip(rt.table.keys, rt.table.phase.tolist())) if rt.table is not None else {}
+            n_leaving = sum(1 for k in keys if phases.get(k) in leaving)
+            signals = ServiceSignals(rt.service, frame, current_replicas=len(live) - n_leaving,
+                                     pending_replicas=n_starting)
             decision, new_state = decide(signals, rt.state, rt.spec, now)
             if rt.paused:
                 decision = replace(decision, target_replicas=decision.current_replicas,
@@ -237,13 +243,13 @@ class Controller:
                 pools[rt.pool] = apply_to_pool(base, result)
             records.append(self._record(rt, now, decision, result, live, frame, report))
         plan = replace(self.base_plan, pools=tuple(pools.get(p.name, p) for p in self.base_plan.pools))
+        plan = self.operator.apply(plan, [k for r in self.runtimes.values() if r.table is not None for k in r.table.keys])
         version = self._publish(plan, "; ".join(r.explanation for r in records)[:500], now)
         for rec in records:
             self.history.append(replace(rec, version=version))
         return records
 
     def _log_decision(self, rt: PoolRuntime, d: Decision, res: ServicePlanResult) -> None:
-        plan = self.operator.apply(plan, [k for r in self.runtimes.values() if r.table is not None for k in r.table.keys])
         level = logging.INFO if d.direction != "hold" or res.transitions else logging.DEBUG
         log.log(level, "%s/%s [%s %s] %d -> %d: %s | %s", rt.service, rt.pool, d.policy, d.mode,
                 d.current_replicas, d.target_replicas, d.explanation, res.explanation)
