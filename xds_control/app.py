@@ -164,6 +164,10 @@ class ControlPlane:
     async def _start_controller(self) -> None:
         from xds_control.controller import Controller
 
+        if self.scaler is None and self.config.kubernetes is not None:
+            from xds_control.kube_wiring import attach_kubernetes
+
+            await attach_kubernetes(self)  # the Kubernetes scaler and, if enabled, the Lease elector
         if self.scaler is None:
             from xds_control.scalers.local import LocalScaler
 

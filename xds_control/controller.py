@@ -116,6 +116,10 @@ class Controller:
         self.scaler = scaler
         self.source = source
         self.clock = clock
+        #: Only the leader decides and scales (leader election; a scaler without ``is_leader`` is always it).
+        #: A follower keeps reading signals and planning, so it serves the same endpoints, but holds the
+        #: replica count and never actuates.
+        self.is_leader: Callable[[], bool] = getattr(scaler, "is_leader", None) or (lambda: True)
         self.runtimes: dict[str, PoolRuntime] = {}
         self.acked_through: float | None = None
         self._pending_acks: deque[tuple[int, float]] = deque()
@@ -169,7 +173,9 @@ class Controller:
             pc = self._pool_config(rt.pool)
             n = pc.autoscale.initial_replicas if pc and pc.autoscale and pc.autoscale.initial_replicas is not None \
                 else rt.spec.min_replicas
-            for _ in range(n):
+            # Replicas that already exist (a Kubernetes Deployment) count; a follower starts none.
+            n -= sum(1 for r in self.scaler.list() if r.pool == rt.pool) + _pending(self.scaler, rt.pool)
+            for _ in range(n if self.is_leader() else 0):
                 await self._start_replica(rt)
         self._publish(self.base_plan, "initial plan", self.clock())
 
@@ -217,7 +223,7 @@ class Controller:
             samples = report.samples()
             frame = SignalFrame.from_samples(
                 {k: samples.get(k) for k in keys}, ready=ready,
-                locality={r.key: Locality(zone=rt.zone_of.get(r.id, "")).key for r in live},
+                locality={r.key: Locality(zone=r.zone or rt.zone_of.get(r.id, "")).key for r in live},
             )
             n_starting = sum(1 for r in live if r.state == ReplicaState.STARTING)
             # Replicas being drained are already decided away: they are not part of the current count,
@@ -231,13 +237,17 @@ class Controller:
             if rt.paused:
                 decision = replace(decision, target_replicas=decision.current_replicas,
                                    explanation="autoscaling paused by an operator; " + decision.explanation)
+            elif not self.is_leader():
+                decision = replace(decision, target_replicas=decision.current_replicas,
+                                   explanation="follower: only the leader decides; " + decision.explanation)
             rt.state = new_state
             result = plan_service(decision, signals, rt.table, rt.spec.traffic, now, self.acked_through,
                                   force_drain=self.operator.drains)
             rt.table = result.table
             rt.last_decision, rt.last_result = decision, result
             self._log_decision(rt, decision, result)
-            await self._actuate(rt, live, result)
+            if self.is_leader():
+                await self._actuate(rt, live, result)
             base = self.base_plan.pool(rt.pool)
             if base is not None:
                 pools[rt.pool] = apply_to_pool(base, result)
@@ -275,7 +285,7 @@ class Controller:
                 self.event("scale_down", pool=rt.pool, replica=info.id, endpoint=key)
                 log.info("%s: stopping drained replica %s (%s)", rt.pool, info.id, key)
                 self._spawn(self._stop(info.id, rt), f"stop-{info.id}")
-        missing = res.scaler_replicas - len(live)
+        missing = res.scaler_replicas - len(live) - _pending(self.scaler, rt.pool)
         for _ in range(max(0, missing)):
             await self._start_replica(rt)
             self.scale_ups += 1
@@ -342,7 +352,7 @@ class Controller:
                 state=info.state.value if info else "gone",
                 phase=EndpointPhase(int(res.phase[i])).name.lower(),
                 weight=int(res.weight[i]),
-                zone=rt.zone_of.get(info.id, "") if info else "",
+                zone=(info.zone or rt.zone_of.get(info.id, "")) if info else "",
                 load=_num(load[i]) if load is not None else None,
                 latency_s=_num(frame.latency_s[i]),
                 running=_num(frame.running[i]),
@@ -352,6 +362,12 @@ class Controller:
                           target=d.target_replicas, ready=signals_ready(frame), mode=d.mode,
                           load_index=d.load_index, explanation=d.explanation, endpoints=tuple(views), version=None,
                           failed_reads=len(report.failed))
+
+
+def _pending(scaler: Any, pool: str) -> int:
+    """Replicas a scaler was asked for that have no endpoint yet (Kubernetes pods being scheduled)."""
+    fn = getattr(scaler, "pending", None)
+    return int(fn(pool)) if fn is not None else 0
 
 
 def signals_ready(frame: SignalFrame) -> int:
