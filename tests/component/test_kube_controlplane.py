@@ -1,0 +1,109 @@
+"""Two control-plane replicas on one (fake) cluster: both serve the same endpoints, only the leader scales.
+
+The real ``kubernetes`` client talks to the in-process fake apiserver (tests/fakekube), which stands in
+for a cluster here. Each ControlPlane has its own kubeconfig and bearer token, so the fake can tell
+whose requests were whose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakekube import FakeKube
+from support.ports import free_port
+
+from envoy.config.endpoint.v3 import endpoint_pb2
+from xds_control.app import ControlPlane
+from xds_control.config import parse_config
+from xds_control.snapshot import types as T
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def kube_config(kubeconfig: Path, listener_port: int) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "ingress", "address": "127.0.0.1", "port": listener_port}],
+        "services": [{"name": "llm", "pools": [{"name": "llm", "autoscale": {
+            "policy": "threshold", "overrides": {"min_replicas": 2, "max_replicas": 3}}}]}],
+        "xds": {"debounce_ms": 0, "max_delay_ms": 0, "ack_timeout_s": 2},
+        "controller": {"tick_s": 0.2, "signals": {"timeout_s": 0.2}},
+        "kubernetes": {
+            "namespace": "default", "kubeconfig": str(kubeconfig), "watch_timeout_s": 5,
+            "pools": {"llm": {"deployment": "llm", "service": "llm", "port": 8000}},
+            "leader_election": {"lease_duration_s": 1.5, "renew_deadline_s": 1.0, "retry_period_s": 0.1},
+        },
+    }
+
+
+def served_endpoints(cp: ControlPlane) -> set[str]:
+    snap = cp.cache.snapshot
+    if snap is None or "llm" not in snap.of(T.ENDPOINT):
+        return set()
+    cla = endpoint_pb2.ClusterLoadAssignment.FromString(snap.of(T.ENDPOINT)["llm"].body)
+    return {f"{e.endpoint.address.socket_address.address}:{e.endpoint.address.socket_address.port_value}"
+            for lle in cla.endpoints for e in lle.lb_endpoints}
+
+
+async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_only_the_leader_scales_and_every_replica_serves_the_same_endpoints(tmp_path: Path) -> None:
+    with FakeKube(bookmark_interval_s=0.5) as kube:
+        kube.add_deployment("llm", service="llm", replicas=1, port=8000, ready_after_s=0.1, termination_s=0.3)
+        cps: list[ControlPlane] = []
+        try:
+            for name in ("a", "b"):
+                kc = kube.kubeconfig(tmp_path / f"kc-{name}", token=f"token-{name}")
+                cp = ControlPlane(parse_config(kube_config(kc, free_port())), xds_port=0, metrics_port=None)
+                await cp.start()
+                cps.append(cp)
+            a, b = cps
+            await until(lambda: a.elector.is_leader() or b.elector.is_leader(), 5, "a leader")
+            leader, follower = (a, b) if a.elector.is_leader() else (b, a)
+            leader_token = "token-a" if leader is a else "token-b"
+            follower_token = "token-b" if leader is a else "token-a"
+
+            # The leader brings the Deployment up to min_replicas; the follower never writes.
+            await until(lambda: kube.replicas("llm") >= 2, 10, "scale-up to min_replicas")
+            writes = [(v, r, t) for v, r, t in kube.requests_by if v in ("patch", "update", "create")
+                      and r != "leases"]
+            assert writes and all(t == leader_token for _, _, t in writes), writes
+            assert not [w for w in kube.requests_by if w[2] == follower_token and w[1] != "leases"
+                        and w[0] not in ("get", "list", "watch")]
+            rec = follower.controller.history[-1]
+            assert rec.explanation.startswith("follower") and rec.target == rec.current
+
+            # Both serve the same endpoints: the ready pods, from the same EndpointSlices.
+            def pods() -> set[str]:
+                return {f"{p.ip}:{p.port}" for p in kube.pods_of("llm") if p.ready}
+
+            await until(lambda: len(pods()) >= 2 and served_endpoints(a) == served_endpoints(b) == pods(), 15,
+                        "both replicas serving the ready pods")
+            zones = {r.zone for r in leader.scaler.list()}
+            assert zones <= {"zone-a", "zone-b"} and zones
+
+            # The leader goes away (clean stop releases the Lease): the follower takes over and decides.
+            t0 = time.monotonic()
+            await leader.stop(grace=0)
+            cps.remove(leader)
+            await until(follower.elector.is_leader, 5, "takeover")
+            assert time.monotonic() - t0 < 3
+            n0 = len(follower.controller.history)
+            await until(lambda: len(follower.controller.history) > n0 + 2, 5, "ticks as leader")
+            assert not follower.controller.history[-1].explanation.startswith("follower")
+        finally:
+            for cp in cps:
+                with contextlib.suppress(Exception):
+                    await cp.stop(grace=0)
