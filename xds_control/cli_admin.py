@@ -121,9 +121,28 @@ def _rpc_failed(e: Any) -> None:
 
 
 def _dict(msg: Any) -> Any:
+    """The message as JSON-ready data; 64-bit integers stay numbers (proto JSON would make them strings)."""
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data = json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return _ints(msg.DESCRIPTOR, data)
+
+
+def _ints(desc: Any, data: Any) -> Any:
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    wide = (F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64)
+    if not isinstance(data, dict) or desc.full_name.startswith("google.protobuf."):
+        return data
+    for f in desc.fields:
+        if f.name not in data:
+            continue
+        v = data[f.name]
+        if f.type in wide:
+            data[f.name] = [int(x) for x in v] if isinstance(v, list) else int(v)
+        elif f.type == F.TYPE_MESSAGE:
+            data[f.name] = [_ints(f.message_type, x) for x in v] if isinstance(v, list) else _ints(f.message_type, v)
+    return data
 
 
 def _want_json(local: bool) -> bool:

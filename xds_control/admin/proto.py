@@ -67,8 +67,11 @@ def generate(out_dir: Path = GEN) -> Path:
             raise RuntimeError(f"grpc_tools.protoc failed on {PROTO} (exit {rc})")
         for name in _OUTPUTS:
             staged = out_dir / f".{name}.{os.getpid()}.tmp"
-            shutil.copyfile(out_root / _PKG_PATH / name, staged)
-            os.replace(staged, out_dir / name)
+            try:
+                shutil.copyfile(out_root / _PKG_PATH / name, staged)
+                os.replace(staged, out_dir / name)
+            finally:
+                staged.unlink(missing_ok=True)
         stamp = out_dir / f".stamp.{os.getpid()}.tmp"
         stamp.write_text(digest + "\n")
         os.replace(stamp, out_dir / "admin.proto.sha256")

@@ -463,14 +463,14 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     def ResumeAutoscaling(self, p: Principal, req: Any) -> Any:
         return self._pause(p, req, False)
 
-    def _set_spec(self, rts: list[Any], build: Callable[[Any], Any]) -> list[Any]:
+    def _set_spec(self, rts: list[Any], build: Callable[[Any], Any], prefix: str, default: str) -> list[Any]:
         """Validate a new spec for every pool first (all or nothing), then apply and pin them."""
         specs = []
         for rt in rts:
             try:
                 specs.append(build(rt))
             except SpecError as e:
-                raise invalid(*_spec_problem(e, rt.pool)) from None
+                raise invalid(*_spec_problem(e, rt.pool, prefix, default)) from None
         for rt, spec in zip(rts, specs):
             if type(spec) is not type(rt.spec):
                 rt.state = None
@@ -501,7 +501,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                 base = rt.spec.model_dump(mode="python")
             return load_policy_spec(_merge(dict(base), overrides))
 
-        specs = self._set_spec(rts, build)
+        specs = self._set_spec(rts, build, "overrides.", "overrides")
         msg = (f"policy of {svc.name}/{','.join(rt.pool for rt in rts)} set to {specs[0].policy}"
                + (f" with {json.dumps(overrides, sort_keys=True)}" if overrides else ""))
         seq = self._record(p, "set_policy", msg, req.reason, service=svc.name, pools=[rt.pool for rt in rts],
@@ -519,7 +519,8 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         if not upd:
             raise invalid("min_replicas", "set min_replicas, max_replicas or both")
         rts = self._runtimes(svc, req.pool)
-        self._set_spec(rts, lambda rt: load_policy_spec({**rt.spec.model_dump(mode="python"), **upd}))
+        self._set_spec(rts, lambda rt: load_policy_spec({**rt.spec.model_dump(mode="python"), **upd}), "",
+                       next(iter(upd)))
         msg = (f"replica bounds of {svc.name}/{','.join(rt.pool for rt in rts)} set: "
                + ", ".join(f"{k}={v}" for k, v in upd.items()))
         seq = self._record(p, "set_replica_bounds", msg, req.reason, service=svc.name,
@@ -641,14 +642,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             await self.events.wait_beyond(after)
 
 
-def _spec_problem(e: SpecError, pool: str) -> tuple[str, str]:
-    """(field, message) for INVALID_ARGUMENT from a policy SpecError: the first bad key is the field."""
+def _spec_problem(e: SpecError, pool: str, prefix: str, default: str) -> tuple[str, str]:
+    """(field, message) for INVALID_ARGUMENT from a policy SpecError: the first bad key names the field."""
     probs = list(e.problems)
-    if not probs:
-        return "overrides", str(e)
-    first = probs[0].key
-    field = first if first in ("min_replicas", "max_replicas", "policy") else f"overrides.{first}"
-    text = "; ".join(str(x) for x in probs)
+    key = probs[0].key if probs else ""
+    field = f"{prefix}{key}" if key and key.replace("_", "").replace(".", "").isalnum() else default
+    text = "; ".join(str(x) for x in probs) or str(e)
     return field, f"invalid for pool {pool}: {text}"
 
 
