@@ -23,6 +23,12 @@ def _register() -> None:
     from xds_control import cli_serve
 
     cli_serve.register(app)
+    try:
+        from xds_control import cli_istio  # issue 7: Istio EnvoyFilters
+    except ImportError:
+        pass
+    else:
+        cli_istio.register(app)
     from xds_control import cli_demo
 
     cli_demo.register(app)

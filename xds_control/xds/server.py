@@ -53,6 +53,7 @@ from xds_control.xds.status import ProxyStatus, SyncTracker
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+EDS_SERVICE = "envoy.service.endpoint.v3.EndpointDiscoveryService"
 
 # Which earlier types must be ACKed before a type is sent (make-before-break).
 # EDS is never gated by CDS: Envoy holds the ACK of a CDS update until the changed clusters have warmed,
@@ -175,8 +176,27 @@ class AdsServer:
             },
         )
 
+    def eds_handler(self) -> grpc.GenericRpcHandler:
+        """The same streams as EndpointDiscoveryService (non-aggregated EDS): what an Istio sidecar patched by
+        ``xds-control istio render`` opens (its ADS goes to istiod; only endpoints come from here)."""
+        return grpc.method_handlers_generic_handler(
+            EDS_SERVICE,
+            {
+                "StreamEndpoints": grpc.stream_stream_rpc_method_handler(
+                    self._sotw,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                "DeltaEndpoints": grpc.stream_stream_rpc_method_handler(
+                    self._delta,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity,
+                ),
+            },
+        )
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.handler(),))
+        server.add_generic_rpc_handlers((self.handler(), self.eds_handler()))
 
     @property
     def open_streams(self) -> int:
