@@ -30,6 +30,7 @@ admin_app.add_typer(policy_app, name="policy")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded in the event with your identity).")]
 PoolOpt = Annotated[str, typer.Option("--pool", help="One pool of the service (default: all its autoscaled pools).")]
+EpPoolOpt = Annotated[str, typer.Option("--pool", help="The endpoint's pool (only if it is in several).")]
 
 
 class _Ctx:
@@ -343,10 +344,11 @@ def resume(service: str, pool: PoolOpt = "", reason: ReasonOpt = "", json_out: J
 @admin_app.command()
 def drain(service: str, endpoint: Annotated[str, typer.Argument(help="HOST:PORT")],
           cancel: Annotated[bool, typer.Option("--cancel", help="Undo an operator drain.")] = False,
-          reason: ReasonOpt = "", json_out: JsonOpt = False) -> None:
+          pool: EpPoolOpt = "", reason: ReasonOpt = "", json_out: JsonOpt = False) -> None:
     """Drain an endpoint: no new requests, in-flight ones finish; autoscaled replicas are then replaced."""
     method = "UndrainEndpoint" if cancel else "DrainEndpoint"
-    _result(_call(method, lambda pb: pb.EndpointRef(service=service, endpoint=endpoint, reason=reason)), json_out)
+    _result(_call(method, lambda pb: pb.EndpointRef(service=service, endpoint=endpoint, pool=pool, reason=reason)),
+            json_out)
 
 
 @admin_app.command()
@@ -369,18 +371,18 @@ def bounds(service: str,
 
 @weight_app.command("set")
 def weight_set(service: str, endpoint: Annotated[str, typer.Argument(help="HOST:PORT")],
-               weight: Annotated[int, typer.Argument(min=0)], reason: ReasonOpt = "",
+               weight: Annotated[int, typer.Argument(min=0)], pool: EpPoolOpt = "", reason: ReasonOpt = "",
                json_out: JsonOpt = False) -> None:
     """Pin an endpoint's Envoy weight (1..1000000) until cleared."""
     _result(_call("SetWeightOverride", lambda pb: pb.SetWeightOverrideRequest(
-        service=service, endpoint=endpoint, weight=min(weight, 2**32 - 1), reason=reason)), json_out)
+        service=service, endpoint=endpoint, weight=min(weight, 2**32 - 1), pool=pool, reason=reason)), json_out)
 
 
 @weight_app.command("clear")
-def weight_clear(service: str, endpoint: Annotated[str, typer.Argument(help="HOST:PORT")], reason: ReasonOpt = "",
-                 json_out: JsonOpt = False) -> None:
+def weight_clear(service: str, endpoint: Annotated[str, typer.Argument(help="HOST:PORT")], pool: EpPoolOpt = "",
+                 reason: ReasonOpt = "", json_out: JsonOpt = False) -> None:
     """Give an endpoint's weight back to the controller (or the config)."""
-    _result(_call("ClearWeightOverride", lambda pb: pb.EndpointRef(service=service, endpoint=endpoint,
+    _result(_call("ClearWeightOverride", lambda pb: pb.EndpointRef(service=service, endpoint=endpoint, pool=pool,
                                                                     reason=reason)), json_out)
 
 

@@ -242,7 +242,7 @@ class Controller:
                                    explanation="follower: only the leader decides; " + decision.explanation)
             rt.state = new_state
             result = plan_service(decision, signals, rt.table, rt.spec.traffic, now, self.acked_through,
-                                  force_drain=self.operator.drains)
+                                  force_drain=self.operator.drained(rt.pool))
             rt.table = result.table
             rt.last_decision, rt.last_result = decision, result
             self._log_decision(rt, decision, result)
@@ -253,7 +253,8 @@ class Controller:
                 pools[rt.pool] = apply_to_pool(base, result)
             records.append(self._record(rt, now, decision, result, live, frame, report))
         plan = replace(self.base_plan, pools=tuple(pools.get(p.name, p) for p in self.base_plan.pools))
-        plan = self.operator.apply(plan, [k for r in self.runtimes.values() if r.table is not None for k in r.table.keys])
+        plan = self.operator.apply(plan, [(r.pool, k) for r in self.runtimes.values() if r.table is not None
+                                          for k in r.table.keys])
         version = self._publish(plan, "; ".join(r.explanation for r in records)[:500], now)
         for rec in records:
             self.history.append(replace(rec, version=version))

@@ -318,3 +318,33 @@ def test_fuzzed_requests_get_a_clear_status(fuzz_served, req, who) -> None:
 
 def test_server_healthy_after_fuzzing(fuzz_served) -> None:
     assert fuzz_served.stub.GetStatus(pb.GetStatusRequest(), metadata=md("root")).version >= 1
+
+
+def test_overrides_are_per_pool_when_tenants_share_an_address() -> None:
+    cfg = config_dict(pools={"p1": [18101], "p2": [18101, 18102]}, tenant="team-a")
+    cfg["services"].append({"name": "chat", "tenant": "team-b", "hosts": ["chat.example"],
+                            "pools": [{"name": "c1", "endpoints": [{"address": "127.0.0.1", "port": 18101}]}]})
+    cfg["admin"] = {"port": 0, "tokens": token_config()}
+    with Served(cfg) as sv:
+        s = sv.stub
+        e = error_of(s.DrainEndpoint, pb.EndpointRef(service="llm", endpoint=A1), metadata=md("a-operator"))
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details() == \
+            f"pool: endpoint {A1} is in pools p1, p2; name one"
+        s.DrainEndpoint(pb.EndpointRef(service="llm", endpoint=A1, pool="p2"), metadata=md("a-operator"))
+        s.SetWeightOverride(pb.SetWeightOverrideRequest(service="llm", endpoint=A1, pool="p1", weight=9),
+                            metadata=md("a-operator"))
+
+        async def published():  # type: ignore[no-untyped-def]
+            await _wait_plan(sv, lambda e: True)
+            plan = sv.cp.cache.snapshot.plan
+            return {(p.name, e.key): (e.weight, e.health.value) for p in plan.pools for e in p.endpoints}
+
+        deadline = time.monotonic() + 5
+        while sv.call(published())[("p2", A1)] != (1, "DRAINING") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sv.call(published()) == {("p1", A1): (9, "HEALTHY"), ("p2", A1): (1, "DRAINING"),
+                                         ("p2", A2): (1, "HEALTHY"), ("c1", A1): (1, "HEALTHY")}
+        # team-b's view of the same address is untouched
+        eps = s.ListEndpoints(pb.ListEndpointsRequest(), metadata=md("b-operator")).endpoints
+        assert [(e.pool, e.weight, e.operator_drain, e.HasField("weight_override")) for e in eps] == \
+            [("c1", 1, False, False)]

@@ -218,12 +218,18 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                     break
         return out
 
-    def _target(self, p: Principal, service: str, endpoint: str) -> _Target:
+    def _target(self, p: Principal, service: str, endpoint: str, pool: str = "") -> _Target:
         svc = self._service(p, service)
         key = _check_endpoint(endpoint)
+        _check_text("pool", pool)
+        if pool and pool not in {pc.name for pc in svc.pools}:
+            raise not_found(f"pool {pool!r} not found in service {svc.name!r}")
         plan = self._published()
         op = self.cp.operator
+        found: list[_Target] = []
         for pc in svc.pools:
+            if pool and pc.name != pool:
+                continue
             pub = plan.pool(pc.name) if plan is not None else None
             pe = next((e for e in (pub.endpoints if pub else ()) if e.key == key), None)
             rt = self._runtime(pc.name)
@@ -232,10 +238,14 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             if pe is None and phase is None and not static:
                 continue
             health = pe.health.value if pe is not None else ""
-            draining = key in op.drains or health == HealthStatus.DRAINING.value or (
+            draining = (pc.name, key) in op.drains or health == HealthStatus.DRAINING.value or (
                 phase is not None and phase.name in ("DRAINING", "REMOVABLE"))
-            return _Target(svc, pc.name, health, draining)
-        raise not_found(f"endpoint {key!r} not found in service {svc.name!r}")
+            found.append(_Target(svc, pc.name, health, draining))
+        if not found:
+            raise not_found(f"endpoint {key!r} not found in " + (f"pool {pool!r}" if pool else f"service {svc.name!r}"))
+        if len(found) > 1:
+            raise invalid("pool", f"endpoint {key} is in pools {', '.join(t.pool for t in found)}; name one")
+        return found[0]
 
     def _record(self, p: Principal, kind: str, message: str, reason: str, **detail: Any) -> int:
         _check_text("reason", reason, limit=_MAX_TEXT)
@@ -262,10 +272,15 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     def GetStatus(self, p: Principal, req: Any) -> Any:
         cp = self.cp
         snap = cp.cache.snapshot
+        elector = getattr(cp, "elector", None)  # Lease election (Kubernetes), when enabled
+        if cp.controller is not None and callable(getattr(cp.controller, "is_leader", None)):
+            leader = bool(cp.controller.is_leader())
+        else:
+            leader = bool(elector.is_leader()) if elector is not None else True
         out = pb.Status(version=snap.version if snap else 0,
                         last_good_version=cp.publisher.last_good.version if cp.publisher.last_good else 0,
-                        leader=True, instance=self.instance, last_error=cp.publisher.last_error or "",
-                        caller=str(p))
+                        leader=leader, instance=getattr(elector, "identity", None) or self.instance,
+                        last_error=cp.publisher.last_error or "", caller=str(p))
         for svc in self._services(p):
             for pc in svc.pools:
                 rt = self._runtime(pc.name)
@@ -343,14 +358,14 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                         service=svc.name, pool=pc.name, address=key, state=d["state"], phase=d["phase"],
                         weight=pe.weight if pe is not None and pe.health is HealthStatus.HEALTHY else 0,
                         health=pe.health.value if pe is not None else "", zone=d.get("zone", ""),
-                        operator_drain=key in op.drains)
+                        operator_drain=(pc.name, key) in op.drains)
                     for field, name in (("load_index", "load"), ("latency_s", "latency"), ("running", "running"),
                                         ("waiting", "waiting")):
                         v = _opt(d.get(name))
                         if v:
                             setattr(ep, field, v["v"])
-                    if key in op.weights:
-                        ep.weight_override = op.weights[key]
+                    if (pc.name, key) in op.weights:
+                        ep.weight_override = op.weights[(pc.name, key)]
         return out
 
     @rpc("viewer")
@@ -529,13 +544,13 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
 
     @rpc("operator")
     def SetWeightOverride(self, p: Principal, req: Any) -> Any:
-        t = self._target(p, req.service, req.endpoint)
+        t = self._target(p, req.service, req.endpoint, req.pool)
         if not 1 <= req.weight <= 1_000_000:
             raise invalid("weight", f"{req.weight} is outside 1..1000000 (drain the endpoint to take it out)")
         if t.draining:
             raise precondition(f"endpoint {req.endpoint} is draining; its weight cannot be set")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.weights[req.endpoint] = req.weight
+        self.cp.operator.weights[(t.pool, req.endpoint)] = req.weight
         msg = f"weight of {req.endpoint} ({t.service.name}/{t.pool}) pinned to {req.weight}"
         self._republish(msg)
         seq = self._record(p, "weight_set", msg, req.reason, service=t.service.name, pool=t.pool,
@@ -544,11 +559,11 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
 
     @rpc("operator")
     def ClearWeightOverride(self, p: Principal, req: Any) -> Any:
-        t = self._target(p, req.service, req.endpoint)
-        if req.endpoint not in self.cp.operator.weights:
+        t = self._target(p, req.service, req.endpoint, req.pool)
+        if (t.pool, req.endpoint) not in self.cp.operator.weights:
             raise precondition(f"endpoint {req.endpoint} has no weight override")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        del self.cp.operator.weights[req.endpoint]
+        del self.cp.operator.weights[(t.pool, req.endpoint)]
         msg = f"weight override of {req.endpoint} ({t.service.name}/{t.pool}) cleared"
         self._republish(msg)
         seq = self._record(p, "weight_clear", msg, req.reason, service=t.service.name, pool=t.pool,
@@ -557,11 +572,11 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
 
     @rpc("operator")
     def DrainEndpoint(self, p: Principal, req: Any) -> Any:
-        t = self._target(p, req.service, req.endpoint)
+        t = self._target(p, req.service, req.endpoint, req.pool)
         if t.draining:
             raise precondition(f"endpoint {req.endpoint} is already draining")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.drains.add(req.endpoint)
+        self.cp.operator.drains.add((t.pool, req.endpoint))
         then = ("it is removed once idle and replaced" if self._runtime(t.pool) is not None
                 else "it stays DRAINING until undrained")
         msg = f"draining {req.endpoint} ({t.service.name}/{t.pool}): {then}"
@@ -571,11 +586,11 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
 
     @rpc("operator")
     def UndrainEndpoint(self, p: Principal, req: Any) -> Any:
-        t = self._target(p, req.service, req.endpoint)
-        if req.endpoint not in self.cp.operator.drains:
+        t = self._target(p, req.service, req.endpoint, req.pool)
+        if (t.pool, req.endpoint) not in self.cp.operator.drains:
             raise precondition(f"endpoint {req.endpoint} was not drained by an operator")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.drains.discard(req.endpoint)
+        self.cp.operator.drains.discard((t.pool, req.endpoint))
         msg = f"drain of {req.endpoint} ({t.service.name}/{t.pool}) cancelled"
         self._republish(msg)
         seq = self._record(p, "undrain", msg, req.reason, service=t.service.name, pool=t.pool,
