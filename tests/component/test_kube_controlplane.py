@@ -82,6 +82,7 @@ async def test_only_the_leader_scales_and_every_replica_serves_the_same_endpoint
             assert writes and all(t == leader_token for _, _, t in writes), writes
             assert not [w for w in kube.requests_by if w[2] == follower_token and w[1] != "leases"
                         and w[0] not in ("get", "list", "watch")]
+            await until(lambda: len(follower.controller.history) > 0, 5, "a follower tick")
             rec = follower.controller.history[-1]
             assert rec.explanation.startswith("follower") and rec.target == rec.current
 
