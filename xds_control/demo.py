@@ -146,12 +146,14 @@ def _pct(values: list[float], q: float) -> float | None:
 def hotspot_ratios(ticks: list[TickRecord]) -> list[float]:
     """Per tick: the busiest serving replica's in-flight requests over the serving mean (ticks with load only).
 
-    Ramping replicas are left out: they get less traffic on purpose while they warm up.
+    Ramping replicas are left out: they get less traffic on purpose while they warm up. Ticks with less
+    than one request in flight per replica on average are left out too: there the ratio only counts
+    which replica happened to hold the few requests.
     """
     out = []
     for t in ticks:
         loads = [(e.running or 0.0) + (e.waiting or 0.0) for e in t.endpoints if e.phase == "serving"]
-        if len(loads) >= 2 and sum(loads) > 0:
+        if len(loads) >= 2 and sum(loads) >= len(loads):
             out.append(max(loads) / (sum(loads) / len(loads)))
     return out
 
