@@ -117,7 +117,11 @@ class ControlPlane:
         if self.admin_port is not None:
             from xds_control.admin.service import start_admin
 
-            self.admin = await start_admin(self)
+            try:
+                self.admin = await start_admin(self)
+            except BaseException:
+                await self.stop(grace=0)  # nothing half-started is left behind
+                raise
             self.ports.admin = self.admin.port
         self._spawn("xds-publisher", self.publisher.run)
         if self.controller is not None:

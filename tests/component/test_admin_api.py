@@ -116,6 +116,11 @@ def test_authentication(served, who, metadata, expect) -> None:
     assert e == expect, who
 
 
+def test_streams_need_a_token_too(served) -> None:
+    e = error_of(lambda: list(served.stub.WatchEvents(pb.WatchEventsRequest())))
+    assert e.code() == U and e.details() == "missing 'authorization: Bearer <token>' metadata"
+
+
 def test_unauthenticated_message_never_echoes_the_token(served) -> None:
     e = error_of(served.stub.GetStatus, pb.GetStatusRequest(), metadata=[("authorization", "Bearer sekrit-0123456789")])
     assert e.details() == "invalid token" and "sekrit" not in e.details()
@@ -348,3 +353,47 @@ def test_overrides_are_per_pool_when_tenants_share_an_address() -> None:
         eps = s.ListEndpoints(pb.ListEndpointsRequest(), metadata=md("b-operator")).endpoints
         assert [(e.pool, e.weight, e.operator_drain, e.HasField("weight_override")) for e in eps] == \
             [("c1", 1, False, False)]
+
+
+def test_status_shows_a_proxys_nack_and_the_event_feed_carries_it() -> None:
+    import asyncio
+
+    from support.adsclient import SotwClient
+
+    from xds_control.snapshot import types as T
+
+    with Served(two_tenants()) as sv:
+        target = f"127.0.0.1:{sv.cp.ports.xds}"
+
+        async def nack() -> SotwClient:
+            c = await SotwClient(target, "nacker").start()
+            c.request(T.CLUSTER)
+            c.nack(await c.recv(), "cluster p1: bad outlier detection")
+            for _ in range(100):
+                if sv.cp.publisher.rejections:
+                    break
+                await asyncio.sleep(0.02)
+            return c
+
+        client = sv.call(nack())
+        try:
+            st_ = sv.stub.GetStatus(pb.GetStatusRequest(), metadata=md("a-viewer"))
+            px = next(p for p in st_.proxies if p.node_id == "nacker")
+            assert px.protocol == "sotw" and {t.type: t.state for t in px.types}["CDS"] == "ERROR"
+            assert (px.last_nack.type, px.last_nack.message) == ("CDS", "cluster p1: bad outlier detection")
+            evs = list(sv.stub.WatchEvents(pb.WatchEventsRequest(kinds=["nack"]), metadata=md("a-viewer")))
+            assert [(e.kind, e.message) for e in evs] == [("nack", "cluster p1: bad outlier detection")]
+        finally:
+            sv.call(client.close())
+
+
+def test_a_config_reload_replaces_the_tokens() -> None:
+    import yaml
+
+    with Served(two_tenants()) as sv:
+        assert code_of(sv.stub.GetStatus, pb.GetStatusRequest(), metadata=md("a-viewer")) == OK
+        new = two_tenants()
+        new["admin"]["tokens"] = [t for t in token_config() if t["name"] == "root"]
+        assert sv.run(sv.cp.reload_text, yaml.safe_dump(new))
+        assert code_of(sv.stub.GetStatus, pb.GetStatusRequest(), metadata=md("a-viewer")) == U
+        assert code_of(sv.stub.GetStatus, pb.GetStatusRequest(), metadata=md("root")) == OK

@@ -142,3 +142,19 @@ def test_admin_stubs_generated_on_a_clean_tree(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[1] == "xds_control.admin.v1.Status AdminStub"
     assert any((tmp_path / "cache" / "xds-control").glob("admin-gen-*/admin_pb2.py"))
+
+
+def test_serve_reports_a_busy_admin_port(tmp_path: Path) -> None:
+    import socket
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(config_dict()))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _serve(p, "--admin-port", str(port))
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and out == ""
+    assert f"xds-control: cannot start: admin API: cannot bind 127.0.0.1:{port}" in err
+    assert "Traceback" not in err

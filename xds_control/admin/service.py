@@ -735,10 +735,12 @@ async def start_admin(cp: ControlPlane, port: int | None = None) -> AdminServer:
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = add_port(server, f"{a.address}:{cp.admin_port if port is None else port}", a.tls)
-    if bound == 0:
+    try:
+        bound = add_port(server, f"{a.address}:{cp.admin_port if port is None else port}", a.tls)
+    except OSError as e:
         detach()
-        raise OSError(f"cannot bind the admin port {a.address}:{port if port is not None else cp.admin_port}")
+        await server.stop(None)
+        raise OSError(f"admin API: {e}") from None
     await server.start()
     for name in ("", SERVICE_NAME):
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)

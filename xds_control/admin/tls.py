@@ -20,7 +20,13 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 
 def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig | None) -> int:
-    """Bind ``address`` with TLS when ``tls`` is set, in clear otherwise; returns the port (0 = failed)."""
-    if tls is None:
-        return server.add_insecure_port(address)
-    return server.add_secure_port(address, server_credentials(tls))
+    """Bind ``address`` with TLS when ``tls`` is set, in clear otherwise; returns the port.
+
+    Raises OSError naming the address when it cannot be bound (grpc raises a bare RuntimeError).
+    """
+    try:
+        if tls is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, server_credentials(tls))
+    except RuntimeError as e:
+        raise OSError(f"cannot bind {address} (in use, or not an address of this host): {e}") from None
