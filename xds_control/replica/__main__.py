@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
 import sys
 
 from xds_control.costmodel import DEFAULT_PROFILE, PROFILES
@@ -40,7 +43,22 @@ def config_from_args(argv: list[str] | None = None) -> ReplicaConfig:
     return cfg
 
 
+def die_with_parent() -> None:
+    """Exit when the process that started us (a LocalScaler) dies, however it dies (Linux)."""
+    parent = os.environ.get("XDS_CONTROL_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()
     run(config_from_args(argv))
 
 

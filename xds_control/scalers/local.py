@@ -14,7 +14,7 @@ session/process group. The scaler
   :meth:`close` (use ``async with LocalScaler() as s``), an ``atexit`` hook,
   a SIGTERM handler installed only if the process has none (it kills the
   children, then lets SIGTERM terminate the process as before), and Linux's
-  ``PR_SET_PDEATHSIG`` in each child (SIGTERM when the parent dies, even by
+  ``PR_SET_PDEATHSIG``, set by each replica at start-up (SIGTERM when the parent dies, even by
   SIGKILL). Ctrl-C raises KeyboardInterrupt in the parent; children live in
   their own session, so the terminal's SIGINT does not reach them and the
   parent's shutdown (``close()`` or ``atexit``) stops them.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import builtins
-import ctypes
 import itertools
 import os
 import shutil
@@ -109,13 +108,9 @@ def _install_process_guards(install_sigterm: bool) -> None:
             pass
 
 
-def _child_preexec() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+#: The replica sets PR_SET_PDEATHSIG itself at start-up (see ``xds_control.replica.__main__``): running
+#: Python between fork and exec (``preexec_fn``) in a process with gRPC threads crashed the child.
+PARENT_PID_ENV = "XDS_CONTROL_PARENT_PID"
 
 
 class LocalScaler:
@@ -201,7 +196,6 @@ class LocalScaler:
                     stderr=subprocess.STDOUT,
                     pass_fds=(fd,),
                     start_new_session=True,
-                    preexec_fn=_child_preexec,
                     env=_child_env(),
                 )
             finally:
@@ -364,6 +358,7 @@ def _child_env() -> dict[str, str]:
     if root not in parts:
         env["PYTHONPATH"] = os.pathsep.join([root, *parts])
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_PID_ENV] = str(os.getpid())
     return env
 
 
