@@ -108,3 +108,31 @@ async def test_only_the_leader_scales_and_every_replica_serves_the_same_endpoint
             for cp in cps:
                 with contextlib.suppress(Exception):
                     await cp.stop(grace=0)
+
+
+async def test_scale_down_drains_then_removes_exactly_the_drained_pod(tmp_path: Path, start_replica) -> None:  # type: ignore[no-untyped-def]
+    """Idle emulated vLLM replicas are the pods: the leader decides to shrink, planning drains one endpoint, and
+    only once it is removable the scaler sets its deletion cost and patches the scale: the ReplicaSet (simulated
+    by the fake) removes exactly that pod."""
+    reps = [start_replica() for _ in range(3)]
+    with FakeKube(bookmark_interval_s=0.5) as kube:
+        kube.add_deployment("llm", service="llm", replicas=3, ready_after_s=0.0, termination_s=0.3,
+                            address=lambda i: ("127.0.0.1", reps[i].port) if i < 3 else (None, 0))  # type: ignore[arg-type,return-value]
+        cfg = kube_config(kube.kubeconfig(tmp_path / "kc"), free_port())
+        cfg["services"][0]["pools"][0]["autoscale"]["overrides"] = {
+            "min_replicas": 1, "max_replicas": 3, "down_sustain_s": 0.5, "cooldown_down_s": 0.5,
+            "max_actions_per_minute": 60, "gpu_mem_trigger": 0.99}
+        cfg["controller"]["signals"]["timeout_s"] = 1.0
+        cp = ControlPlane(parse_config(cfg), xds_port=0, metrics_port=None)
+        await cp.start()
+        try:
+            await until(lambda: kube.replicas("llm") == 1 and len(kube.pods_of("llm")) == 1, 20,
+                        "scale-down to min_replicas 1")
+            downs = [e["endpoint"] for e in cp.controller.events if e["kind"] == "scale_down"]
+            # Each pod the ReplicaSet removed is one the controller had drained, in that order, and nothing else.
+            assert kube.terminated == downs and len(downs) == 2, (kube.terminated, downs)
+            assert all(p.deletion_cost == 0 for p in kube.pods_of("llm"))  # the survivor was never marked
+            await until(lambda: served_endpoints(cp) == {f"{p.ip}:{p.port}" for p in kube.pods_of("llm")}, 5,
+                        "the survivor alone served")
+        finally:
+            await cp.stop(grace=0)

@@ -180,6 +180,8 @@ class FakeKube:
         #: play a concurrent writer.
         self.on_scale_read: Callable[[str], None] | None = None
         self.conflicts = 0
+        #: ``ip:port`` of every pod that began terminating, in order.
+        self.terminated: list[str] = []
         self._watch_generation = 0
         #: Status code every lease request gets (e.g. 503 for an apiserver the leader cannot reach).
         self.lease_failure: int | None = None
@@ -323,6 +325,7 @@ class FakeKube:
         if p.terminating:
             return
         p.terminating, p.ready = True, False
+        self.terminated.append(f"{p.ip}:{p.port}")
         p.resource_version = self._bump()
         self._later(d.termination_s, self._remove_pod, p.namespace, p.name)
 
