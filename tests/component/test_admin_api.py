@@ -182,7 +182,8 @@ def test_weight_override_drain_and_events(served) -> None:
     assert all("token-0123456789" not in str(e) for e in evs)
     # team-b sees none of team-a's actions; pushes are visible to everyone but without their reason
     b = list(s.WatchEvents(pb.WatchEventsRequest(after_seq=before), metadata=md("b-operator")))
-    assert b and all(e.kind == "push" and e.message == "" for e in b)
+    assert b and all(e.kind == "push" and e.message == f"v{e.detail['version']:.0f}" for e in b)
+    assert all("reason" not in e.detail for e in b)
 
 
 async def _wait_plan(served, pred, timeout: float = 5.0) -> None:

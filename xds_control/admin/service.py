@@ -616,9 +616,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         if not svc and ev.get("pool"):
             s = self._service_of_pool(str(ev["pool"]))
             svc = s.name if s is not None else ""
-        message = str(ev.get("message") or ev.get("explanation") or ev.get("reason") or "")
+        message = str(ev.get("message") or ev.get("explanation") or ev.get("reason") or _describe(ev))
         if ev.get("kind") == "push" and not p.all_tenants:
-            message = ""  # a push's reason may carry other tenants' decisions
+            message = f"v{ev.get('version')}"  # a push's reason may carry other tenants' decisions
         skip = {"seq", "at", "kind", "service", "pool", "endpoint", "actor", "message"}
         detail = {k: v for k, v in ev.items() if k not in skip and not (k == "reason" and ev.get("kind") == "push")}
         return pb.Event(seq=int(ev["seq"]), at=float(ev.get("at", 0.0)), kind=str(ev.get("kind", "")), service=svc,
@@ -657,6 +657,18 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             await self.events.wait_beyond(after)
 
 
+def _describe(ev: Mapping[str, Any]) -> str:
+    """A one-line message for controller events that carry none."""
+    kind, rid = ev.get("kind"), ev.get("replica", "")
+    if kind == "scale_up":
+        return f"starting replica {rid}" + (f" in {ev['zone']}" if ev.get("zone") else "")
+    if kind == "scale_down":
+        return f"stopping drained replica {rid}"
+    if kind == "replica_failed":
+        return f"replica {rid} failed" + (f": {ev['reason']}" if ev.get("reason") else "; it will be replaced")
+    return ""
+
+
 def _spec_problem(e: SpecError, pool: str, prefix: str, default: str) -> tuple[str, str]:
     """(field, message) for INVALID_ARGUMENT from a policy SpecError: the first bad key names the field."""
     probs = list(e.problems)
@@ -689,7 +701,7 @@ def attach_events(cp: ControlPlane, events: EventLog) -> Callable[[], None]:
     def on_push(snap: Any) -> None:
         if live[0]:
             events.append({"kind": "push", "version": snap.version, "reason": snap.reason,
-                           "message": snap.reason, "resources": snap.summary()})
+                           "message": f"v{snap.version}: {snap.reason}", "resources": snap.summary()})
 
     def on_ack(proxy: Any, type_url: str, version: int) -> None:
         if live[0]:
