@@ -30,6 +30,8 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_envoy_push.py
+	$(BIN)/python bench/bench_decide.py
+	$(BIN)/python bench/bench_sim.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks build *.egg-info
