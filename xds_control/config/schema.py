@@ -327,6 +327,20 @@ class AdminConfig(_Strict):
 
     _ip = field_validator("address")(_check_ip)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_entries(cls, data: object) -> object:
+        # Checked on the whole section, whose errors never echo a value: a token written as a bare string
+        # must not end up in an error message (or the log, on a reload).
+        if isinstance(data, dict) and "tokens" in data:
+            v = data["tokens"]
+            if not isinstance(v, list):
+                raise ValueError("tokens: must be a list of {name, token, tenant, role} mappings")
+            for i, entry in enumerate(v):
+                if not isinstance(entry, dict):
+                    raise ValueError(f"tokens[{i}]: must be a mapping with name, token, tenant and role")
+        return data
+
     @model_validator(mode="after")
     def _tokens(self) -> "AdminConfig":
         all_tokens = self.all_tokens()
@@ -360,8 +374,8 @@ class AdminConfig(_Strict):
             try:
                 out.append(AdminTokenConfig.model_validate(entry))
             except ValidationError as e:
-                where = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: "
-                                  f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+                where = "; ".join((f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+                                  + err["msg"].removeprefix("Value error, ") for err in e.errors())
                 raise ValueError(f"tokens_file: {str(path)!r} entry [{i}]: {where}") from None
         return out
 
