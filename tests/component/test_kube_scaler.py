@@ -174,3 +174,33 @@ async def test_a_follower_never_writes(kube: FakeKube, scaler) -> None:  # type:
 def test_deletion_cost_annotation_name() -> None:
     # The annotation the ReplicaSet controller reads (Kubernetes >= 1.22, beta, on by default).
     assert DELETION_COST == "controller.kubernetes.io/pod-deletion-cost"
+
+
+async def test_in_cluster_service_account_over_https(tmp_path: Path) -> None:
+    """In a pod: KUBERNETES_SERVICE_HOST/PORT, and the mounted token, CA and namespace (here a temp directory)."""
+    from fakekube import make_tls
+
+    from xds_control.scalers.kubernetes import default_namespace, in_cluster
+
+    ca, crt, key = make_tls(tmp_path)
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("sa-token")
+    (sa / "ca.crt").write_bytes(ca.read_bytes())
+    (sa / "namespace").write_text("inference\n")
+    with FakeKube(token="sa-token", tls=(crt, key)) as kube:
+        kube.add_deployment("llm", namespace="inference", service="llm-svc", replicas=2, ready_after_s=0.0)
+        env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kube.port)}
+        assert in_cluster(env, str(sa)) and not in_cluster({}, str(sa))
+        ns = default_namespace(environ=env, sa_dir=str(sa))
+        assert ns == "inference"
+        client = make_api_client(environ=env, sa_dir=str(sa))
+        assert client.configuration.host == f"https://127.0.0.1:{kube.port}"
+        s = KubernetesScaler(client, ns, [KubePool("llm", "llm", "llm-svc")], owns_client=True, watch_timeout_s=2)
+        try:
+            await s.start()
+            await until(lambda: list(states(s).values()) == ["ready", "ready"], what="two ready pods over HTTPS")
+            await s.start_replica("llm")
+            assert kube.replicas("llm", "inference") == 3
+        finally:
+            await s.close()

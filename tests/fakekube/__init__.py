@@ -3,6 +3,6 @@
 See :mod:`fakekube.server`.
 """
 
-from fakekube.server import FakeKube, kubeconfig_for
+from fakekube.server import FakeKube, kubeconfig_for, make_tls
 
-__all__ = ["FakeKube", "kubeconfig_for"]
+__all__ = ["FakeKube", "kubeconfig_for", "make_tls"]

@@ -157,7 +157,10 @@ class Deployment:
 class FakeKube:
     """The fake apiserver. ``with FakeKube() as kube:`` starts it on a free loopback port."""
 
-    def __init__(self, *, bookmark_interval_s: float = 1.0, token: str | None = "test-token") -> None:
+    def __init__(self, *, bookmark_interval_s: float = 1.0, token: str | None = "test-token",
+                 tls: tuple[Path, Path] | None = None) -> None:
+        #: (certificate chain, key) to serve HTTPS like a real apiserver (see :func:`make_tls`); plain HTTP if None.
+        self.tls = tls
         self.bookmark_interval_s = bookmark_interval_s
         self.token = token
         #: Further accepted bearer tokens (one per simulated client).
@@ -201,6 +204,12 @@ class FakeKube:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="fakekube", daemon=True)
         self._thread.start()
         return self
@@ -208,7 +217,12 @@ class FakeKube:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
 
     def stop(self) -> None:
         with self._cond:
@@ -589,9 +603,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _authorized(self) -> bool:
-        auth = self.headers.get("Authorization") or ""
-        if self.fake.token is None or auth == f"Bearer {self.fake.token}" or \
-                (auth.startswith("Bearer ") and auth[7:] in self.fake.extra_tokens):
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        # The auth scheme is case-insensitive (RFC 7235): the in-cluster loader sends "bearer".
+        if self.fake.token is None or (scheme.lower() == "bearer" and (
+                token == self.fake.token or token in self.fake.extra_tokens)):
             return True
         self._send(401, _status(401, "Unauthorized", "Unauthorized"))
         return False
@@ -599,7 +614,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         if not self._authorized():
             return
-        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        token = (self.headers.get("Authorization") or "").partition(" ")[2]
         if token in self.fake.blocked_tokens:
             self._send(503, _status(503, "ServiceUnavailable", "injected: this client cannot reach the apiserver"))
             return
@@ -671,3 +686,37 @@ def kubeconfig_for(server: str, path: Path, token: str | None = "test-token", na
     }
     path.write_text(json.dumps(cfg))
     return path
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away cluster CA and a server certificate for 127.0.0.1 signed by it: (ca.crt, tls.crt, tls.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fakekube-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+          .not_valid_after(now + dt.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    paths = (directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(cert.public_bytes(pem))
+    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths

@@ -51,6 +51,7 @@ from kubernetes import config as kube_config
 from kubernetes import watch as kube_watch
 from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api, DiscoveryV1Api
 from kubernetes.client.rest import ApiException
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from xds_control.scalers.base import ReplicaFailed, ReplicaInfo, ReplicaOptions, ReplicaState
 
@@ -62,7 +63,7 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MIN_DELETION_COST = str(-(2**31))
 SERVICE_LABEL = "kubernetes.io/service-name"
 MERGE_PATCH = "application/merge-patch+json"
-SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class NotLeader(RuntimeError):
@@ -78,37 +79,45 @@ class KubePool:
     target_port: str | int | None = None
 
 
-def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token")
+def in_cluster(environ: Any = None, sa_dir: str = SA_DIR) -> bool:
+    """Running in a pod: the API server's address in the environment and a service-account token mounted."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(os.path.join(sa_dir, "token"))
 
 
-def make_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
+def incluster_client(environ: Any = None, sa_dir: str = SA_DIR) -> ApiClient:
+    """The pod's service account: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``, its token
+    (re-read when it rotates) and the cluster CA, all from ``sa_dir``."""
+    c = Configuration()
+    InClusterConfigLoader(token_filename=os.path.join(sa_dir, "token"), cert_filename=os.path.join(sa_dir, "ca.crt"),
+                          environ=os.environ if environ is None else environ).load_and_set(c)
+    return ApiClient(configuration=c)
+
+
+def make_api_client(kubeconfig: str | None = None, context: str | None = None, *, environ: Any = None,
+                    sa_dir: str = SA_DIR) -> ApiClient:
     """A kubeconfig file when given; else the in-cluster service account when running in a pod;
     else the default kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
     if kubeconfig:
         return kube_config.new_client_from_config(config_file=os.path.expanduser(kubeconfig), context=context)
-    if in_cluster():
-        c = Configuration()
-        kube_config.load_incluster_config(client_configuration=c)
-        return ApiClient(configuration=c)
+    if in_cluster(environ, sa_dir):
+        return incluster_client(environ, sa_dir)
     return kube_config.new_client_from_config(context=context)
 
 
-def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+def default_namespace(kubeconfig: str | None = None, context: str | None = None, *, environ: Any = None,
+                      sa_dir: str = SA_DIR) -> str:
     """The service account's namespace in-cluster, else the kubeconfig context's, else ``default``."""
-    if not kubeconfig and in_cluster():
+    if not kubeconfig and in_cluster(environ, sa_dir):
         try:
-            with open(SA_NAMESPACE) as f:
+            with open(os.path.join(sa_dir, "namespace")) as f:
                 return f.read().strip() or "default"
         except OSError:
             return "default"
     try:
-        _, active = kube_config.list_kube_config_contexts(
-            config_file=os.path.expanduser(kubeconfig) if kubeconfig else None)
+        path = os.path.expanduser(kubeconfig) if kubeconfig else None
+        contexts, active = kube_config.list_kube_config_contexts(config_file=path)
         if context:
-            contexts, _ = kube_config.list_kube_config_contexts(
-                config_file=os.path.expanduser(kubeconfig) if kubeconfig else None)
             active = next((c for c in contexts if c["name"] == context), active)
         return (active.get("context") or {}).get("namespace") or "default"
     except Exception:  # noqa: BLE001 - no kubeconfig: the API default
