@@ -88,6 +88,7 @@ def _client() -> tuple[Any, Any, list[tuple[str, str]]]:
     host, sep, port = CTX.address.rpartition(":")
     if not sep or not host or not port.isdigit():
         _usage(f"--address: {CTX.address!r} is not HOST:PORT")
+    opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 512 * 1024 * 1024)]  # large config dumps
     if CTX.ca is not None:
         try:
             creds = grpc.ssl_channel_credentials(
@@ -97,10 +98,11 @@ def _client() -> tuple[Any, Any, list[tuple[str, str]]]:
             )
         except OSError as e:
             _usage(f"cannot read a TLS file: {e}")
-        opts = [("grpc.ssl_target_name_override", CTX.server_name)] if CTX.server_name else []
+        if CTX.server_name:
+            opts.append(("grpc.ssl_target_name_override", CTX.server_name))
         channel = grpc.secure_channel(CTX.address, creds, options=opts)
     else:
-        channel = grpc.insecure_channel(CTX.address)
+        channel = grpc.insecure_channel(CTX.address, options=opts)
     md = [("authorization", f"Bearer {CTX.token}")] if CTX.token else []
     return pb, pb_grpc.AdminStub(channel), md
 
