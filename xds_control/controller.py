@@ -38,7 +38,7 @@ from xds_control.config import Config, to_traffic_plan
 from xds_control.config.policy import resolve_policy
 from xds_control.config.schema import PoolConfig, ReplicaTemplateConfig
 from xds_control.core.model import Decision, EndpointPhase, ServiceSignals, SignalFrame
-from xds_control.core.traffic import Locality, TrafficPlan
+from xds_control.core.traffic import HealthStatus, Locality, TrafficPlan
 from xds_control.planning import CoordinationTable, ServicePlanResult, apply_to_pool, plan_service
 from xds_control.policies import PolicySpec, decide
 from xds_control.scalers.base import ReplicaInfo, ReplicaOptions, ReplicaState, Scaler
@@ -132,6 +132,14 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Operator weight overrides, drains and policy specs (the admin API writes it; the app may share one).
         self.operator = OperatorState()
+        #: Nothing is published until every replica started (or found) at start-up is ready or failed, or
+        #: this many seconds passed: a restarted control plane must not push a plan with fewer endpoints
+        #: than the proxies hold; while it waits, reconnecting proxies get no response and keep their config.
+        self.initial_hold_s = 120.0
+        self._holding = True
+        self._started_at: float | None = None
+        #: pool -> why its signals are lost (empty when every pool's source answers); see ``tick``.
+        self.signal_alerts: dict[str, str] = {}
         self.set_config(config)
 
     # -- configuration ------------------------------------------------------------------------
@@ -177,7 +185,17 @@ class Controller:
             n -= sum(1 for r in self.scaler.list() if r.pool == rt.pool) + _pending(self.scaler, rt.pool)
             for _ in range(n if self.is_leader() else 0):
                 await self._start_replica(rt)
-        self._publish(self.base_plan, "initial plan", self.clock())
+        # No "initial plan" with empty autoscaled pools: the first tick after the fleet settled publishes
+        # (its ready replicas adopted as SERVING), so a restart never shrinks what the proxies hold.
+        self._started_at = self.clock()
+
+    def _fleet_settled(self, now: float) -> bool:
+        if self._started_at is not None and now - self._started_at >= self.initial_hold_s:
+            log.warning("replicas still starting after %.0f s; publishing anyway", self.initial_hold_s)
+            return True
+        if any(_pending(self.scaler, p) for p in self.runtimes):
+            return False
+        return not any(r.state == ReplicaState.STARTING and r.pool in self.runtimes for r in self.scaler.list())
 
     async def run(self) -> None:
         """Tick forever (one named task of the app)."""
@@ -208,6 +226,10 @@ class Controller:
     # -- the tick -------------------------------------------------------------------------------------
     async def tick(self) -> list[TickRecord]:
         now = self.clock()
+        if self._holding:
+            if not self._fleet_settled(now):
+                return []
+            self._holding = False
         self._update_acked()
         pools = {}
         records: list[TickRecord] = []
@@ -220,6 +242,7 @@ class Controller:
             ready = {r.key: r.state == ReplicaState.READY for r in live}
             report = await self.source.read([k for k in keys if ready[k]], now)
             rt.last_report = report
+            lost = self._signals_lost(rt, report, [k for k in keys if ready[k]])
             samples = report.samples()
             frame = SignalFrame.from_samples(
                 {k: samples.get(k) for k in keys}, ready=ready,
@@ -233,7 +256,18 @@ class Controller:
             n_leaving = sum(1 for k in keys if phases.get(k) in leaving)
             signals = ServiceSignals(rt.service, frame, current_replicas=len(live) - n_leaving,
                                      pending_replicas=n_starting)
-            decision, new_state = decide(signals, rt.state, rt.spec, now)
+            if lost and rt.last_decision is not None:
+                # Stale data must not feed the policy's windows either: its state is kept as it was.
+                decision, new_state = replace(rt.last_decision, now=now, current_replicas=signals.current_replicas,
+                                              mode="hold", stale=()), rt.state
+            else:
+                decision, new_state = decide(signals, rt.state, rt.spec, now)
+            if lost:
+                # The source is lost (e.g. Prometheus down): hold the count (only the bounds still apply) and,
+                # below, the published weights, until it answers again. Membership still follows the scaler.
+                cur = decision.current_replicas
+                decision = replace(decision, target_replicas=min(max(cur, rt.spec.min_replicas), rt.spec.max_replicas),
+                                   explanation=f"signals lost, holding: {self.signal_alerts[rt.pool]}")
             if rt.paused:
                 decision = replace(decision, target_replicas=decision.current_replicas,
                                    explanation="autoscaling paused by an operator; " + decision.explanation)
@@ -251,6 +285,9 @@ class Controller:
             base = self.base_plan.pool(rt.pool)
             if base is not None:
                 pools[rt.pool] = apply_to_pool(base, result)
+                prev = self._last_plan.pool(rt.pool) if self._last_plan is not None else None
+                if lost and prev is not None:
+                    pools[rt.pool] = _keep_weights(pools[rt.pool], prev)
             records.append(self._record(rt, now, decision, result, live, frame, report))
         plan = replace(self.base_plan, pools=tuple(pools.get(p.name, p) for p in self.base_plan.pools))
         plan = self.operator.apply(plan, [(r.pool, k) for r in self.runtimes.values() if r.table is not None
@@ -259,6 +296,29 @@ class Controller:
         for rec in records:
             self.history.append(replace(rec, version=version))
         return records
+
+    def _signals_lost(self, rt: PoolRuntime, report: SignalReport, ready_keys: list[str]) -> bool:
+        """Whether no ready endpoint of the pool got a good reading; keeps the alert, metric and events current."""
+        lost = report.error is not None or (
+            bool(ready_keys) and not any(report.readings.get(k) is not None and report.readings[k].ok
+                                         for k in ready_keys))
+        metrics = getattr(self.publisher, "metrics", None)
+        if lost:
+            first = next((r.error for r in report.readings.values() if r.error), None)
+            why = (report.error or first or "every reading stale")[:300]
+            if rt.pool not in self.signal_alerts:
+                log.error("%s: signals lost (%s); holding replicas and weights", rt.pool, why)
+                self.event("signals_lost", pool=rt.pool, reason=why)
+            self.signal_alerts[rt.pool] = why
+        elif rt.pool in self.signal_alerts:
+            del self.signal_alerts[rt.pool]
+            log.warning("%s: signals are back", rt.pool)
+            self.event("signals_restored", pool=rt.pool)
+        if metrics is not None:
+            metrics.signals_up.labels(rt.pool).set(0 if lost else 1)
+            if lost:
+                metrics.signal_failures.labels(rt.pool).inc()
+        return lost
 
     def _log_decision(self, rt: PoolRuntime, d: Decision, res: ServicePlanResult) -> None:
         level = logging.INFO if d.direction != "hold" or res.transitions else logging.DEBUG
@@ -363,6 +423,14 @@ class Controller:
                           target=d.target_replicas, ready=signals_ready(frame), mode=d.mode,
                           load_index=d.load_index, explanation=d.explanation, endpoints=tuple(views), version=None,
                           failed_reads=len(report.failed))
+
+
+def _keep_weights(pool: Any, prev: Any) -> Any:
+    """``pool`` with the weights ``prev`` gave the endpoints that were already in rotation there."""
+    old = {e.key: e.weight for e in prev.endpoints if e.health is HealthStatus.HEALTHY}
+    eps = tuple(replace(e, weight=old[e.key]) if e.health is HealthStatus.HEALTHY and e.key in old
+                and e.weight != old[e.key] else e for e in pool.endpoints)
+    return replace(pool, endpoints=eps)
 
 
 def _pending(scaler: Any, pool: str) -> int:

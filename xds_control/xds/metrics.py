@@ -46,3 +46,13 @@ class XdsMetrics:
         self.config_reloads = Counter(
             "xds_control_config_reloads_total", "Config file reloads", ["result"], registry=r
         )
+        self.signals_up = Gauge(
+            "xds_control_signals_up",
+            "1 while the pool's signal source answers for its ready endpoints, 0 while it is lost "
+            "(the controller then holds the replica count and the published weights)",
+            ["pool"], registry=r,
+        )
+        self.signal_failures = Counter(
+            "xds_control_signal_read_failures_total", "Ticks whose signal read failed for every ready endpoint",
+            ["pool"], registry=r,
+        )
