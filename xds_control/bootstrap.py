@@ -16,10 +16,15 @@ def render_bootstrap(
     admin_port: int = 9901,
     admin_address: str = "127.0.0.1",
     cluster: str = "xds-control",
+    tls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The bootstrap as a dict. ``admin_port`` 0 lets Envoy pick (read it with --admin-address-path)."""
+    """The bootstrap as a dict. ``admin_port`` 0 lets Envoy pick (read it with --admin-address-path).
+
+    ``tls``: connect to a TLS xDS port (``admin.xds_tls``): ``{"ca": FILE}`` verifies the server against
+    that CA; add ``"cert"`` and ``"key"`` for mutual TLS and ``"sni"`` for the server name.
+    """
     api_type = "DELTA_GRPC" if delta else "GRPC"
-    return {
+    boot = {
         "node": {"id": node_id, "cluster": cluster},
         "dynamic_resources": {
             "ads_config": {
@@ -69,6 +74,26 @@ def render_bootstrap(
         },
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
     }
+    if tls:
+        boot["static_resources"]["clusters"][0]["transport_socket"] = _tls_socket(tls)  # type: ignore[index]
+    return boot
+
+
+def _tls_socket(tls: dict[str, str]) -> dict[str, Any]:
+    ctx: dict[str, Any] = {
+        "alpn_protocols": ["h2"],  # gRPC servers expect HTTP/2 negotiated by ALPN
+        "validation_context": {"trusted_ca": {"filename": tls["ca"]}},
+    }
+    if tls.get("cert"):
+        ctx["tls_certificates"] = [{"certificate_chain": {"filename": tls["cert"]},
+                                    "private_key": {"filename": tls["key"]}}]
+    typed: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": ctx,
+    }
+    if tls.get("sni"):
+        typed["sni"] = tls["sni"]
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed}
 
 
 def render_bootstrap_yaml(*args: Any, **kwargs: Any) -> str:

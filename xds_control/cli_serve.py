@@ -75,6 +75,11 @@ def bootstrap(
     admin_port: Annotated[int, typer.Option("--admin-port", help="Envoy admin port on 127.0.0.1 (0 = any).",
                                             min=0, max=65535)] = 9901,
     cluster: Annotated[str, typer.Option("--cluster", help="Envoy node cluster.")] = "xds-control",
+    xds_ca: Annotated[Optional[Path], typer.Option("--xds-ca", help="CA file: connect to a TLS xDS port "
+                                                   "(admin.xds_tls), verifying the server.")] = None,
+    xds_cert: Annotated[Optional[Path], typer.Option("--xds-cert", help="Client certificate for mutual TLS.")] = None,
+    xds_key: Annotated[Optional[Path], typer.Option("--xds-key", help="Client private key for mutual TLS.")] = None,
+    xds_sni: Annotated[Optional[str], typer.Option("--xds-sni", help="Server name (SNI) to send.")] = None,
 ) -> None:
     """Print an Envoy bootstrap (YAML) that connects to xds-control over ADS. Run it with `envoy -c FILE`."""
     from xds_control.bootstrap import render_bootstrap_yaml
@@ -84,8 +89,19 @@ def bootstrap(
         _fail(f"--xds-address: {xds_address!r} is invalid; expected HOST:PORT, e.g. 127.0.0.1:18000")
     if not node_id.strip():
         _fail("--node-id: must not be empty")
+    tls = None
+    if xds_ca is not None:
+        if (xds_cert is None) != (xds_key is None):
+            _fail("--xds-cert and --xds-key go together")
+        tls = {"ca": str(xds_ca.resolve())}
+        if xds_cert is not None and xds_key is not None:
+            tls.update(cert=str(xds_cert.resolve()), key=str(xds_key.resolve()))
+        if xds_sni:
+            tls["sni"] = xds_sni
+    elif xds_cert is not None or xds_key is not None or xds_sni:
+        _fail("--xds-cert, --xds-key and --xds-sni need --xds-ca")
     typer.echo(render_bootstrap_yaml(node_id, host.strip("[]"), int(port_s), delta=delta, admin_port=admin_port,
-                                     cluster=cluster), nl=False)
+                                     cluster=cluster, tls=tls), nl=False)
 
 
 def validate(

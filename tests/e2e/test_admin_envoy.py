@@ -135,3 +135,46 @@ def test_cli_override_and_drain_reach_envoy() -> None:
         sv.stop()
         for u in ups:
             u.stop()
+
+
+def test_envoy_over_mutual_tls_xds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """admin.xds_tls with a client CA: an Envoy bootstrapped with --xds-ca/--xds-cert/--xds-key gets its config;
+    one without a client certificate gets nothing."""
+    from support.admin import make_certs
+
+    from xds_control.bootstrap import render_bootstrap
+
+    certs = make_certs(tmp_path)
+    tls = {"cert": str(certs["server_cert"]), "key": str(certs["server_key"]), "client_ca": str(certs["ca"])}
+    listener = free_port()
+    cfg = {"listeners": [{"name": "ingress", "address": "127.0.0.1", "port": listener}],
+           "services": [{"name": "llm", "pools": [{"name": "p1", "endpoints": [{"address": "127.0.0.1", "port": 1}]}]}],
+           "admin": {"port": 0, "xds_tls": tls}}
+    # the CLI writes the same bootstrap the test helper uses
+    r = subprocess.run([sys.executable, "-m", "xds_control.cli", "bootstrap", "--node-id", "n", "--xds-address",
+                        "127.0.0.1:1", "--xds-ca", str(certs["ca"]), "--xds-cert", str(certs["client_cert"]),
+                        "--xds-key", str(certs["client_key"]), "--xds-sni", "localhost"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    client_tls = {"ca": str(certs["ca"]), "cert": str(certs["client_cert"]), "key": str(certs["client_key"]),
+                  "sni": "localhost"}
+    assert yaml.safe_load(r.stdout) == render_bootstrap("n", "127.0.0.1", 1, tls=client_tls)
+    with Served(cfg) as sv:
+        good = Envoy("mtls", sv.cp.ports.xds, tls=client_tls)
+        anon = Envoy("no-client-cert", sv.cp.ports.xds, tls={"ca": str(certs["ca"])})
+        try:
+            good.start()
+            anon.start()
+            good.wait_for(lambda: good.listener_port("ingress") == listener, what="the listener over mTLS xDS")
+            nodes = {p["node"] for p in sv.call(_syncz(sv))}
+            assert "mtls" in nodes and "no-client-cert" not in nodes
+            assert anon.listener_port("ingress") is None
+        finally:
+            good.stop()
+            anon.stop()
+
+
+async def _syncz(sv):  # type: ignore[no-untyped-def]
+    return sv.cp.tracker.syncz()

