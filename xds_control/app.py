@@ -230,6 +230,11 @@ class ControlPlane:
                 self.metrics.config_reloads.labels("invalid").inc()
                 log.error("config change rejected: it removes autoscaling from every pool, which needs a restart")
                 return False
+            if cfg.kubernetes != self.config.kubernetes:
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: the kubernetes section (watched Deployments, Lease) changes only "
+                          "with a restart")
+                return False
             self.controller.set_config(cfg)
         else:
             if autoscaled(cfg):

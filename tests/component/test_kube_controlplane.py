@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,5 +135,24 @@ async def test_scale_down_drains_then_removes_exactly_the_drained_pod(tmp_path: 
             assert all(p.deletion_cost == 0 for p in kube.pods_of("llm"))  # the survivor was never marked
             await until(lambda: served_endpoints(cp) == {f"{p.ip}:{p.port}" for p in kube.pods_of("llm")}, 5,
                         "the survivor alone served")
+        finally:
+            await cp.stop(grace=0)
+
+
+async def test_a_reload_cannot_change_the_kubernetes_section(tmp_path: Path) -> None:
+    import yaml
+
+    with FakeKube() as kube:
+        kube.add_deployment("llm", service="llm", replicas=1, ready_after_s=0.0)
+        cfg = kube_config(kube.kubeconfig(tmp_path / "kc"), free_port())
+        cp = ControlPlane(parse_config(cfg), xds_port=0, metrics_port=None)
+        await cp.start()
+        try:
+            same = yaml.safe_dump({**cfg, "controller": {**cfg["controller"], "tick_s": 0.3}})
+            assert cp.reload_text(same)
+            moved = copy.deepcopy(cfg)
+            moved["kubernetes"]["pools"]["llm"]["deployment"] = "llm-2"
+            assert not cp.reload_text(yaml.safe_dump(moved))
+            assert cp.config.kubernetes is not None and cp.config.kubernetes.pools["llm"].deployment == "llm"
         finally:
             await cp.stop(grace=0)

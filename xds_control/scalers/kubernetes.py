@@ -224,7 +224,10 @@ class KubernetesScaler:
             for rid, t in builtins.list(self._stop_requested.items()):
                 if now - t > self.stop_timeout_s:
                     del self._stop_requested[rid]
-            for sl in self._slices.values():
+            # IPv4 slices first (a dual-stack pod is in one slice per family); FQDN slices carry no IP for Envoy.
+            for sl in sorted(self._slices.values(), key=lambda o: o.get("addressType") != "IPv4"):
+                if sl.get("addressType") == "FQDN":
+                    continue
                 svc = ((sl.get("metadata") or {}).get("labels") or {}).get(SERVICE_LABEL)
                 pool = self._pool_of_service.get(svc or "")
                 if pool is None:
