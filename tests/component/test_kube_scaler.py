@@ -204,3 +204,11 @@ async def test_in_cluster_service_account_over_https(tmp_path: Path) -> None:
             assert kube.replicas("llm", "inference") == 3
         finally:
             await s.close()
+
+
+async def test_periodic_resync_relists(kube: FakeKube, scaler) -> None:  # type: ignore[no-untyped-def]
+    kube.add_deployment("llm", service="llm-svc", replicas=1)
+    s = scaler(resync_s=0.5)
+    await s.start()
+    await until(lambda: s.relists >= 3, timeout=5, what="two resyncs")
+    assert kube.requests.count(("list", "endpointslices")) >= 3
