@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import threading
@@ -373,8 +374,6 @@ class KubernetesScaler:
         resp = self.discovery.list_namespaced_endpoint_slice(self.namespace, label_selector=self._selector(),
                                                              _preload_content=False)
         try:
-            import json
-
             data = json.loads(resp.data)
         finally:
             resp.release_conn()
