@@ -194,6 +194,8 @@ def status(json_out: JsonOpt = False) -> None:
                f"on {res.instance}; you are {res.caller}")
     if res.last_error:
         typer.echo(f"last error: {res.last_error}")
+    for alert in res.alerts:
+        typer.echo(f"ALERT: {alert}")
     if res.policies:
         _table("policies", ["service", "pool", "policy", "paused", "min", "max"],
                [[p.service, p.pool, p.policy, "yes" if p.paused else "", p.min_replicas, p.max_replicas]

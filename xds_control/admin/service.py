@@ -281,8 +281,11 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                         last_good_version=cp.publisher.last_good.version if cp.publisher.last_good else 0,
                         leader=leader, instance=getattr(elector, "identity", None) or self.instance,
                         last_error=cp.publisher.last_error or "", caller=str(p))
+        alerts = getattr(cp.controller, "signal_alerts", None) or {}
         for svc in self._services(p):
             for pc in svc.pools:
+                if pc.name in alerts:
+                    out.alerts.append(f"signals lost for pool {pc.name}: {alerts[pc.name]}")
                 rt = self._runtime(pc.name)
                 if rt is not None:
                     out.policies.add(service=svc.name, pool=pc.name, policy=rt.spec.policy, paused=rt.paused,
