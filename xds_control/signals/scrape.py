@@ -26,6 +26,7 @@ not zero). A counter that went down (the replica restarted) restarts the rate.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -77,23 +78,48 @@ _MEAN = {
 
 
 def parse_metrics(text: str) -> RawMetrics:
-    """Pick the mapped metrics out of Prometheus text exposition (raises ``ValueError`` if unparsable)."""
+    """Pick the mapped metrics out of Prometheus text exposition.
+
+    Raises ``ValueError`` naming the line if the text is unparsable, or the metric if a value we use is
+    not a finite number >= 0 (NaN, ±Inf, negative): such a reading is a failed one (counted as saturated),
+    never a number that could zero a weight or overflow the load index.
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as e:  # the parser raises several types on garbage
+        raise ValueError(_locate_parse_error(text, e)) from None
     sums: dict[str, float] = {}
     means: dict[str, list[float]] = {}
-    for fam in text_string_to_metric_families(text):
+    for fam in families:
         for s in fam.samples:
             f = _SUM.get(s.name)
             if f is not None:
-                sums[f] = sums.get(f, 0.0) + float(s.value)
+                sums[f] = sums.get(f, 0.0) + _value(s.name, s.value)
                 continue
             f = _MEAN.get(s.name)
             if f is not None:
-                means.setdefault(f, []).append(float(s.value))
+                means.setdefault(f, []).append(_value(s.name, s.value))
     avg = {k: sum(v) / len(v) for k, v in means.items() if v}
     kv = avg.get("kv_cache", avg.get("kv_cache_old"))
     if kv is not None and kv > 1.0:  # exported in percent
         kv /= 100.0
     return RawMetrics(kv_cache=kv, gpu_util_pct=avg.get("gpu_util_pct"), **sums)
+
+
+def _value(name: str, value: object) -> float:
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} = {value!r}: not a finite number >= 0")
+    return v
+
+
+def _locate_parse_error(text: str, err: Exception) -> str:
+    for i, line in enumerate(text.splitlines(), 1):
+        try:
+            list(text_string_to_metric_families(line + "\n"))
+        except Exception as e:  # noqa: BLE001 - any parser error on this line alone
+            return f"line {i} ({line[:80]!r}): {type(e).__name__}: {e}"
+    return f"unparsable exposition: {type(err).__name__}: {err}"
 
 
 def _rate(cur: float | None, prev: float | None, dt: float) -> float | None:
