@@ -27,6 +27,13 @@ test: venv lint
 demo: venv
 	$(BIN)/xds-control demo
 
+# Fault injection, full forms (make test runs the short ones); figures -> out/faults/*.json -> RELIABILITY.md.
+.PHONY: faults
+faults: venv
+	@rm -rf out/faults
+	XDS_FAULTS_FULL=1 XDS_FAULTS_OUT=out/faults $(BIN)/python -m pytest -q tests/faults $(PYTEST_ARGS); \
+		rc=$$?; $(BIN)/python tests/faults/report.py out/faults RELIABILITY.md; exit $$rc
+
 bench: venv
 	$(BIN)/python bench/bench_fanout.py
 	$(BIN)/python bench/bench_envoy_push.py
