@@ -55,7 +55,7 @@ async def sample_leaders(els: list[LeaseElector], seconds: float, out: list[tupl
 async def test_one_leader_and_handover_on_release(kube: FakeKube, tmp_path: Path) -> None:
     a, b = elector(kube, tmp_path, "a"), elector(kube, tmp_path, "b")
     async with running(a) as (ta,):
-        await a.wait_leader(5)
+        await a.wait_leader(20)
         async with running(b):
             seen: list[tuple[float, tuple[str, ...]]] = []
             await sample_leaders([a, b], 0.8, seen)
@@ -68,7 +68,7 @@ async def test_one_leader_and_handover_on_release(kube: FakeKube, tmp_path: Path
             with contextlib.suppress(asyncio.CancelledError):
                 await ta
             assert not a.is_leader()
-            await b.wait_leader(5)
+            await b.wait_leader(20)
             assert time.monotonic() - t0 < TIMINGS["lease_duration_s"]
             assert kube.leases[("default", "xds-control")]["spec"]["leaseTransitions"] == 1
     assert ("create", "leases") in kube.requests and ("update", "leases") in kube.requests
@@ -79,7 +79,7 @@ async def test_cut_off_leader_stops_deciding_within_one_lease_period(kube: FakeK
     changes: list[tuple[float, bool]] = []
     a.on_change = lambda leading: changes.append((time.monotonic(), leading))
     async with running(a, b):
-        await a.wait_leader(5)
+        await a.wait_leader(20)
         await asyncio.sleep(0.3)
         assert not b.is_leader()
         # a can no longer reach the apiserver (its renewals fail); b still can.
@@ -87,7 +87,7 @@ async def test_cut_off_leader_stops_deciding_within_one_lease_period(kube: FakeK
         kube.blocked_tokens.add("token-a")
         seen: list[tuple[float, tuple[str, ...]]] = []
         sampler = asyncio.create_task(sample_leaders([a, b], 3.0, seen))
-        await b.wait_leader(5)
+        await b.wait_leader(20)
         t_b = time.monotonic()
         await sampler
         t_a_stopped = next(t for t, ids in seen if "a" not in ids)
