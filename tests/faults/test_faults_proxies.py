@@ -6,8 +6,9 @@
   the control plane roll everyone back, see test_real_envoy). The real Envoy converges on every push; the
   NACKer stays on its last good version; its error is in /debug/syncz (state ERROR and the message) and
   in the rejections within 1 s; it gets exactly one response per pushed version and type — no resend loop.
-* slow readers: streams that subscribe and then never read; pushes of a large assignment to the real
-  Envoy are as fast as without them.
+* slow readers: more streams than half the server-wide push slots subscribe and then never read; pushes
+  of a large assignment to the real Envoy are as fast as without them (p50), and none waits for the slow
+  readers' ACK timeout.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ async def slow_reader(xds_port: int, i: int) -> tuple[grpc.aio.Channel, Any]:
 async def test_slow_readers_do_not_delay_pushes_to_others(upstreams) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     big = pick(5000, 10000)
-    readers = pick(10, 50)
+    readers = pick(60, 100)  # more than half the 100 server-wide push slots (2 types in flight each)
     pushes = pick(10, 30)
     async with stack(config(port, upstreams, 10, big=big)) as (cp, envoy):
 
@@ -213,6 +214,8 @@ async def test_slow_readers_do_not_delay_pushes_to_others(upstreams) -> None:  #
                  with_slow_p50_s=percentile(with_slow, 50), with_slow_max_s=max(with_slow), readers_behind=stuck)
     assert res_load.summary.failed == 0, failures(res_load)[:5]
     assert stuck == readers  # they really were behind
-    # The slow readers hold their responses for up to ack_timeout_s (5 s): a push that waited for them would
-    # take that long. Allow scheduling noise on 2 shared cores, nothing close to that.
-    assert row["with_slow_max_s"] <= max(1.0, 3 * row["baseline_max_s"]), row
+    # Until they time out (ack_timeout_s, 5 s) the slow readers' responses are unanswered. Holding a push slot
+    # until the answer let them starve everyone else for those 5 s (found by this test); now a slot is given
+    # back after slot_hold_s (1 s) and a proxy that let a response time out takes none.
+    assert row["with_slow_p50_s"] <= 2 * row["baseline_p50_s"] + 0.05, row
+    assert row["with_slow_max_s"] <= 1.0 + 2 * row["baseline_max_s"], row

@@ -71,7 +71,7 @@ class _Sub:
 
     __slots__ = ("type_url", "requested", "legacy_wildcard", "explicit_wildcard", "names", "sent_key",
                  "inflight_nonce", "inflight_since", "expired", "last_nonce", "force", "known", "must_resend",
-                 "first_pending", "slot", "recent_nonces")
+                 "first_pending", "slot", "slot_timer", "recent_nonces")
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
@@ -96,8 +96,10 @@ class _Sub:
         self.must_resend: set[str] = set()
         #: Delta: the first request gets a response even when nothing differs.
         self.first_pending = False
-        #: Holds one of the server-wide push slots until the response is ACKed, NACKed or timed out.
+        #: Holds one of the server-wide push slots until the response is ACKed, NACKed or timed out, or
+        #: ``slot_hold_s`` passed (``slot_timer``), whichever comes first.
         self.slot = False
+        self.slot_timer: asyncio.TimerHandle | None = None
         #: SotW: the last nonces sent for this type (shared nonces must not repeat on one stream).
         self.recent_nonces: deque[str] = deque(maxlen=8)
 
@@ -129,6 +131,9 @@ class _Stream:
         self.closed = False
         self.nonce = 0
         self.error: BaseException | None = None
+        #: A response to this proxy went unanswered for ack_timeout_s: until it answers again, its responses
+        #: take no push slot, so a proxy that stopped reading cannot hold up the pushes to the others.
+        self.slow = False
 
     def next_nonce(self) -> str:
         self.nonce += 1
@@ -147,11 +152,15 @@ class AdsServer:
         *,
         ack_timeout_s: float = 5.0,
         max_concurrent_pushes: int = 100,
+        slot_hold_s: float = 1.0,
     ) -> None:
         self.cache = cache
         self.tracker = tracker
         self.metrics = metrics or XdsMetrics()
         self.ack_timeout_s = ack_timeout_s
+        #: A push slot is given back after this long even without an answer (the stream still waits for the
+        #: ACK up to ack_timeout_s): proxies that are slow to read delay the others by at most this.
+        self.slot_hold_s = min(slot_hold_s, ack_timeout_s)
         self._push_slots = asyncio.Semaphore(max_concurrent_pushes)
         #: SotW responses shared by streams: key -> (body without nonce, body with nonce, nonce).
         self._bodies: OrderedDict[tuple[Any, ...], tuple[bytes, bytes, str]] = OrderedDict()
@@ -222,8 +231,12 @@ class AdsServer:
                     data, sub = out
                     # A slot is held until the proxy answers: at most max_concurrent_pushes responses are
                     # buffered or in flight server-wide, which bounds memory when a big snapshot fans out.
-                    await self._push_slots.acquire()
-                    sub.slot = True
+                    # Not for a proxy that already let a response time out (st.slow), and never for longer
+                    # than slot_hold_s: slow readers must not hold up the pushes to everyone else.
+                    if not st.slow:
+                        await self._push_slots.acquire()
+                        sub.slot = True
+                        sub.slot_timer = asyncio.get_running_loop().call_later(self.slot_hold_s, self._release, sub)
                     sub.inflight_since = asyncio.get_running_loop().time()
                     yield data
                     del data, out  # don't keep a big response alive while this stream sleeps
@@ -277,6 +290,9 @@ class AdsServer:
         return any(st.subs[g].awaiting(now, self.ack_timeout_s) for g in _GATES[type_url])
 
     def _release(self, sub: _Sub) -> None:
+        if sub.slot_timer is not None:
+            sub.slot_timer.cancel()
+            sub.slot_timer = None
         if sub.slot:
             sub.slot = False
             self._push_slots.release()
@@ -296,6 +312,7 @@ class AdsServer:
                     continue  # one response of a type in flight; the next one merges pending changes
                 sub.expired = True  # no answer in time: stop gating on it and free its push slot
                 self._release(sub)
+                st.slow = True
                 log.warning("%s did not answer %s nonce %s within %.1fs", st.proxy.node_id,
                             T.SHORT[sub.type_url], sub.inflight_nonce, self.ack_timeout_s)
             if self._gated(st, t, now):
@@ -320,6 +337,7 @@ class AdsServer:
         assert st.proxy is not None
         sub.inflight_nonce = None
         self._release(sub)
+        st.slow = False
         short = T.SHORT[sub.type_url]
         if error is not None:
             msg = error.message or f"code {error.code}"
