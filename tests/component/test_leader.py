@@ -78,30 +78,31 @@ async def test_cut_off_leader_stops_deciding_within_one_lease_period(kube: FakeK
     a, b = elector(kube, tmp_path, "a"), elector(kube, tmp_path, "b")
     changes: list[tuple[float, bool]] = []
     a.on_change = lambda leading: changes.append((time.monotonic(), leading))
-    async with running(a, b):
+    async with running(a):  # a starts alone, so it wins the first election
         await a.wait_leader(20)
-        await asyncio.sleep(0.3)
-        assert not b.is_leader()
-        # a can no longer reach the apiserver (its renewals fail); b still can.
-        t_cut = time.monotonic()
-        kube.blocked_tokens.add("token-a")
-        seen: list[tuple[float, tuple[str, ...]]] = []
-        sampler = asyncio.create_task(sample_leaders([a, b], 3.0, seen))
-        await b.wait_leader(20)
-        t_b = time.monotonic()
-        await sampler
-        t_a_stopped = next(t for t, ids in seen if "a" not in ids)
-        # Losing the lease stops a's decisions within one lease period (in fact within the renew deadline),
-        assert t_a_stopped - t_cut <= TIMINGS["lease_duration_s"]
-        # b waits a full lease period after the last renewal it saw before taking over,
-        assert t_b - t_cut >= TIMINGS["lease_duration_s"] - TIMINGS["retry_period_s"] - 0.05
-        # and there is never a moment with two leaders.
-        assert all(len(ids) <= 1 for _, ids in seen)
-        assert changes and changes[-1][1] is False
-        # a comes back: it sees b's lease and stays a follower.
-        kube.blocked_tokens.clear()
-        await asyncio.sleep(0.5)
-        assert b.is_leader() and not a.is_leader()
+        async with running(b):
+            await asyncio.sleep(0.3)
+            assert not b.is_leader()
+            # a can no longer reach the apiserver (its renewals fail); b still can.
+            t_cut = time.monotonic()
+            kube.blocked_tokens.add("token-a")
+            seen: list[tuple[float, tuple[str, ...]]] = []
+            sampler = asyncio.create_task(sample_leaders([a, b], 3.0, seen))
+            await b.wait_leader(20)
+            t_b = time.monotonic()
+            await sampler
+            t_a_stopped = next(t for t, ids in seen if "a" not in ids)
+            # Losing the lease stops a's decisions within one lease period (in fact within the renew deadline),
+            assert t_a_stopped - t_cut <= TIMINGS["lease_duration_s"]
+            # b waits a full lease period after the last renewal it saw before taking over,
+            assert t_b - t_cut >= TIMINGS["lease_duration_s"] - TIMINGS["retry_period_s"] - 0.05
+            # and there is never a moment with two leaders.
+            assert all(len(ids) <= 1 for _, ids in seen)
+            assert changes and changes[-1][1] is False
+            # a comes back: it sees b's lease and stays a follower.
+            kube.blocked_tokens.clear()
+            await asyncio.sleep(0.5)
+            assert b.is_leader() and not a.is_leader()
 
 
 async def test_concurrent_contenders_conflict_and_one_wins(kube: FakeKube, tmp_path: Path) -> None:
