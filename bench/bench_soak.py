@@ -215,7 +215,7 @@ def main() -> int:
         print(f"{'state':>28}: " + "  ".join(f"{k}" for k in r["idle"]))
         for name in ("idle", "connected_end", "after_disconnect", "after_second_cycle"):
             print(f"{name:>28}: " + "  ".join(f"{v}" for v in r[name].values()))
-    print(f"(cpu count {os.cpu_count()}; python {sys.version.split()[0]})")
+    print(f"(cpu count {os.cpu_count()}; python {sys.version.split()[0]})", file=sys.stderr if a.json else sys.stdout)
     return 0 if r["ok"] else 1
 
 
