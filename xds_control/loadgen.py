@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence

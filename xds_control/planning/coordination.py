@@ -111,7 +111,6 @@ class CoordinationTable:
         idx = np.fromiter((pos.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         known = idx >= 0
         src = np.where(known, idx, 0)
-        n = len(keys)
         phase = np.where(known, self.phase[src] if len(self) else P.PENDING, P.PENDING).astype(np.int8)
         since = np.where(known, self.since[src] if len(self) else now, now)
         acked = np.where(known, self.acked_at[src] if len(self) else np.nan, np.nan)

