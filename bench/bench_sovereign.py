@@ -132,11 +132,11 @@ def series(name: str, cp_pid: int, admin_port: int, key: str, change: Any, chang
 
 
 # -- xds-control ---------------------------------------------------------------------------------------------
-def xds_config(port: int, ups: list[Upstream], w0: int) -> dict[str, Any]:
+def xds_config(port: int, ups: list[Upstream], w0: int, debounce_ms: int = 100) -> dict[str, Any]:
     return {"listeners": [{"name": "ingress", "port": port}],
             "services": [{"name": "llm", "pools": [{"name": CLUSTER, "endpoints": [
                 {"address": "127.0.0.1", "port": u.port, "weight": w0 if i == 0 else 10} for i, u in enumerate(ups)]}]}],
-            "xds": {"debounce_ms": 100, "max_delay_ms": 1000}}
+            "xds": {"debounce_ms": debounce_ms, "max_delay_ms": 1000}}
 
 
 def run_xds_control(tmp: Path, ups: list[Upstream], a: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -147,7 +147,7 @@ def run_xds_control(tmp: Path, ups: list[Upstream], a: argparse.Namespace) -> tu
 
     port, xds_port = free_port(), free_port()
     cfg_path = tmp / "xds.yaml"
-    cfg_path.write_text(yaml.safe_dump(xds_config(port, ups, 10)))
+    cfg_path.write_text(yaml.safe_dump(xds_config(port, ups, 10, a.debounce_ms)))
     proc = subprocess.Popen([sys.executable, "-m", "xds_control.cli", "serve", "--config", str(cfg_path),
                              "--xds-port", str(xds_port), "--metrics-port", "0", "--admin-port", "0",
                              "--log-level", "warning"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -164,19 +164,21 @@ def run_xds_control(tmp: Path, ups: list[Upstream], a: argparse.Namespace) -> tu
             stub.SetWeightOverride(pb.SetWeightOverrideRequest(service="llm", endpoint=key, pool=CLUSTER, weight=w),
                                    timeout=5)
 
-        rows = [series("xds-control (admin API)", proc.pid, envoy.admin_port, key, by_admin, a.changes, a.spacing_s,
-                       100)]
+        tag = f", debounce {a.debounce_ms} ms"
+        rows = [series(f"xds-control (admin API{tag})", proc.pid, envoy.admin_port, key, by_admin, a.changes,
+                       a.spacing_s, 100)]
         stub.ClearWeightOverride(pb.EndpointRef(service="llm", endpoint=key, pool=CLUSTER), timeout=5)
         wait_weight(envoy.admin_port, key, 10)
         channel.close()
 
         def by_file(w: int) -> None:
             tmpf = cfg_path.with_suffix(".tmp")
-            tmpf.write_text(yaml.safe_dump(xds_config(port, ups, w)))
+            tmpf.write_text(yaml.safe_dump(xds_config(port, ups, w, a.debounce_ms)))
             tmpf.replace(cfg_path)
 
-        rows.append(series("xds-control (config file)", proc.pid, envoy.admin_port, key, by_file, a.changes,
-                           a.spacing_s, 300))
+        if "file" in a.xds_series:
+            rows.append(series(f"xds-control (config file{tag})", proc.pid, envoy.admin_port, key, by_file,
+                               a.changes, a.spacing_s, 300))
         idle_cpu0 = tree_cpu_s(proc.pid)
         time.sleep(a.idle_s)
         idle = {"control_plane": "xds-control", "idle_cpu_pct": round(100 * (tree_cpu_s(proc.pid) - idle_cpu0)
@@ -373,6 +375,8 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=20.0)
     ap.add_argument("--latency-requests", type=int, default=5000)
     ap.add_argument("--skip-sovereign", action="store_true")
+    ap.add_argument("--debounce-ms", type=int, default=100, help="xds-control's xds.debounce_ms (default: its default)")
+    ap.add_argument("--xds-series", default="admin,file", help="admin,file or admin: which xds-control changes")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     ups = [Upstream(f"u{i}", 0).start() for i in range(3)]
@@ -410,7 +414,8 @@ def main() -> int:
         if why:
             print(f"sovereign: {why}")
     print(f"(cpu count {os.cpu_count()}; python {sys.version.split()[0]}; spacing {a.spacing_s} s; "
-          f"REST refresh {a.rest_refresh_s} s; ratios against {out.get('ratios_against')})")
+          f"REST refresh {a.rest_refresh_s} s; ratios against {out.get('ratios_against')})",
+          file=sys.stderr if a.json else sys.stdout)
     return 0
 
 
