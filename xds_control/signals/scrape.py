@@ -95,6 +95,8 @@ def parse_metrics(text: str) -> RawMetrics:
             f = _SUM.get(s.name)
             if f is not None:
                 sums[f] = sums.get(f, 0.0) + _value(s.name, s.value)
+                if not math.isfinite(sums[f]):
+                    raise ValueError(f"{s.name}: the sum over its label sets is not finite")
                 continue
             f = _MEAN.get(s.name)
             if f is not None:
@@ -125,7 +127,8 @@ def _locate_parse_error(text: str, err: Exception) -> str:
 def _rate(cur: float | None, prev: float | None, dt: float) -> float | None:
     if cur is None or prev is None or dt <= 0 or cur < prev:
         return None
-    return (cur - prev) / dt
+    r = (cur - prev) / dt
+    return r if math.isfinite(r) else None
 
 
 def derive_sample(
@@ -156,7 +159,7 @@ def derive_sample(
         if None not in (s_cur, c_cur, s_prev, c_prev):
             dc = c_cur - c_prev  # type: ignore[operator]
             ds = s_cur - s_prev  # type: ignore[operator]
-            if dc > 0 and ds >= 0:
+            if dc > 0 and ds >= 0 and math.isfinite(ds / dc):
                 lat = ds / dc
     return EndpointSample(
         gpu_util=None if cur.gpu_util_pct is None else cur.gpu_util_pct / 100.0,
