@@ -144,6 +144,11 @@ async def test_prometheus_outage_holds_replicas_and_weights_and_alerts() -> None
                         and cp.controller.history[-1].failed_reads == 0, 40, "good signals", every=0.2)
             rps = 4.0
             load = Background(port, rps, outage_s + pick(20.0, 40.0)).start()
+            # A settled fleet first (the startup, before Prometheus' first scrape, reads as stale = saturated
+            # and may scale up): every replica ready and the last decisions holding.
+            await until(lambda: all(r.state.value == "ready" for r in scaler.list())
+                        and all(t.target == t.current for t in list(cp.controller.history)[-4:]), 40,
+                        "a settled fleet", every=0.2)
             await asyncio.sleep(2.0)
             v_before = cp.cache.snapshot.version
             plan_before = cp.cache.snapshot.plan.pool("llm")
@@ -161,6 +166,7 @@ async def test_prometheus_outage_holds_replicas_and_weights_and_alerts() -> None
             v_during = cp.cache.snapshot.version
             plan_during = cp.cache.snapshot.plan.pool("llm")
             replicas_during = len([r for r in scaler.list() if r.state.value == "ready"])
+            downs_during, ups_during = cp.controller.scale_downs - downs, cp.controller.scale_ups - ups
             t_start = time.monotonic()
             prom.start()
             t_back = await until(lambda: signals_up(cp) == 1.0 and not alerts(), 60, "recovery", every=0.2)
@@ -168,10 +174,10 @@ async def test_prometheus_outage_holds_replicas_and_weights_and_alerts() -> None
         row = record("prometheus_outage", requests=res.summary.requests, failed=res.summary.failed,
                      loss_pct=loss_pct(res), outage_s=outage_s, alert_metric_s=t_metric - t_stop,
                      alert_admin_s=t_admin - t_stop, recovery_s=t_back - t_start,
-                     versions_during_outage=v_during - v_before, scale_downs=cp.controller.scale_downs - downs,
-                     scale_ups=cp.controller.scale_ups - ups, held_ticks=len(during))
+                     versions_during_outage=v_during - v_before, scale_downs=downs_during, scale_ups=ups_during,
+                     held_ticks=len(during), scale_ups_after_recovery=cp.controller.scale_ups - ups - ups_during)
         assert res.summary.failed == 0, failures(res)[:5]
-        assert cp.controller.scale_downs == downs and cp.controller.scale_ups == ups, row
+        assert downs_during == 0 and ups_during == 0, (row, list(cp.controller.events)[-10:])
         assert replicas_during == replicas_before, row
         assert during and all(t.target == t.current and t.explanation.startswith("signals lost") for t in during)
         assert v_during == v_before and plan_during == plan_before, "the published plan changed during the outage"

@@ -121,7 +121,10 @@ class RetryPlan:
     per_try_timeout_s: float | None = None
     #: Retry budget as a fraction of active requests (Envoy circuit breaker retry_budget).
     budget_percent: float = 20.0
-    budget_min_concurrency: int = 3
+    #: Retries always allowed whatever the budget. Not Envoy's 3: a replica that dies resets every request it
+    #: was serving at once (up to its batch size), and each needs its retry at that moment; with 3, some were
+    #: refused (``upstream_rq_retry_overflow``) and lost (tests/faults, replica SIGKILL under load).
+    budget_min_concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
