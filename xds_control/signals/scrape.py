@@ -101,7 +101,7 @@ def parse_metrics(text: str) -> RawMetrics:
             f = _MEAN.get(s.name)
             if f is not None:
                 means.setdefault(f, []).append(_value(s.name, s.value))
-    avg = {k: sum(v) / len(v) for k, v in means.items() if v}
+    avg = {k: sum(x / len(v) for x in v) for k, v in means.items() if v}  # no overflow for huge values
     kv = avg.get("kv_cache", avg.get("kv_cache_old"))
     if kv is not None and kv > 1.0:  # exported in percent
         kv /= 100.0
