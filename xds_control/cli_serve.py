@@ -80,6 +80,10 @@ def bootstrap(
     xds_cert: Annotated[Optional[Path], typer.Option("--xds-cert", help="Client certificate for mutual TLS.")] = None,
     xds_key: Annotated[Optional[Path], typer.Option("--xds-key", help="Client private key for mutual TLS.")] = None,
     xds_sni: Annotated[Optional[str], typer.Option("--xds-sni", help="Server name (SNI) to send.")] = None,
+    reconnect_base_ms: Annotated[int, typer.Option("--reconnect-base-ms", help="First delay before Envoy "
+                                 "reconnects a lost ADS stream (doubles, jittered).", min=10, max=60_000)] = 250,
+    reconnect_max_ms: Annotated[int, typer.Option("--reconnect-max-ms", help="Longest reconnect delay.",
+                                                  min=10, max=600_000)] = 2000,
 ) -> None:
     """Print an Envoy bootstrap (YAML) that connects to xds-control over ADS. Run it with `envoy -c FILE`."""
     from xds_control.bootstrap import render_bootstrap_yaml
@@ -100,8 +104,11 @@ def bootstrap(
             tls["sni"] = xds_sni
     elif xds_cert is not None or xds_key is not None or xds_sni:
         _fail("--xds-cert, --xds-key and --xds-sni need --xds-ca")
+    if reconnect_max_ms < reconnect_base_ms:
+        _fail(f"--reconnect-max-ms: {reconnect_max_ms} is below --reconnect-base-ms {reconnect_base_ms}")
     typer.echo(render_bootstrap_yaml(node_id, host.strip("[]"), int(port_s), delta=delta, admin_port=admin_port,
-                                     cluster=cluster, tls=tls), nl=False)
+                                     cluster=cluster, tls=tls, reconnect_base_s=reconnect_base_ms / 1000,
+                                     reconnect_max_s=reconnect_max_ms / 1000), nl=False)
 
 
 def validate(

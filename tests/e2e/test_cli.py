@@ -61,3 +61,23 @@ def test_validate_reports_envoy_rejections(tmp_path: Path) -> None:
     bad.write_text(MINIMAL.read_text().replace("  - name: llm\n", "  - name: llm\n    regex: '^/(?=v1)'\n"))
     p = run("validate", "--envoy", str(bad))
     assert p.returncode == 2 and "Envoy rejects" in p.stderr and "(?=" in p.stderr
+
+
+@pytest.mark.parametrize("node_id", ["n", "on", "123", "yes"])
+def test_bootstrap_quotes_ids_envoy_would_read_as_other_types(tmp_path: Path, node_id: str) -> None:
+    p = run("bootstrap", "--node-id", node_id, "--xds-address", "127.0.0.1:18000", "--admin-port", "0")
+    assert p.returncode == 0, p.stderr
+    path = tmp_path / "envoy.yaml"
+    path.write_text(p.stdout)
+    v = subprocess.run([envoy_binary() or "envoy", "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                       capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stderr[-1000:]
+
+
+def test_bootstrap_sets_the_ads_reconnect_back_off() -> None:
+    from xds_control.bootstrap import render_bootstrap
+
+    b = render_bootstrap("n1", "127.0.0.1", 18000, reconnect_base_s=0.25, reconnect_max_s=2)
+    grpc = b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+    # EnvoyGrpc.retry_policy is the one Envoy uses to re-establish xDS streams (GrpcService.retry_policy is not).
+    assert grpc["retry_policy"] == {"retry_back_off": {"base_interval": "0.250s", "max_interval": "2.000s"}}
