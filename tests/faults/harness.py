@@ -159,26 +159,6 @@ class Serve:
         self.log.close()
 
 
-import xds_control.envoy_process as _support_envoy  # noqa: E402
-
-_render = _support_envoy.render_bootstrap_yaml
-
-
-def _render_fast_reconnect(*args: Any, **kw: Any) -> str:
-    """The bootstrap xds-control renders, with the ADS stream's reconnect back-off set (``FAST_RECONNECT``)."""
-    import yaml
-
-    boot = yaml.safe_load(_render(*args, **kw))
-    if FAST_RECONNECT:
-        for svc in boot["dynamic_resources"]["ads_config"]["grpc_services"]:
-            svc["retry_policy"] = {"retry_back_off": {"base_interval": "0.25s", "max_interval": "1s"}}
-    return yaml.safe_dump(boot)
-
-
-FAST_RECONNECT = os.environ.get("XDS_FAULTS_FAST_RECONNECT", "1") == "1"
-_support_envoy.render_bootstrap_yaml = _render_fast_reconnect  # type: ignore[assignment]
-
-
 @contextlib.contextmanager
 def envoy_running(node_id: str, xds_port: int, delta: bool = False) -> Iterator[Envoy]:
     envoy = Envoy(node_id, xds_port, delta=delta).start()
