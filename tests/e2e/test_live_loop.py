@@ -15,20 +15,17 @@ import asyncio
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.envoy import Envoy
 from support.ports import free_port
+from support.prometheus import PROMETHEUS, FileSdPrometheus
 
 from xds_control.app import ControlPlane
 from xds_control.config import parse_config
@@ -195,58 +192,12 @@ async def test_failing_replica_is_ejected_and_killed_replica_is_replaced() -> No
         await scaler.close()
 
 
-PROMETHEUS = shutil.which("prometheus")
-
-
-class FileSdPrometheus:
-    """A real Prometheus scraping targets listed in a file_sd JSON file the test keeps current."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="xds-prom-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = self.dir / "targets.json"
-        self.set_targets([])
-        (self.dir / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n  - job_name: replicas\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n"
-            f"    file_sd_configs: [{{files: ['{self.targets}'], refresh_interval: 1s}}]\n")
-        self.log = open(self.dir / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS or "prometheus", f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def set_targets(self, targets: list[str]) -> None:
-        tmp = self.targets.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": targets}]))
-        tmp.replace(self.targets)
-
-    def up_count(self) -> int:
-        url = f"{self.url}/api/v1/query?query={urllib.parse.quote('sum(up)')}"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                res = json.load(r)["data"]["result"]
-            return int(float(res[0]["value"][1])) if res else 0
-        except (OSError, ValueError, KeyError, IndexError):
-            return 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed (.ci/run installs it)")
 async def test_prometheus_source_sees_and_scales_for_the_surge() -> None:
     from xds_control.signals.prometheus import PrometheusSource
 
     prom = FileSdPrometheus()
+    prom.start()
     port = free_port()
     scaler = LocalScaler(install_signal_handlers=False,
                          on_change=lambda _i: prom.set_targets([r.key for r in scaler.list()
@@ -274,7 +225,7 @@ async def test_prometheus_source_sees_and_scales_for_the_surge() -> None:
             await cp.stop(grace=0)
         await scaler.close()
         await source.close()
-        prom.stop()
+        prom.close()
 
 
 def test_demo_command_short_mode(tmp_path: Path) -> None:

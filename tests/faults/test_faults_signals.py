@@ -9,12 +9,8 @@ Prometheus is back (same port, same data) the alert clears by itself and decisio
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,61 +18,17 @@ import pytest
 from harness import Background, envoy_running, failures, loss_pct, pick, record, until
 from support.ports import free_port
 
+from support.prometheus import PROMETHEUS, FileSdPrometheus
+
 from xds_control.admin.proto import load as load_admin
 from xds_control.app import ControlPlane
 from xds_control.config import parse_config
 from xds_control.scalers.local import LocalScaler
 from xds_control.signals.prometheus import PrometheusSource
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(300),
               pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus package is not installed "
                                                             "(.ci/run installs it)")]
-
-
-class Prometheus:
-    """A real Prometheus scraping the targets in a file_sd file; stop() and start() keep port and data."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="xds-faults-prom-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = self.dir / "targets.json"
-        self.set_targets([])
-        (self.dir / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n  - job_name: replicas\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n"
-            f"    file_sd_configs: [{{files: ['{self.targets}'], refresh_interval: 1s}}]\n")
-        self.log = open(self.dir / "prometheus.log", "ab")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def set_targets(self, targets: list[str]) -> None:
-        import json
-
-        tmp = self.targets.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": targets}]))
-        tmp.replace(self.targets)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [PROMETHEUS or "prometheus", f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def fleet(port: int, prom_url: str) -> dict[str, Any]:
@@ -109,7 +61,7 @@ def scrape_signals_up(cp: ControlPlane) -> float | None:
 
 async def test_prometheus_outage_holds_replicas_and_weights_and_alerts() -> None:
     outage_s = pick(8.0, 60.0)
-    prom = Prometheus()
+    prom = FileSdPrometheus()
     prom.start()
     port = free_port()
     scaler = LocalScaler(install_signal_handlers=False,
