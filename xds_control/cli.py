@@ -17,39 +17,17 @@ app = typer.Typer(
 )
 
 
+#: Modules that each add their commands with ``register(app)``, in --help order.
+_COMMAND_MODULES = ("cli_serve", "cli_istio", "cli_demo", "cli_evaluate", "cli_live", "cli_admin")
+
+
 def _register() -> None:
-    # Imported lazily so `xds-control --help` stays fast and a broken optional
-    # part cannot stop the others from loading.
-    from xds_control import cli_serve
+    # Imported here, not at module level, so importing xds_control.cli stays cheap. A module that fails to
+    # import is a bug and must fail loudly, not drop its commands from --help.
+    import importlib
 
-    cli_serve.register(app)
-    try:
-        from xds_control import cli_istio  # issue 7: Istio EnvoyFilters
-    except ImportError:
-        pass
-    else:
-        cli_istio.register(app)
-    from xds_control import cli_demo
-
-    cli_demo.register(app)
-    try:
-        from xds_control import cli_evaluate  # issue 4: simulator
-    except ImportError:
-        pass
-    else:
-        cli_evaluate.register(app)
-    try:
-        from xds_control import cli_live  # issue 5: replica, loadgen, demo
-    except ImportError:
-        pass
-    else:
-        cli_live.register(app)
-    try:
-        from xds_control import cli_admin  # issue 6: operator surface
-    except ImportError:
-        pass
-    else:
-        cli_admin.register(app)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"xds_control.{name}").register(app)
 
 
 def main() -> None:

@@ -168,16 +168,16 @@ class AdsServer:
         self._streams: set[_Stream] = set()
 
     # -- registration -------------------------------------------------------------------------
-    def handler(self) -> grpc.GenericRpcHandler:
+    def _handlers(self, service: str, sotw: str, delta: str) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            SERVICE,
+            service,
             {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                sotw: grpc.stream_stream_rpc_method_handler(
                     self._sotw,
                     request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                     response_serializer=_identity,
                 ),
-                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                delta: grpc.stream_stream_rpc_method_handler(
                     self._delta,
                     request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
                     response_serializer=_identity,
@@ -185,24 +185,13 @@ class AdsServer:
             },
         )
 
+    def handler(self) -> grpc.GenericRpcHandler:
+        return self._handlers(SERVICE, "StreamAggregatedResources", "DeltaAggregatedResources")
+
     def eds_handler(self) -> grpc.GenericRpcHandler:
         """The same streams as EndpointDiscoveryService (non-aggregated EDS): what an Istio sidecar patched by
         ``xds-control istio render`` opens (its ADS goes to istiod; only endpoints come from here)."""
-        return grpc.method_handlers_generic_handler(
-            EDS_SERVICE,
-            {
-                "StreamEndpoints": grpc.stream_stream_rpc_method_handler(
-                    self._sotw,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_identity,
-                ),
-                "DeltaEndpoints": grpc.stream_stream_rpc_method_handler(
-                    self._delta,
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=_identity,
-                ),
-            },
-        )
+        return self._handlers(EDS_SERVICE, "StreamEndpoints", "DeltaEndpoints")
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers((self.handler(), self.eds_handler()))
