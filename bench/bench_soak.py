@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xds_control.app import ControlPlane  # noqa: E402
+from xds_control.runtime.app import ControlPlane  # noqa: E402
 from xds_control.config import parse_config, to_traffic_plan  # noqa: E402
 
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.envoy import Envoy  # noqa: E402
 from support.upstream import Upstream  # noqa: E402
 
-from xds_control.envoy_check import envoy_binary  # noqa: E402
+from xds_control.envoy.check import envoy_binary  # noqa: E402
 
 SOV_VENV = ROOT / "bench" / ".sovereign-venv"
 CLUSTER = "llm"

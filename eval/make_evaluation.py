@@ -18,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xds_control import costmodel as cm  # noqa: E402
+from xds_control.fleet import costmodel as cm  # noqa: E402
 from xds_control.sim.policies import POLICY_NAMES  # noqa: E402
 from xds_control.sim.report import ROWS, _fmt, to_json, write_png  # noqa: E402
 from xds_control.sim.runner import evaluate  # noqa: E402
-from xds_control.sim.trace import load_trace  # noqa: E402
+from xds_control.fleet.trace import load_trace  # noqa: E402
 
 TRACES = ("azure2023_code_w0", "azure2023_code_w1", "azure2023_conv_w0", "azure2023_conv_w1")
 SPEEDUPS = (1.0, 4.0)

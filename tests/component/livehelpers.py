@@ -54,12 +54,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 class ReplicaProc:
-    """``python -m xds_control.replica --port 0 ...`` with its bound port read from stdout."""
+    """``python -m xds_control.fleet.replica --port 0 ...`` with its bound port read from stdout."""
 
     def __init__(self, *args: str) -> None:
         self.args = ["--port", "0", "--profile", "tiny", *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xds_control.replica", *self.args],
+            [sys.executable, "-m", "xds_control.fleet.replica", *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=child_env(),

@@ -20,7 +20,7 @@ from fakekube import FakeKube
 from support.ports import free_port
 
 from envoy.config.endpoint.v3 import endpoint_pb2
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
 from xds_control.snapshot import types as T
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fakekube import FakeKube
 
-from xds_control.scalers.base import ReplicaState
-from xds_control.scalers.kubernetes import DELETION_COST, KubePool, KubernetesScaler, NotLeader, make_api_client
+from xds_control.actuators.base import ReplicaState
+from xds_control.actuators.kubernetes import DELETION_COST, KubePool, KubernetesScaler, NotLeader, make_api_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,7 +180,7 @@ async def test_in_cluster_service_account_over_https(tmp_path: Path) -> None:
     """In a pod: KUBERNETES_SERVICE_HOST/PORT, and the mounted token, CA and namespace (here a temp directory)."""
     from fakekube import make_tls
 
-    from xds_control.scalers.kubernetes import default_namespace, in_cluster
+    from xds_control.actuators.kubernetes import default_namespace, in_cluster
 
     ca, crt, key = make_tls(tmp_path)
     sa = tmp_path / "serviceaccount"

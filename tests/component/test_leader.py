@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fakekube import FakeKube
 
-from xds_control.leader import LeaseElector
-from xds_control.scalers.kubernetes import make_api_client
+from xds_control.actuators.leader import LeaseElector
+from xds_control.actuators.kubernetes import make_api_client
 
 pytestmark = pytest.mark.timeout(60)
 

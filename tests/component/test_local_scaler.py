@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from livehelpers import ROOT, child_env
 
-from xds_control.scalers.base import ReplicaFailed, ReplicaOptions, ReplicaState, Scaler
-from xds_control.scalers.local import LocalScaler
+from xds_control.actuators.base import ReplicaFailed, ReplicaOptions, ReplicaState, Scaler
+from xds_control.actuators.local import LocalScaler
 
 FAST = ReplicaOptions(load_delay_s=0.2)
 
@@ -103,8 +103,8 @@ async def test_not_ready_in_time_is_killed_and_failed() -> None:
 PARENT = textwrap.dedent(
     """
     import asyncio, sys
-    from xds_control.scalers.base import ReplicaOptions
-    from xds_control.scalers.local import LocalScaler
+    from xds_control.actuators.base import ReplicaOptions
+    from xds_control.actuators.local import LocalScaler
 
     async def main():
         async with LocalScaler(default_profile="tiny", default_options=ReplicaOptions(load_delay_s=0)) as s:

@@ -16,8 +16,8 @@ import aiohttp
 from livehelpers import ROOT, child_env, http_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from xds_control import costmodel
-from xds_control.replica import REPLICA_HEADER
+from xds_control.fleet import costmodel
+from xds_control.fleet.replica import REPLICA_HEADER
 
 TINY = costmodel.get_profile("tiny")
 
@@ -182,7 +182,7 @@ async def test_small_requests_have_no_nagle_stalls(start_replica) -> None:
 def test_bad_flags_exit_2_naming_option_and_value() -> None:
     for args, needle in ((["--slow-factor", "abc"], "--slow-factor"), (["--fail-rate", "1.5"], "1.5"),
                          (["--profile", "nope"], "nope")):  # fmt: skip
-        p = subprocess.run([sys.executable, "-m", "xds_control.replica", *args], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "xds_control.fleet.replica", *args], capture_output=True, text=True,
                            env=child_env(), cwd=ROOT, timeout=20)  # fmt: skip
         assert p.returncode == 2, p
         assert needle in p.stderr and args[0] in p.stderr, p.stderr
@@ -205,6 +205,6 @@ async def test_client_disconnect_aborts_the_request(start_replica) -> None:
 
 def test_taken_port_exits_1_with_message(start_replica) -> None:
     r = start_replica()
-    p = subprocess.run([sys.executable, "-m", "xds_control.replica", "--port", str(r.port)], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "xds_control.fleet.replica", "--port", str(r.port)], capture_output=True,
                        text=True, env=child_env(), cwd=ROOT, timeout=20)  # fmt: skip
     assert p.returncode == 1 and f"cannot listen on 127.0.0.1:{r.port}" in p.stderr, p.stderr

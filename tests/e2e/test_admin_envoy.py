@@ -142,7 +142,7 @@ def test_envoy_over_mutual_tls_xds(tmp_path) -> None:  # type: ignore[no-untyped
     one without a client certificate gets nothing."""
     from support.admin import make_certs
 
-    from xds_control.bootstrap import render_bootstrap
+    from xds_control.envoy.bootstrap import render_bootstrap
 
     certs = make_certs(tmp_path)
     tls = {"cert": str(certs["server_cert"]), "key": str(certs["server_key"]), "client_ca": str(certs["ca"])}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xds_control.envoy_check import envoy_binary
+from xds_control.envoy.check import envoy_binary
 
 CLI = [sys.executable, "-m", "xds_control.cli"]
 MINIMAL = Path(__file__).resolve().parents[2] / "examples" / "minimal.yaml"
@@ -75,7 +75,7 @@ def test_bootstrap_quotes_ids_envoy_would_read_as_other_types(tmp_path: Path, no
 
 
 def test_bootstrap_sets_the_ads_reconnect_back_off() -> None:
-    from xds_control.bootstrap import render_bootstrap
+    from xds_control.envoy.bootstrap import render_bootstrap
 
     b = render_bootstrap("n1", "127.0.0.1", 18000, reconnect_base_s=0.25, reconnect_max_s=2)
     grpc = b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]

@@ -23,9 +23,9 @@ from support.ports import free_port
 from support.traffic import send
 from support.upstream import Upstream
 
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
-from xds_control.envoy_check import envoy_binary
+from xds_control.envoy.check import envoy_binary
 from xds_control.istio import render_envoyfilters
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]

@@ -19,11 +19,11 @@ from support.istio_schema import validate_envoyfilter
 from support.istio_sidecar import apply_cluster_patches, envoy_validate, istio_sidecar_bootstrap
 from typer.testing import CliRunner
 
-from xds_control.cli import _register, app
+from xds_control.cli.main import _register, app
 from xds_control.config import load_config
 from xds_control.istio import render_envoyfilters
-from xds_control.leader import LeaseElector
-from xds_control.scalers.kubernetes import KubePool, KubernetesScaler, make_api_client
+from xds_control.actuators.leader import LeaseElector
+from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 EXAMPLE = ISTIO / "example-config.yaml"

@@ -25,7 +25,7 @@ from support.ports import free_port
 from support.traffic import Load, send
 from support.upstream import Upstream
 
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import load_config
 
 pytestmark = pytest.mark.envoy

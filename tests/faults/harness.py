@@ -26,8 +26,8 @@ from typing import Any
 
 from support.envoy import Envoy
 
-from xds_control.loadgen import LoadResult, RequestRecord, run_load
-from xds_control.surge import TraceRequest
+from xds_control.fleet.loadgen import LoadResult, RequestRecord, run_load
+from xds_control.fleet.trace import TraceRequest
 
 FULL = os.environ.get("XDS_FAULTS_FULL") == "1"
 FORM = "full" if FULL else "short"
@@ -61,7 +61,7 @@ def steady_trace(rps: float, seconds: float, input_tokens: int = 64, output_toke
 
 @dataclass
 class Background:
-    """Open-loop load (``xds_control.loadgen.run_load``, non-streaming so a reset before the response's
+    """Open-loop load (``xds_control.fleet.loadgen.run_load``, non-streaming so a reset before the response's
     headers can be retried by Envoy) running in a task while a scenario injects its fault."""
 
     port: int

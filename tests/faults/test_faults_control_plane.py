@@ -23,8 +23,8 @@ from support.adsclient import SotwClient, names
 from support.ports import free_port
 
 from envoy.config.endpoint.v3 import endpoint_pb2
-from xds_control.scalers.base import ReplicaOptions, ReplicaState
-from xds_control.scalers.local import LocalScaler
+from xds_control.actuators.base import ReplicaOptions, ReplicaState
+from xds_control.actuators.local import LocalScaler
 from xds_control.snapshot import types as T
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -30,9 +30,9 @@ from support.upstream import Upstream
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.config.core.v3 import base_pb2
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config, to_traffic_plan
-from xds_control.loadgen import percentile
+from xds_control.fleet.loadgen import percentile
 from xds_control.snapshot import types as T
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -27,10 +27,10 @@ from harness import Background, eds_hosts, envoy_running, failures, host_flags, 
 from support.envoy import Envoy
 from support.ports import free_port
 
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
-from xds_control.scalers.base import ReplicaState
-from xds_control.scalers.local import LocalScaler
+from xds_control.actuators.base import ReplicaState
+from xds_control.actuators.local import LocalScaler
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from xds_control.admin.proto import load
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
 
 pb, pb_grpc = load()

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from xds_control.app import ControlPlane
+from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
 
 

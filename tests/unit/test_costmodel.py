@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from xds_control import costmodel as cm
+from xds_control.fleet import costmodel as cm
 
 
 def test_default_profile_numbers():

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from xds_control.core.model import Decision, ServiceSignals, SignalFrame
+from xds_control.config.policy import load_policy_file
 from xds_control.policies import POLICIES, decide, load_policy_spec
 from xds_control.policies.kpa import KpaState
 from xds_control.policies.kpa import decide as kpa_decide
 
-PRESETS = Path(__file__).resolve().parents[2] / "policies"
+PRESETS = Path(__file__).resolve().parents[2] / "xds_control" / "config" / "presets"
 
 
 def signals(now: float, n: int = 6) -> ServiceSignals:
@@ -28,13 +29,13 @@ def signals(now: float, n: int = 6) -> ServiceSignals:
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_preset_file_is_valid(name):
-    spec = load_policy_spec(PRESETS / f"{name}.yaml")
+    spec = load_policy_file(PRESETS / f"{name}.yaml")
     assert spec.policy == name and isinstance(spec, POLICIES[name].spec_cls)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_decide_is_pure_and_deterministic(name):
-    spec = load_policy_spec(PRESETS / f"{name}.yaml")
+    spec = load_policy_file(PRESETS / f"{name}.yaml")
     st = None
     for t in range(0, 120, 2):
         sig = signals(float(t))
@@ -60,7 +61,7 @@ def test_knative_comment_example_msur_1_1_still_grows_by_one_pod():
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_reports_stale_samples(name):
-    spec = load_policy_spec(PRESETS / f"{name}.yaml")
+    spec = load_policy_file(PRESETS / f"{name}.yaml")
     f = SignalFrame.from_arrays(["a:1", "b:1"], gpu_util=0.5, cpu_util=0.5, latency_s=0.1, running=10.0,
                                 rps=5.0, taken_at=[100.0, 0.0])
     d, _ = decide(ServiceSignals("svc", f, 2, request_rate=10.0), None, spec, 100.0)
@@ -87,5 +88,5 @@ def test_spec_errors_are_clear(source, fragment):
     from xds_control.core.errors import SpecError
 
     with pytest.raises(SpecError) as e:
-        load_policy_spec(source)
+        load_policy_file(source)
     assert fragment in str(e.value)

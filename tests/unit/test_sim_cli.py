@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from xds_control import cli_evaluate
-from xds_control.sim.trace import HEADER, surge
+from xds_control.cli import evaluate as cli_evaluate
+from xds_control.fleet.trace import HEADER, surge
 
 TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
 

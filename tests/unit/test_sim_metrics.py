@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xds_control import costmodel as cm
+from xds_control.fleet import costmodel as cm
 from xds_control.sim.controller import Action, FleetInfo, FleetObservation
 from xds_control.sim.engine import SimConfig, simulate
 from xds_control.sim.metrics import compute_metrics, windowed_p99
-from xds_control.sim.trace import HEADER, Trace, TraceError, load_trace, surge, synthetic
+from xds_control.fleet.trace import HEADER, Trace, TraceError, load_trace, surge, synthetic
 
 # work per request = 0.1 s prefill (+ nothing: one output token) -> 10 rps = 1 replica-equivalent
 P = cm.ReplicaProfile(name="m", prefill_s_per_token=0.001, decode_base_s=0.01, decode_per_seq_s=0.0,

@@ -13,7 +13,7 @@ from xds_control.sim import policies as pol
 from xds_control.sim.engine import SimConfig, simulate
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.runner import evaluate
-from xds_control.sim.trace import surge
+from xds_control.fleet.trace import surge
 
 NEEDED = ("threshold", "predictive", "comprehensive")
 

@@ -1,6 +1,6 @@
 """The admin gRPC service (grpc.aio) on its own port: read, act and watch, with auth, health and reflection.
 
-``start_admin(cp)`` mounts :class:`AdminServicer` for a running :class:`~xds_control.app.ControlPlane` on
+``start_admin(cp)`` mounts :class:`AdminServicer` for a running :class:`~xds_control.runtime.app.ControlPlane` on
 ``config.admin.address`` and ``cp.admin_port`` (TLS/mTLS when ``admin.tls`` is set) and returns an
 :class:`AdminServer` (``.port``, ``await .stop()``).
 
@@ -37,7 +37,7 @@ from xds_control.admin.auth import (
 )
 from xds_control.admin.events import EventLog
 from xds_control.admin.proto import load
-from xds_control.admin.tls import add_port
+from xds_control.xds.tls import add_port
 from xds_control.config import to_traffic_plan
 from xds_control.config.policy import _merge, preset_path
 from xds_control.config.schema import ServiceConfig
@@ -47,7 +47,7 @@ from xds_control.policies import POLICIES, load_policy_spec
 from xds_control.snapshot import types as T
 
 if TYPE_CHECKING:
-    from xds_control.app import ControlPlane
+    from xds_control.runtime.app import ControlPlane
 
 pb, pb_grpc = load()
 log = logging.getLogger(__name__)

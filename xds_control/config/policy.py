@@ -1,4 +1,4 @@
-"""Policy presets: ``policies/NAME.yaml`` in the repository, or any YAML file, plus overrides.
+"""Policy presets: ``xds_control/config/presets/NAME.yaml`` (package data), or any YAML file, plus overrides.
 
 Resolved and validated once when the config is loaded; errors name the key, the value
 and the allowed range (they come from :func:`xds_control.policies.load_policy_spec`).
@@ -7,16 +7,17 @@ and the allowed range (they come from :func:`xds_control.policies.load_policy_sp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from xds_control.core.errors import SpecError
-from xds_control.policies import POLICIES, PolicySpec, load_policy_spec
+from xds_control.core.errors import FieldProblem, SpecError
+from xds_control.policies import POLICIES, PolicySpec, load_policy_spec, validate_policy_spec
 
-#: The presets users pick and edit (top-level ``policies/`` of the repository).
-PRESET_DIR = Path(__file__).resolve().parents[2] / "policies"
+#: The presets users pick and copy: package data, so a wheel install ships them.
+PRESET_DIR = Path(str(resources.files("xds_control.config") / "presets"))
 
 
 def preset_path(name: str) -> Path | None:
@@ -61,3 +62,39 @@ def resolve_policy(policy: str, overrides: Mapping[str, Any] | None = None) -> P
         return load_policy_spec(merged)
     except SpecError as e:
         raise ValueError(f"policy {policy!r} ({origin}): {e}") from None
+
+
+def load_policy_file(source: Mapping[str, Any] | str | Path) -> PolicySpec:
+    """Validate a policy spec from a YAML file path, YAML text or a mapping.
+
+    Raises :class:`~xds_control.core.errors.SpecError` naming each bad key, its value and the allowed
+    range; an unreadable file or bad YAML names the file and the line.
+    """
+    origin = "policy spec"
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                    and source.endswith((".yaml", ".yml"))):
+        path = Path(source)
+        origin = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read {origin}", [FieldProblem("<file>", str(path), str(exc))]) from None
+        data: Any = _yaml(text, origin)
+    elif isinstance(source, str):
+        data = _yaml(source, origin)
+    else:
+        data = dict(source)
+    return validate_policy_spec(data, origin)
+
+
+def _yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"invalid YAML in {origin}", [FieldProblem(where, None, problem, show_value=False)]) from None
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

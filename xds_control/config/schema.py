@@ -74,7 +74,7 @@ class ReplicaTemplateConfig(_Strict):
     """How the local scaler starts a replica of an autoscaled pool (the emulated vLLM server)."""
 
     profile: str = "llama3-8b-48gb"
-    """Cost-model profile (see ``xds_control.costmodel.PROFILES``)."""
+    """Cost-model profile (see ``xds_control.fleet.costmodel.PROFILES``)."""
     load_delay_s: Annotated[float, Field(ge=0, le=3600)] | None = None
     """Emulated model-load time before /health is ready; the profile's cold start when unset."""
     slow_factor: Annotated[float, Field(gt=0, le=100)] | None = None
@@ -87,7 +87,7 @@ class ReplicaTemplateConfig(_Strict):
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str) -> str:
-        from xds_control.costmodel import PROFILES
+        from xds_control.fleet.costmodel import PROFILES
 
         if v not in PROFILES:
             raise ValueError(f"unknown replica profile {v!r}; known: {', '.join(sorted(PROFILES))}")
@@ -98,7 +98,7 @@ class AutoscaleConfig(_Strict):
     """Autoscaling of one pool: its endpoints are replicas the controller starts, ramps, drains and stops."""
 
     policy: str = "comprehensive"
-    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``policies/NAME.yaml``) or a YAML file."""
+    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``xds_control/config/presets/NAME.yaml``) or a YAML file."""
     overrides: dict[str, object] = Field(default_factory=dict)
     """Keys merged into the preset (nested mappings are merged key by key), e.g. ``{max_replicas: 8}``."""
     initial_replicas: Annotated[int, Field(ge=0, le=10_000)] | None = None

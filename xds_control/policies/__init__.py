@@ -4,7 +4,7 @@ Public API (what the simulator and the controller call)::
 
     from xds_control.policies import POLICIES, load_policy_spec, decide
 
-    spec = load_policy_spec("policies/comprehensive.yaml")     # or a dict; raises SpecError
+    spec = load_policy_spec({"policy": "comprehensive", ...})  # a mapping; raises SpecError
     state = None                                               # first call
     decision, state = decide(signals, state, spec, now)        # every tick, now = float seconds
 
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from xds_control.core.errors import FieldProblem, SpecError, spec_error_from_pydantic
@@ -41,6 +39,7 @@ __all__ = [
     "PolicySpec",
     "decide",
     "load_policy_spec",
+    "validate_policy_spec",
     "ThresholdSpec",
     "PredictiveSpec",
     "ComprehensiveSpec",
@@ -75,26 +74,18 @@ POLICIES: Mapping[str, PolicyDef] = {
 }
 
 
-def load_policy_spec(source: Mapping[str, Any] | str | Path) -> PolicySpec:
-    """Validate a policy spec from a mapping, a YAML file path, or YAML text.
+def load_policy_spec(data: Mapping[str, Any]) -> PolicySpec:
+    """Validate a policy spec from a mapping (YAML files are read by :mod:`xds_control.config.policy`).
 
     The mapping must have ``policy:`` naming one of :data:`POLICIES`. Raises
     :class:`~xds_control.core.errors.SpecError` whose message names each bad key, its value and the
     allowed range (or the allowed keys, for unknown ones).
     """
-    origin = "policy spec"
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
-        path = Path(source)
-        origin = str(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"cannot read {origin}", [FieldProblem("<file>", str(path), str(exc))]) from None
-        data = _yaml(text, origin)
-    elif isinstance(source, str):
-        data = _yaml(source, origin)
-    else:
-        data = dict(source)
+    return validate_policy_spec(data, "policy spec")
+
+
+def validate_policy_spec(data: Any, origin: str) -> PolicySpec:
+    """:func:`load_policy_spec` with ``origin`` (a file name, say) in the error message."""
     if not isinstance(data, Mapping):
         raise SpecError(f"invalid {origin}", [FieldProblem("<root>", data, "must be a mapping")])
     name = data.get("policy")
@@ -105,19 +96,9 @@ def load_policy_spec(source: Mapping[str, Any] | str | Path) -> PolicySpec:
         )
     cls = POLICIES[name].spec_cls
     try:
-        return cls.model_validate(data)  # type: ignore[return-value]
+        return cls.model_validate(dict(data))  # type: ignore[return-value]  # the union member POLICIES names
     except ValidationError as exc:
         raise spec_error_from_pydantic(f"invalid {origin} ({name})", exc, cls) from None
-
-
-def _yaml(text: str, origin: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<yaml>"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"invalid YAML in {origin}", [FieldProblem(where, None, problem, show_value=False)]) from None
 
 
 def decide(signals: ServiceSignals, state: Any, spec: PolicySpec, now: float) -> tuple[Decision, Any]:

@@ -8,10 +8,10 @@ Modules, in the order data flows:
 * :mod:`.policies` — adapters running ``xds_control.policies.*.decide`` and
   ``xds_control.planning.plan_service`` with simulated time;
 * :mod:`.engine` — the simulator (:func:`~.engine.simulate`); replica costs come from
-  :mod:`xds_control.costmodel`;
+  :mod:`xds_control.fleet.costmodel`;
 * :mod:`.metrics` — the Table 2 metrics of one run (every ``--json`` key is defined there);
 * :mod:`.report` — terminal table, PNG, JSON; :mod:`.runner` — several policies over one trace.
 
-``xds-control evaluate`` (:mod:`xds_control.cli_evaluate`) is the command line; EVALUATION.md has
+``xds-control evaluate`` (:mod:`xds_control.cli.evaluate`) is the command line; EVALUATION.md has
 the results on the tuning windows.
 """

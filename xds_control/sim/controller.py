@@ -135,7 +135,7 @@ def ttft_slo_s(profile: object, input_tokens) -> float:  # type: ignore[no-untyp
     """
     import numpy as np
 
-    from xds_control import costmodel as cm
+    from xds_control.fleet import costmodel as cm
 
     if len(input_tokens) == 0:
         return WAIT_SLO_S

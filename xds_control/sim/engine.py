@@ -1,9 +1,9 @@
 """The discrete-event fleet simulator.
 
-One run replays a :class:`~xds_control.sim.trace.Trace` through a fleet of replicas driven by one
+One run replays a :class:`~xds_control.fleet.trace.Trace` through a fleet of replicas driven by one
 :class:`~xds_control.sim.controller.Controller`. Time is simulated; nothing sleeps.
 
-Replica model (see :mod:`xds_control.costmodel` for the numbers)
+Replica model (see :mod:`xds_control.fleet.costmodel` for the numbers)
 -----------------------------------------------------------------
 * A replica is *starting* for ``cold_start_s``, then *ready*; scaled-down replicas *drain* (no new
   requests, in-flight ones finish) and are then gone; a failed replica is *dead* at once.
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xds_control import costmodel as cm
+from xds_control.fleet import costmodel as cm
 from xds_control.sim.controller import (
     LB_LEAST_REQUEST,
     LB_ROUND_ROBIN,
@@ -66,7 +66,7 @@ from xds_control.sim.controller import (
     FleetObservation,
     ttft_slo_s,
 )
-from xds_control.sim.trace import Trace
+from xds_control.fleet.trace import Trace
 
 __all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S"]
 

@@ -5,7 +5,7 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
 ``trigger_delay_s_mean`` / ``trigger_delay_s_max``
     Per *surge episode*: seconds from the moment the offered load first exceeds the ready capacity
     × the policy's ``target_util`` until the policy's first scale-up action. Offered load at a
-    sample is the cost-model work (:func:`xds_control.costmodel.request_work_s`) of the requests
+    sample is the cost-model work (:func:`xds_control.fleet.costmodel.request_work_s`) of the requests
     that arrived in the preceding ``LOAD_WINDOW_S`` seconds, per second, in replica-equivalents.
     An episode is a run of samples above that line; runs closer than ``LOAD_WINDOW_S`` are merged
     and episodes shorter than ``MIN_EPISODE_S`` are ignored. A scale-up made up to one cold start
@@ -27,7 +27,7 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
 ``overload_time_frac``
     Fraction of ``LOAD_WINDOW_S`` windows of the run in which some arriving request was lost or
     their p99 *wait* exceeded the wait SLO (``wait_slo_ms``, 1 s). A request's wait is its TTFT
-    minus its own prefill time (:func:`xds_control.costmodel.prefill_time_s`): the time it spent
+    minus its own prefill time (:func:`xds_control.fleet.costmodel.prefill_time_s`): the time it spent
     queued or stalled behind other prompts. (TTFT itself is not a usable SLO on traces whose
     prompts alone take more than a second to prefill.)
 ``hotspot_ratio_p99``
@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from xds_control import costmodel as cm
+from xds_control.fleet import costmodel as cm
 from xds_control.sim.controller import WAIT_SLO_S
 from xds_control.sim.engine import STATUS, SimResult
 

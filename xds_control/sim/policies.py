@@ -155,7 +155,7 @@ def default_spec(name: str, info: FleetInfo) -> Any:
         # (censored demand), so forecasting on L under-provisions every surge (seen on w0/w1).
         # rps_per_replica is what an operator's benchmark of the traffic mix gives: the cost
         # model's capacity at the trace's mean token counts.
-        from xds_control import costmodel as cm
+        from xds_control.fleet import costmodel as cm
 
         overrides["demand_signal"] = "rps"
         overrides["rps_per_replica"] = cm.capacity_rps(p, info.mean_input_tokens, info.mean_output_tokens)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from xds_control import costmodel as cm
+from xds_control.fleet import costmodel as cm
 from xds_control.sim.engine import SimConfig, SimResult, simulate
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
-from xds_control.sim.trace import Trace
+from xds_control.fleet.trace import Trace
 
 __all__ = ["Evaluation", "evaluate"]
 

