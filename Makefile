@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(BIN)/lint-imports
+	$(BIN)/ruff check xds_control tests bench eval
+	$(BIN)/mypy
 
 test: venv lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -39,6 +41,7 @@ bench: venv
 	$(BIN)/python bench/bench_envoy_push.py
 	$(BIN)/python bench/bench_decide.py
 	$(BIN)/python bench/bench_sim.py
+	$(BIN)/python bench/bench_config_reload.py --compare
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks build *.egg-info

@@ -150,7 +150,8 @@ def main() -> int:
     else:
         print(f"decide + plan_service, {args.n} endpoints, {args.repeat} ticks per policy")
         for name, r in results.items():
-            print(f"  {name:14s} median {r['median_ms']:6.2f} ms   p99 {r['p99_ms']:6.2f} ms   min {r['min_ms']:6.2f} ms")
+            print(f"  {name:14s} median {r['median_ms']:6.2f} ms   p99 {r['p99_ms']:6.2f} ms   "
+                  f"min {r['min_ms']:6.2f} ms")
         print(f"  SignalFrame.from_samples ({args.n} EndpointSample): {extras['from_samples_ms']:.1f} ms")
         print(f"  apply_to_pool, all endpoints new: {extras['apply_to_pool_new_ms']:.1f} ms; "
               f"unchanged weights: {extras['apply_to_pool_unchanged_ms']:.1f} ms")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.envoy import Envoy  # noqa: E402
 from support.ports import free_port  # noqa: E402
 
-from xds_control.runtime.app import ControlPlane  # noqa: E402
 from xds_control.config import parse_config, to_traffic_plan  # noqa: E402
+from xds_control.runtime.app import ControlPlane  # noqa: E402
 
 
 def config(n: int, port: int) -> dict:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakekube import FakeKube  # noqa: E402
 
-from xds_control.actuators.leader import LeaseElector  # noqa: E402
 from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client  # noqa: E402
+from xds_control.actuators.leader import LeaseElector  # noqa: E402
 
 TIMINGS = {"lease_duration_s": 2.0, "renew_deadline_s": 1.5, "retry_period_s": 0.2}
 

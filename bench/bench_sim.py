@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xds_control.fleet.trace import load_trace  # noqa: E402
 from xds_control.sim.engine import SimConfig, simulate  # noqa: E402
 from xds_control.sim.metrics import compute_metrics  # noqa: E402
 from xds_control.sim.policies import POLICY_NAMES, available_policies, make_controller  # noqa: E402
-from xds_control.fleet.trace import load_trace  # noqa: E402
 
 DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "azure2023_code_full.csv"
 

@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xds_control.runtime.app import ControlPlane  # noqa: E402
 from xds_control.config import parse_config, to_traffic_plan  # noqa: E402
+from xds_control.runtime.app import ControlPlane  # noqa: E402
 
 
 def rss_kb() -> int:
@@ -169,7 +169,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         ys = [s["rss_kb"] for s in samples]
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         den = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
     per_proxy = ("tasks", "fds", "proxies", "ack_waiters", "streams", "subscribers")
     checks = {
         "rss_growth_le_10pct": growth <= 10.0,

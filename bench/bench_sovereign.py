@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,11 +134,14 @@ def series(name: str, cp_pid: int, admin_port: int, key: str, change: Any, chang
 def xds_config(port: int, ups: list[Upstream], w0: int, debounce_ms: int = 100) -> dict[str, Any]:
     return {"listeners": [{"name": "ingress", "port": port}],
             "services": [{"name": "llm", "pools": [{"name": CLUSTER, "endpoints": [
-                {"address": "127.0.0.1", "port": u.port, "weight": w0 if i == 0 else 10} for i, u in enumerate(ups)]}]}],
+                {"address": "127.0.0.1", "port": u.port, "weight": w0 if i == 0 else 10}
+                for i, u in enumerate(ups)]}]}],
             "xds": {"debounce_ms": debounce_ms, "max_delay_ms": 1000}}
 
 
-def run_xds_control(tmp: Path, ups: list[Upstream], a: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_xds_control(
+    tmp: Path, ups: list[Upstream], a: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from xds_control.admin.proto import load
 
     pb, pb_grpc = load()
@@ -293,7 +295,8 @@ def run_sovereign(tmp: Path, ups: list[Upstream], a: argparse.Namespace,
         "source_config": {"refresh_rate": 1},
         "matching": {"enabled": False},
         "templates": {"default": [
-            {"type": "clusters", "spec": {"protocol": "python", "serialization": "raw", "path": str(d / "clusters.py")}},
+            {"type": "clusters",
+             "spec": {"protocol": "python", "serialization": "raw", "path": str(d / "clusters.py")}},
             {"type": "endpoints", "spec": {"protocol": "python", "serialization": "raw",
                                            "path": str(d / "endpoints.py")}}]},
         "logging": {"access_logs": {"enabled": False}},
@@ -337,12 +340,12 @@ def run_sovereign(tmp: Path, ups: list[Upstream], a: argparse.Namespace,
         admin_port = int(addr.read_text().strip().rsplit(":", 1)[1])
         key = f"127.0.0.1:{ups[0].port}"
         wait_weight(admin_port, key, 10, timeout=60)
-        rows = [series(f"sovereign (file source, Envoy REST refresh {refresh})", proc.pid, admin_port, key, write_instances, a.changes, a.spacing_s,
-                       100)]
+        rows = [series(f"sovereign (file source, Envoy REST refresh {refresh})", proc.pid, admin_port, key,
+                       write_instances, a.changes, a.spacing_s, 100)]
         idle_cpu0 = tree_cpu_s(proc.pid)
         time.sleep(a.idle_s)
-        return rows, {"control_plane": f"sovereign (REST refresh {refresh})", "idle_cpu_pct": round(100 * (tree_cpu_s(proc.pid) - idle_cpu0)
-                                                                          / a.idle_s, 2)}
+        idle_cpu_pct = round(100 * (tree_cpu_s(proc.pid) - idle_cpu0) / a.idle_s, 2)
+        return rows, {"control_plane": f"sovereign (REST refresh {refresh})", "idle_cpu_pct": idle_cpu_pct}
     finally:
         if envoy_proc is not None:
             envoy_proc.terminate()

@@ -11,7 +11,6 @@ tables that EVALUATION.md carries. It is the same code path as ``xds-control eva
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xds_control.fleet import costmodel as cm  # noqa: E402
+from xds_control.fleet.trace import load_trace  # noqa: E402
 from xds_control.sim.policies import POLICY_NAMES  # noqa: E402
 from xds_control.sim.report import ROWS, _fmt, to_json, write_png  # noqa: E402
 from xds_control.sim.runner import evaluate  # noqa: E402
-from xds_control.fleet.trace import load_trace  # noqa: E402
 
 TRACES = ("azure2023_code_w0", "azure2023_code_w1", "azure2023_conv_w0", "azure2023_conv_w1")
 SPEEDUPS = (1.0, 4.0)

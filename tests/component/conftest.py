@@ -6,9 +6,10 @@ then SIGKILL), and reaped. Helpers live in ``livehelpers.py``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+
 from livehelpers import PROMETHEUS, PrometheusProc, ReplicaProc
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from support.admin import Served, md, pb, token_config
 from support.cp import config_dict
 
@@ -159,7 +160,8 @@ def test_weight_override_drain_and_events(served) -> None:
                             metadata=md("a-operator"))
     assert r.event_seq > before
     served.call(_wait_plan(served, lambda e: e.get(A1) == (40, "HEALTHY")))
-    ep = {e.address: e for e in s.ListEndpoints(pb.ListEndpointsRequest(service="llm"), metadata=md("a-viewer")).endpoints}
+    listed = s.ListEndpoints(pb.ListEndpointsRequest(service="llm"), metadata=md("a-viewer"))
+    ep = {e.address: e for e in listed.endpoints}
     assert ep[A1].weight == 40 and ep[A1].weight_override == 40
     s.DrainEndpoint(pb.EndpointRef(service="llm", endpoint=A1), metadata=md("a-operator"))
     served.call(_wait_plan(served, lambda e: e.get(A1) == (1, "DRAINING")))
@@ -265,7 +267,9 @@ def _requests(draw):  # type: ignore[no-untyped-def]
                                  "endpoints", "plan", "dump", "decisions", "watch"]))
     svc, ep, pool, text = draw(_text), draw(_text), draw(_text), draw(_text)
     if kind == "weight":
-        return "SetWeightOverride", pb.SetWeightOverrideRequest(service=svc, endpoint=ep, weight=draw(_u32), reason=text)
+        return "SetWeightOverride", pb.SetWeightOverrideRequest(
+            service=svc, endpoint=ep, weight=draw(_u32), reason=text
+        )
     if kind in ("clear", "drain", "undrain"):
         m = {"clear": "ClearWeightOverride", "drain": "DrainEndpoint", "undrain": "UndrainEndpoint"}[kind]
         return m, pb.EndpointRef(service=svc, endpoint=ep, reason=text)

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from support.admin import Served, md, pb, token_config
 from support.ports import free_port
 

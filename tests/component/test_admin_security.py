@@ -17,6 +17,7 @@ import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from support.admin import ROOT, TOKENS, Served, cli, make_certs, md, pb, pb_grpc, token_config
 from support.cp import config_dict
 
@@ -129,7 +130,9 @@ def test_admin_stubs_generated_on_a_clean_tree(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tree), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:2] == [str(tree / "xds_control" / "__init__.py"), "xds_control.admin.v1.Status AdminStub"]
+    assert r.stdout.split("\n")[:2] == [
+        str(tree / "xds_control" / "__init__.py"), "xds_control.admin.v1.Status AdminStub"
+    ]
     assert {"admin_pb2.py", "admin_pb2_grpc.py"} <= {x.name for x in gen.iterdir()}
     # a package directory we cannot write (an installed wheel): generated into the user's cache instead.
     # (Tests may run as root, for whom a read-only mode bit means nothing: a directory where the module

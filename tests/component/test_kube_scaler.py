@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from fakekube import FakeKube
 
 from xds_control.actuators.base import ReplicaState

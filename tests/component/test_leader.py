@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fakekube import FakeKube
 
-from xds_control.actuators.leader import LeaseElector
 from xds_control.actuators.kubernetes import make_api_client
+from xds_control.actuators.leader import LeaseElector
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 
 from xds_control.cli import live as cli_live
 from xds_control.fleet.loadgen import endpoint_url, percentile, run_load, summarize
-from xds_control.fleet.trace import SurgeShape, TraceError, TraceRequest, generate_surge, rate_at, read_trace, write_trace
+from xds_control.fleet.trace import (
+    SurgeShape,
+    TraceError,
+    TraceRequest,
+    generate_surge,
+    rate_at,
+    read_trace,
+    write_trace,
+)
 
 
 def even_trace(n: int, every_s: float, n_in: int = 10, n_out: int = 20) -> list[TraceRequest]:

@@ -17,6 +17,7 @@ import time
 
 import aiohttp
 import pytest
+
 from livehelpers import ROOT, child_env
 
 from xds_control.actuators.base import ReplicaFailed, ReplicaOptions, ReplicaState, Scaler
@@ -52,9 +53,9 @@ async def test_start_ready_serve_stop() -> None:
         assert ra.state == rb.state == ReplicaState.READY
         assert ra.ready_at is not None and ra.ready_at - ra.started_at >= 0.2
         assert {i.id for i in s.list()} == {a.id, b.id}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(ra.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}) as r:
-                assert r.status == 200 and r.headers["x-xds-replica"] == a.id
+        async with aiohttp.ClientSession() as http, \
+                http.post(ra.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}) as r:
+            assert r.status == 200 and r.headers["x-xds-replica"] == a.id
         t = time.monotonic()
         await s.stop_replica(a.id)
         assert time.monotonic() - t < 3.0  # graceful SIGTERM, no SIGKILL wait

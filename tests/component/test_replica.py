@@ -13,8 +13,9 @@ import sys
 import time
 
 import aiohttp
-from livehelpers import ROOT, child_env, http_status
 from prometheus_client.parser import text_string_to_metric_families
+
+from livehelpers import ROOT, child_env, http_status
 
 from xds_control.fleet import costmodel
 from xds_control.fleet.replica import REPLICA_HEADER
@@ -24,7 +25,8 @@ TINY = costmodel.get_profile("tiny")
 
 async def complete(session: aiohttp.ClientSession, url: str, n_in: int, n_out: int, **extra) -> tuple[int, float, dict]:
     t = time.monotonic()
-    async with session.post(url + "/v1/completions", json={"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, **extra}) as r:
+    body_in = {"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, **extra}
+    async with session.post(url + "/v1/completions", json=body_in) as r:
         body = await r.json()
         return r.status, time.monotonic() - t, body
 
@@ -71,7 +73,8 @@ async def test_lone_request_latency_matches_cost_model(start_replica) -> None:
         t = time.monotonic()
         first = None
         chunks = 0
-        async with s.post(r.url + "/v1/completions", json={"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, "stream": True}) as resp:
+        req = {"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out, "stream": True}
+        async with s.post(r.url + "/v1/completions", json=req) as resp:
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             async for line in resp.content:
                 if line.startswith(b"data: ") and first is None:
@@ -159,7 +162,8 @@ async def test_fail_rate_gives_500s(start_replica) -> None:
 async def test_chat_completions_and_replica_header(start_replica) -> None:
     r = start_replica("--name", "rep-a")
     async with aiohttp.ClientSession() as s:
-        async with s.post(r.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 3}) as resp:
+        req = {"messages": [{"role": "user", "content": "hello " * 40}], "max_tokens": 3}
+        async with s.post(r.url + "/v1/chat/completions", json=req) as resp:
             body = await resp.json()
             assert resp.status == 200 and resp.headers[REPLICA_HEADER] == "rep-a"
         assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 3

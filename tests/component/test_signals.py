@@ -14,6 +14,7 @@ import time
 
 import aiohttp
 import numpy as np
+
 from livehelpers import free_port
 
 from xds_control.core.model import SignalFrame
@@ -28,7 +29,7 @@ class Drive:
     def __init__(self, url: str, n: int, n_in: int = 20, n_out: int = 30) -> None:
         self.url, self.n, self.body = url, n, {"prompt": "x", "xds_input_tokens": n_in, "max_tokens": n_out}
 
-    async def __aenter__(self) -> "Drive":
+    async def __aenter__(self) -> Drive:
         self.session = aiohttp.ClientSession()
         self.tasks = [asyncio.create_task(self._one()) for _ in range(self.n)]
         return self
@@ -105,7 +106,7 @@ async def test_prometheus_source_real_server(start_replica, start_prometheus) ->
     src = PrometheusSource(prom.url, window="5s", max_age_s=5.0)
     assert isinstance(src, SignalSource)
     try:
-        waited = await asyncio.to_thread(prom.wait_first_sample, "count(vllm:num_requests_running) == 2", 20.0)
+        await asyncio.to_thread(prom.wait_first_sample, "count(vllm:num_requests_running) == 2", 20.0)
         t0 = time.monotonic()
         while True:  # wait for a scrape that saw replica a busy
             rep = await src.read([a.key, b.key, unscraped], now=1000.0)

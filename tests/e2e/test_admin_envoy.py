@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from support.admin import ROOT, TOKENS, Served, cli, token_config
 from support.envoy import Envoy
 from support.ports import free_port

@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fakekube import FakeKube
 from support.istio_sidecar import apply_cluster_patches, istio_sidecar_bootstrap
 from support.ports import free_port
 from support.traffic import send
 from support.upstream import Upstream
 
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
 from xds_control.envoy.check import envoy_binary
 from xds_control.istio import render_envoyfilters
+from xds_control.runtime.app import ControlPlane
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(120)]
 

@@ -14,16 +14,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from fakekube import FakeKube
 from support.istio_schema import validate_envoyfilter
 from support.istio_sidecar import apply_cluster_patches, envoy_validate, istio_sidecar_bootstrap
-from typer.testing import CliRunner
 
+from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client
+from xds_control.actuators.leader import LeaseElector
 from xds_control.cli.main import _register, app
 from xds_control.config import load_config
 from xds_control.istio import render_envoyfilters
-from xds_control.actuators.leader import LeaseElector
-from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client
 
 ISTIO = Path(__file__).resolve().parents[2] / "istio"
 EXAMPLE = ISTIO / "example-config.yaml"

@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.envoy import Envoy
 from support.ports import free_port
 from support.prometheus import PROMETHEUS, FileSdPrometheus
 
-from xds_control.runtime.app import ControlPlane
-from xds_control.config import parse_config
-from xds_control.runtime.demo import DemoRun, demo_surge, run_demo
-from xds_control.fleet.loadgen import run_load
 from xds_control.actuators.base import ReplicaOptions
 from xds_control.actuators.local import LocalScaler
+from xds_control.config import parse_config
+from xds_control.fleet.loadgen import run_load
 from xds_control.fleet.trace import SurgeShape, generate_surge
+from xds_control.runtime.app import ControlPlane
+from xds_control.runtime.demo import DemoRun, demo_surge, run_demo
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 

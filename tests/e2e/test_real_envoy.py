@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support.envoy import Envoy
 from support.ports import free_port
 from support.traffic import Load, send
 from support.upstream import Upstream
 
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import load_config
+from xds_control.runtime.app import ControlPlane
 
 pytestmark = pytest.mark.envoy
 
@@ -206,7 +207,7 @@ async def test_cluster_change_rewarms_without_stall_or_failures(tmp_path: Path, 
                 cfg["services"][0]["pools"][1]["lb_policy"] = ["least_request", "random", "round_robin"][step]
                 v = cp.cache.snapshot.version
                 cfg_path.write_text(yaml.safe_dump(cfg))
-                await wait_until(lambda: cp.cache.snapshot.version > v, 3, "the reload")
+                await wait_until(lambda v=v: cp.cache.snapshot.version > v, 3, "the reload")
                 # Well under Envoy's 15 s warming timeout: the assignments were re-sent with the clusters.
                 res = await cp.tracker.wait_acked(cp.cache.snapshot.version, timeout=5)
                 assert res.ok, (res, cp.tracker.syncz())

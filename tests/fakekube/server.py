@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -61,7 +61,7 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def parse_selector(text: str) -> Callable[[dict[str, str]], bool]:
             k, v = (s.strip() for s in part.replace("==", "=").split("=", 1))
             reqs.append(lambda l, k=k, v=v: l.get(k) == v)
         elif part.startswith("!"):
-            reqs.append(lambda l, k=part[1:].strip(): k not in l)
+            k = part[1:].strip()
+            reqs.append(lambda l, k=k: k not in l)
         else:
             reqs.append(lambda l, k=part: k in l)
     return lambda labels: all(r(labels) for r in reqs)
@@ -196,7 +197,7 @@ class FakeKube:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    def start(self) -> "FakeKube":
+    def start(self) -> FakeKube:
         kube = self
 
         class Handler(_Handler):
@@ -239,7 +240,7 @@ class FakeKube:
         while self.open_watches and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def __enter__(self) -> "FakeKube":
+    def __enter__(self) -> FakeKube:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -698,7 +699,7 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fakekube-ca")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

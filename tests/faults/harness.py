@@ -71,7 +71,7 @@ class Background:
     task: asyncio.Task[LoadResult] | None = None
     records: list[RequestRecord] = field(default_factory=list)
 
-    def start(self) -> "Background":
+    def start(self) -> Background:
         self.t0 = time.monotonic()
         self.task = asyncio.get_running_loop().create_task(
             run_load(f"http://127.0.0.1:{self.port}", steady_trace(self.rps, self.seconds), stream=False,
@@ -213,7 +213,7 @@ class EdsWatch:
                 self.samples.append((time.monotonic(), eds_hosts(self.envoy, self.cluster)))
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "EdsWatch":
+    def __enter__(self) -> EdsWatch:
         self._thread.start()
         return self
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.config.endpoint.v3 import endpoint_pb2
+
 from harness import Background, EdsWatch, Serve, envoy_running, failures, loss_pct, pick, record, until
 from support.adsclient import SotwClient, names
 from support.ports import free_port
 
-from envoy.config.endpoint.v3 import endpoint_pb2
 from xds_control.actuators.base import ReplicaOptions, ReplicaState
 from xds_control.actuators.local import LocalScaler
 from xds_control.snapshot import types as T

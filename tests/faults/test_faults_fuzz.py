@@ -22,6 +22,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from harness import pick
 
 from xds_control.config import parse_config, to_traffic_plan
@@ -183,10 +184,10 @@ def test_extreme_sane_samples_never_break_decide_plan_or_snapshot(rows: list[tup
 
     spec = resolve_policy(policy, {"min_replicas": 1, "max_replicas": 10})
     keys = [f"127.0.0.1:{20000 + i}" for i in range(len(rows))]
-    ready = {k: r[5] for k, r in zip(keys, rows)}
+    ready = {k: r[5] for k, r in zip(keys, rows, strict=True)}
     samples = {k: EndpointSample(gpu_util=r[0], cpu_util=r[1], latency_s=r[2], running=r[3], waiting=r[4],
                                  kv_cache=None if r[0] is None else min(r[0], 1.0), taken_at=0.0)
-               for k, r in zip(keys, rows)}
+               for k, r in zip(keys, rows, strict=True)}
     frame = SignalFrame.from_samples(samples, ready=ready, locality={k: Locality(zone="z").key for k in keys})
     signals = ServiceSignals("llm", frame, current_replicas=len(keys), pending_replicas=0)
     cfg = copy.deepcopy(BASE)

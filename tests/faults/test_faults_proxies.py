@@ -22,17 +22,18 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
 from harness import Background, envoy_running, failures, loss_pct, pick, record, until
 from support.adsclient import SotwClient, names
 from support.envoy import Envoy
 from support.ports import free_port
 from support.upstream import Upstream
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from envoy.config.core.v3 import base_pb2
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config, to_traffic_plan
 from xds_control.fleet.loadgen import percentile
+from xds_control.runtime.app import ControlPlane
 from xds_control.snapshot import types as T
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -85,7 +86,7 @@ class Nacker:
         self.good: dict[str, str] = {}
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self) -> "Nacker":
+    async def start(self) -> Nacker:
         await self.client.start()
         self.client.request(T.CLUSTER)
         self.client.request(T.ENDPOINT, ["llm"])
@@ -130,7 +131,7 @@ async def test_one_proxy_nacks_every_push(upstreams, mode: str) -> None:  # type
                 res = await cp.tracker.wait_acked(snap.version, nodes=[ENVOY], timeout=5)
                 assert res.ok, res
                 converge.append(time.monotonic() - t0)
-                t_err = await until(lambda: any(r.node == "faults-nacker" and r.version == snap.version
+                t_err = await until(lambda snap=snap: any(r.node == "faults-nacker" and r.version == snap.version
                                                 for r in cp.publisher.rejections), 2, "the NACK recorded")
                 visible.append(t_err - t0)
                 await asyncio.sleep(0.1)
@@ -156,7 +157,8 @@ async def test_one_proxy_nacks_every_push(upstreams, mode: str) -> None:  # type
     eds = nack_px["types"]["EDS"]
     assert eds["state"] == "ERROR" and "incompatible proxy" in eds["error"], eds
     assert eds["acked"] == (first_version if accept else None), eds  # its last good version
-    assert envoy_px["types"]["EDS"]["state"] == "SYNCED" and envoy_px["types"]["EDS"]["acked"] == cp.cache.snapshot.version
+    eds = envoy_px["types"]["EDS"]
+    assert eds["state"] == "SYNCED" and eds["acked"] == cp.cache.snapshot.version
 
 
 async def slow_reader(xds_port: int, i: int) -> tuple[grpc.aio.Channel, Any]:

@@ -23,14 +23,15 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
+
 from harness import Background, eds_hosts, envoy_running, failures, host_flags, loss_pct, pick, record, until
 from support.envoy import Envoy
 from support.ports import free_port
 
-from xds_control.runtime.app import ControlPlane
-from xds_control.config import parse_config
 from xds_control.actuators.base import ReplicaState
 from xds_control.actuators.local import LocalScaler
+from xds_control.config import parse_config
+from xds_control.runtime.app import ControlPlane
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -83,7 +84,7 @@ class FlagWatch:
                 self.samples.append((time.monotonic(), host_flags(self.envoy, "llm")))
             self._stop.wait(0.02)
 
-    def __enter__(self) -> "FlagWatch":
+    def __enter__(self) -> FlagWatch:
         self._t.start()
         return self
 
@@ -119,7 +120,8 @@ async def kill_and_recover(victims: int, replicas: int, rps: float, seconds: flo
 
             def back() -> bool:
                 hosts = eds_hosts(envoy, "llm")
-                return len(hosts) == replicas and len(set(hosts) - old) >= victims and all(w > 0 for w in hosts.values())
+                return (len(hosts) == replicas and len(set(hosts) - old) >= victims
+                        and all(w > 0 for w in hosts.values()))
 
             t_back = await until(back, 30, "replacements in Envoy's EDS with weight")
             res = await load.result()

@@ -15,15 +15,15 @@ from typing import Any
 
 import grpc
 import pytest
+
 from harness import Background, envoy_running, failures, loss_pct, pick, record, until
 from support.ports import free_port
-
 from support.prometheus import PROMETHEUS, FileSdPrometheus
 
-from xds_control.admin.proto import load as load_admin
-from xds_control.runtime.app import ControlPlane
-from xds_control.config import parse_config
 from xds_control.actuators.local import LocalScaler
+from xds_control.admin.proto import load as load_admin
+from xds_control.config import parse_config
+from xds_control.runtime.app import ControlPlane
 from xds_control.signals.prometheus import PrometheusSource
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(300),

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 
 from xds_control.admin.proto import load
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
+from xds_control.runtime.app import ControlPlane
 
 pb, pb_grpc = load()
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ class Served:
         finally:
             self._halt()
 
-    def __enter__(self) -> "Served":
+    def __enter__(self) -> Served:
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -118,7 +118,7 @@ def make_certs(directory: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])

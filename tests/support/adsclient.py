@@ -62,7 +62,7 @@ class _Client:
 
 
 class SotwClient(_Client):
-    async def start(self) -> "SotwClient":
+    async def start(self) -> SotwClient:
         self.call = self.stub.StreamAggregatedResources(self._requests())
         self._start_pump()
         return self
@@ -86,7 +86,7 @@ class SotwClient(_Client):
 
 
 class DeltaClient(_Client):
-    async def start(self) -> "DeltaClient":
+    async def start(self) -> DeltaClient:
         self.call = self.stub.DeltaAggregatedResources(self._requests())
         self._start_pump()
         return self

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
+from xds_control.runtime.app import ControlPlane
 
 
 def config_dict(pools: dict[str, list[int]] | None = None, weights: dict[str, int] | None = None,

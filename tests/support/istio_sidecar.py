@@ -19,11 +19,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401 - Any types used below
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+
 from xds_control.envoy.check import envoy_binary
 from xds_control.istio import outbound_cluster_name
 

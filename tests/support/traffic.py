@@ -60,7 +60,7 @@ class Load:
             time.sleep(0.001)
         conn.close()
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self

@@ -17,7 +17,7 @@ class Upstream:
     hits: int = 0
     _server: http.server.ThreadingHTTPServer | None = field(default=None, repr=False)
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         up = self
 
         class Handler(http.server.BaseHTTPRequestHandler):

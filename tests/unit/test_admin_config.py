@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from xds_control.admin.auth import Authenticator, admin_bind_problem
-from xds_control.control.operator import OperatorState
 from xds_control.config import parse_config, to_traffic_plan
+from xds_control.control.operator import OperatorState
 from xds_control.core.errors import ConfigError
 from xds_control.core.traffic import HealthStatus
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from xds_control.core.model import Decision, EndpointPhase as P, ServiceSignals, SignalFrame
+from xds_control.core.model import Decision, ServiceSignals, SignalFrame
+from xds_control.core.model import EndpointPhase as P
 from xds_control.core.traffic import EndpointPlan, HealthStatus, Locality, PoolPlan
 from xds_control.loadindex import LoadIndexSpec, compute_load
 from xds_control.planning import (
@@ -238,7 +239,7 @@ def test_scale_down_drains_first_and_removes_only_after_ack_and_idle():
     tspec = TrafficSpec()
     s = fleet(5, 0.0, running=[4.0, 0.0, 2.0, 5.0, 3.0])
     r = plan_service(decision(s, 3, 0.0), s, None, tspec, 0.0, acked_through=None)
-    draining = [k for k, p in zip(r.keys, r.phase) if p == P.DRAINING]
+    draining = [k for k, p in zip(r.keys, r.phase, strict=True) if p == P.DRAINING]
     assert draining == ["10.0.0.1:8000", "10.0.0.2:8000"]  # fewest in flight
     assert r.scaler_replicas == 5 and r.removable == ()
     assert r.weight[1] == 0 and r.weight[2] == 0 and r.weight[0] == 100

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xds_control.core.model import Decision, ServiceSignals, SignalFrame
 from xds_control.config.policy import load_policy_file
+from xds_control.core.model import Decision, ServiceSignals, SignalFrame
 from xds_control.policies import POLICIES, decide, load_policy_spec
 from xds_control.policies.kpa import KpaState
 from xds_control.policies.kpa import decide as kpa_decide

@@ -12,7 +12,7 @@ from xds_control.policies.kpa import KpaSpec, KpaState, decide, window_average
 
 
 def spec(**over) -> KpaSpec:
-    return load_policy_spec({"policy": "kpa", "min_replicas": 1, "max_replicas": 10_000, **over})  # type: ignore
+    return load_policy_spec({"policy": "kpa", "min_replicas": 1, "max_replicas": 10_000, **over})  # type: ignore[return-value]  # a KpaSpec: policy is "kpa"
 
 
 def sig(ready: int, per_pod: float, now: float, current: int | None = None) -> ServiceSignals:

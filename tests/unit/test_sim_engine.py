@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import Trace, synthetic
 from xds_control.sim.controller import Action, FixedController, FleetInfo, FleetObservation
 from xds_control.sim.engine import STATUS, SimConfig, simulate
 from xds_control.sim.metrics import compute_metrics
-from xds_control.fleet.trace import Trace, synthetic
 
 OK, REJ, TMO, FAIL = STATUS["ok"], STATUS["rejected"], STATUS["timeout"], STATUS["failed"]
 

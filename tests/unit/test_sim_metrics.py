@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import HEADER, Trace, TraceError, load_trace, surge, synthetic
 from xds_control.sim.controller import Action, FleetInfo, FleetObservation
 from xds_control.sim.engine import SimConfig, simulate
 from xds_control.sim.metrics import compute_metrics, windowed_p99
-from xds_control.fleet.trace import HEADER, Trace, TraceError, load_trace, surge, synthetic
 
 # work per request = 0.1 s prefill (+ nothing: one output token) -> 10 rps = 1 replica-equivalent
 P = cm.ReplicaProfile(name="m", prefill_s_per_token=0.001, decode_base_s=0.01, decode_per_seq_s=0.0,
@@ -76,7 +76,8 @@ def test_trigger_delay_censored_and_never():
 
 def test_actions_per_minute_and_replicas_max():
     tr = step_trace(2.0, 2.0, 100.0, 200.0)
-    m = compute_metrics(simulate(tr, At(1, {10.0: 2, 30.0: 3, 65.0: 4, 71.0: 2, 150.0: 1}), SimConfig(profile=P, warmup_s=0)))
+    ctl = At(1, {10.0: 2, 30.0: 3, 65.0: 4, 71.0: 2, 150.0: 1})
+    m = compute_metrics(simulate(tr, ctl, SimConfig(profile=P, warmup_s=0)))
     assert m["scaling_actions_per_min_max"] == 3  # 30, 65, 71 (or 10, 30, 65)
     assert m["replicas_max"] == 4
     assert m["recovery_s"] is None

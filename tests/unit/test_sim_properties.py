@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import Trace
 from xds_control.sim.controller import Action, FleetInfo, FleetObservation
 from xds_control.sim.engine import STATUS, SimConfig, simulate
-from xds_control.fleet.trace import Trace
 
 P = cm.ReplicaProfile(
     name="prop", prefill_s_per_token=0.002, decode_base_s=0.02, decode_per_seq_s=0.005, max_batch=4,

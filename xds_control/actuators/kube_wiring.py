@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from xds_control.actuators.leader import LeaseElector
 from xds_control.actuators.kubernetes import KubernetesScaler
+from xds_control.actuators.leader import LeaseElector
 
 log = logging.getLogger(__name__)
 

@@ -174,7 +174,7 @@ class KubernetesScaler:
         self._closed = False
 
     @classmethod
-    def from_config(cls, kcfg: Any, is_leader: Callable[[], bool] = lambda: True) -> "KubernetesScaler":
+    def from_config(cls, kcfg: Any, is_leader: Callable[[], bool] = lambda: True) -> KubernetesScaler:
         """Build from a :class:`xds_control.config.kubernetes.KubernetesConfig`."""
         client = make_api_client(kcfg.kubeconfig, kcfg.context)
         ns = kcfg.namespace or default_namespace(kcfg.kubeconfig, kcfg.context)
@@ -210,7 +210,7 @@ class KubernetesScaler:
         if self.owns_client:
             self.api_client.close()
 
-    async def __aenter__(self) -> "KubernetesScaler":
+    async def __aenter__(self) -> KubernetesScaler:
         await self.start()
         return self
 
@@ -222,9 +222,9 @@ class KubernetesScaler:
         now = time.monotonic()
         out: dict[str, ReplicaInfo] = {}
         with self._lock:
-            for rid, t in builtins.list(self._stop_requested.items()):
+            for stopped, t in builtins.list(self._stop_requested.items()):
                 if now - t > self.stop_timeout_s:
-                    del self._stop_requested[rid]
+                    del self._stop_requested[stopped]
             # IPv4 slices first (a dual-stack pod is in one slice per family); FQDN slices carry no IP for Envoy.
             for sl in sorted(self._slices.values(), key=lambda o: o.get("addressType") != "IPv4"):
                 if sl.get("addressType") == "FQDN":
@@ -241,7 +241,7 @@ class KubernetesScaler:
                     if not addrs:
                         continue
                     ref = ep.get("targetRef") or {}
-                    rid = ref.get("name") if ref.get("kind", "Pod") == "Pod" and ref.get("name") else \
+                    rid: str = ref["name"] if ref.get("kind", "Pod") == "Pod" and ref.get("name") else \
                         f"{addrs[0]}:{port}"
                     cond = ep.get("conditions") or {}
                     if cond.get("terminating") or rid in self._stop_requested:

@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client import ApiClient, CoordinationV1Api
@@ -48,7 +48,7 @@ def default_identity() -> str:
 
 
 def _micro_time(t: float | None = None) -> str:
-    dt = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)
+    dt = datetime.fromtimestamp(time.time() if t is None else t, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -221,5 +221,5 @@ def _fmt(t: Any) -> str | None:
     if t is None:
         return None
     if isinstance(t, datetime):
-        return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return str(t)

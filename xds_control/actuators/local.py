@@ -34,9 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
 
@@ -160,7 +160,7 @@ class LocalScaler:
         self._closed = False
         _install_process_guards(install_signal_handlers)
 
-    async def __aenter__(self) -> "LocalScaler":
+    async def __aenter__(self) -> LocalScaler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -183,7 +183,8 @@ class LocalScaler:
             port = sock.getsockname()[1]
             fd = sock.fileno()
             os.set_inheritable(fd, True)
-            args = [self.python, "-m", "xds_control.fleet.replica", "--sock-fd", str(fd), "--port", str(port), "--name", rid]
+            args = [self.python, "-m", "xds_control.fleet.replica",
+                    "--sock-fd", str(fd), "--port", str(port), "--name", rid]
             if profile:
                 args += ["--profile", profile]
             args += opts.to_args()
@@ -273,7 +274,7 @@ class LocalScaler:
                 pass
 
     def _set(self, rid: str, **changes: object) -> ReplicaInfo:
-        info = replace(self._infos[rid], **changes)  # type: ignore[arg-type]
+        info = replace(self._infos[rid], **changes)  # type: ignore[arg-type]  # **changes are ReplicaInfo fields
         self._infos[rid] = info
         self._emit(info)
         return info
@@ -310,8 +311,8 @@ class LocalScaler:
                 if self._infos[rid].state == ReplicaState.STARTING:
                     if time.monotonic() > deadline:
                         await self._terminate(proc, 2.0)
-                        self._set(rid, state=ReplicaState.FAILED, exit_code=proc.returncode,
-                                  reason=f"not ready after {self.ready_timeout_s:g} s: {self._log_tail(rid)}")  # fmt: skip
+                        why = f"not ready after {self.ready_timeout_s:g} s: {self._log_tail(rid)}"
+                        self._set(rid, state=ReplicaState.FAILED, exit_code=proc.returncode, reason=why)
                         self._settled[rid].set()
                         return
                     try:
@@ -319,7 +320,7 @@ class LocalScaler:
                             if resp.status == 200:
                                 self._set(rid, state=ReplicaState.READY, ready_at=time.time())
                                 self._settled[rid].set()
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    except (TimeoutError, aiohttp.ClientError, OSError):
                         pass
                     await asyncio.sleep(self.health_interval_s)
                 else:
@@ -370,7 +371,7 @@ def _merge(base: ReplicaOptions, over: ReplicaOptions | None) -> ReplicaOptions:
         for f in ("load_delay_s", "slow_factor", "fail_rate", "max_num_seqs", "max_queue", "kv_capacity_tokens", "seed")
         if getattr(over, f) is not None
     }
-    merged = replace(base, **changes)  # type: ignore[arg-type]
+    merged = replace(base, **changes)
     if over.extra_args:
         merged = replace(merged, extra_args=base.extra_args + over.extra_args)
     return merged

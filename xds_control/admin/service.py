@@ -1,8 +1,9 @@
 """The admin gRPC service (grpc.aio) on its own port: read, act and watch, with auth, health and reflection.
 
-``start_admin(cp)`` mounts :class:`AdminServicer` for a running :class:`~xds_control.runtime.app.ControlPlane` on
-``config.admin.address`` and ``cp.admin_port`` (TLS/mTLS when ``admin.tls`` is set) and returns an
-:class:`AdminServer` (``.port``, ``await .stop()``).
+``start_admin(cp, port)`` mounts :class:`AdminServicer` for a running control plane, seen only through its
+:class:`~xds_control.admin.port.ControlPlanePort` (read views and operator commands; the runtime implements it),
+on ``config.admin.address``:``port`` (TLS/mTLS when ``admin.tls`` is set) and returns an :class:`AdminServer`
+(``.port``, ``await .stop()``).
 
 Status codes: INVALID_ARGUMENT names the request field; NOT_FOUND for an unknown service, pool or endpoint
 (another tenant's service is indistinguishable from a missing one); FAILED_PRECONDITION for acting on a
@@ -15,12 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -36,18 +35,15 @@ from xds_control.admin.auth import (
     is_loopback,
 )
 from xds_control.admin.events import EventLog
+from xds_control.admin.port import ControlPlanePort, PoolView
 from xds_control.admin.proto import load
-from xds_control.xds.tls import add_port
-from xds_control.config import to_traffic_plan
-from xds_control.config.policy import _merge, preset_path
+from xds_control.config.policy import merge_overrides, resolve_policy
 from xds_control.config.schema import ServiceConfig
 from xds_control.core.errors import SpecError
 from xds_control.core.traffic import HealthStatus
-from xds_control.policies import POLICIES, load_policy_spec
+from xds_control.policies import POLICIES, PolicySpec, load_policy_spec
 from xds_control.snapshot import types as T
-
-if TYPE_CHECKING:
-    from xds_control.runtime.app import ControlPlane
+from xds_control.xds.tls import add_port
 
 pb, pb_grpc = load()
 log = logging.getLogger(__name__)
@@ -173,10 +169,9 @@ class _Target:
 
 
 class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
-    def __init__(self, cp: ControlPlane, events: EventLog) -> None:
+    def __init__(self, cp: ControlPlanePort, events: EventLog) -> None:
         self.cp = cp
         self.events = events
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- lookups ------------------------------------------------------------------------------------
     def _services(self, p: Principal) -> list[ServiceConfig]:
@@ -189,34 +184,20 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                 return s
         raise not_found(f"service {name!r} not found")
 
-    def _runtime(self, pool: str) -> Any:
-        c = self.cp.controller
-        return c.runtimes.get(pool) if c is not None else None
-
-    def _runtimes(self, svc: ServiceConfig, pool: str) -> list[Any]:
+    def _pools(self, svc: ServiceConfig, pool: str) -> list[PoolView]:
         """The autoscaled pools of ``svc`` an action targets (``pool`` empty = all of them)."""
         _check_text("pool", pool)
         names = [p.name for p in svc.pools]
         if pool and pool not in names:
             raise not_found(f"pool {pool!r} not found in service {svc.name!r}")
-        rts = [rt for n in ([pool] if pool else names) if (rt := self._runtime(n)) is not None]
-        if not rts:
+        views = [v for n in ([pool] if pool else names) if (v := self.cp.pool_view(n)) is not None]
+        if not views:
             raise precondition(f"{'pool ' + repr(pool) if pool else 'service ' + repr(svc.name)} is not autoscaled")
-        return rts
+        return views
 
     def _published(self) -> Any:
-        snap = self.cp.cache.snapshot
+        snap = self.cp.snapshot()
         return snap.plan if snap is not None else None
-
-    def _last_records(self) -> dict[str, Any]:
-        c = self.cp.controller
-        out: dict[str, Any] = {}
-        if c is not None:
-            for rec in reversed(c.history):
-                out.setdefault(rec.pool, rec)
-                if len(out) >= len(c.runtimes):
-                    break
-        return out
 
     def _target(self, p: Principal, service: str, endpoint: str, pool: str = "") -> _Target:
         svc = self._service(p, service)
@@ -225,21 +206,21 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         if pool and pool not in {pc.name for pc in svc.pools}:
             raise not_found(f"pool {pool!r} not found in service {svc.name!r}")
         plan = self._published()
-        op = self.cp.operator
+        drains = self.cp.overrides().drains
         found: list[_Target] = []
         for pc in svc.pools:
             if pool and pc.name != pool:
                 continue
             pub = plan.pool(pc.name) if plan is not None else None
             pe = next((e for e in (pub.endpoints if pub else ()) if e.key == key), None)
-            rt = self._runtime(pc.name)
-            phase = rt.table.phase_of(key) if rt is not None and rt.table is not None else None
+            pv = self.cp.pool_view(pc.name)
+            phase = pv.phases.get(key) if pv is not None else None
             static = any(f"{e.address}:{e.port}" == key for e in pc.endpoints)
             if pe is None and phase is None and not static:
                 continue
             health = pe.health.value if pe is not None else ""
-            draining = (pc.name, key) in op.drains or health == HealthStatus.DRAINING.value or (
-                phase is not None and phase.name in ("DRAINING", "REMOVABLE"))
+            draining = ((pc.name, key) in drains or health == HealthStatus.DRAINING.value
+                        or phase in ("draining", "removable"))
             found.append(_Target(svc, pc.name, health, draining))
         if not found:
             raise not_found(f"endpoint {key!r} not found in " + (f"pool {pool!r}" if pool else f"service {svc.name!r}"))
@@ -256,11 +237,6 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         log.info("admin: %s by %s%s", message, p, f" ({reason})" if reason else "")
         return int(ev["seq"])
 
-    def _republish(self, why: str) -> None:
-        """Static pools: publish the config's plan with the operator layer now. The controller does it each tick."""
-        if self.cp.controller is None:
-            self.cp.publisher.submit(self.cp.operator.apply(to_traffic_plan(self.cp.config)), reason=why)
-
     def _service_of_pool(self, pool: str) -> ServiceConfig | None:
         for s in self.cp.config.services:
             if any(p.name == pool for p in s.pools):
@@ -270,39 +246,28 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     # -- Read ---------------------------------------------------------------------------------------
     @rpc("viewer")
     def GetStatus(self, p: Principal, req: Any) -> Any:
-        cp = self.cp
-        snap = cp.cache.snapshot
-        elector = getattr(cp, "elector", None)  # Lease election (Kubernetes), when enabled
-        if cp.controller is not None and callable(getattr(cp.controller, "is_leader", None)):
-            leader = bool(cp.controller.is_leader())
-        else:
-            leader = bool(elector.is_leader()) if elector is not None else True
-        out = pb.Status(version=snap.version if snap else 0,
-                        last_good_version=cp.publisher.last_good.version if cp.publisher.last_good else 0,
-                        leader=leader, instance=getattr(elector, "identity", None) or self.instance,
-                        last_error=cp.publisher.last_error or "", caller=str(p))
-        alerts = getattr(cp.controller, "signal_alerts", None) or {}
+        st = self.cp.xds_status()
+        out = pb.Status(version=st.version, last_good_version=st.last_good_version, leader=self.cp.is_leader(),
+                        instance=self.cp.instance(), last_error=st.last_error, caller=str(p))
+        alerts = self.cp.signal_alerts()
         for svc in self._services(p):
             for pc in svc.pools:
                 if pc.name in alerts:
                     out.alerts.append(f"signals lost for pool {pc.name}: {alerts[pc.name]}")
-                rt = self._runtime(pc.name)
-                if rt is not None:
-                    out.policies.add(service=svc.name, pool=pc.name, policy=rt.spec.policy, paused=rt.paused,
-                                     min_replicas=rt.spec.min_replicas, max_replicas=rt.spec.max_replicas)
-        last_nack = {}
-        for r in cp.publisher.rejections:
-            last_nack[r.node] = r
-        for px in cp.tracker.syncz():
-            pr = out.proxies.add(node_id=str(px["node"]), cluster=str(px["cluster"]), protocol=str(px["protocol"]),
-                                 peer=str(px["peer"]))
-            for t, st in px["types"].items():  # type: ignore[union-attr]
-                ts = pr.types.add(type=t, state=st["state"], nonce=st["nonce"] or "", error=st["error"] or "")
-                if st["sent"] is not None:
-                    ts.sent_version = st["sent"]
-                if st["acked"] is not None:
-                    ts.acked_version = st["acked"]
-            n = last_nack.get(px["node"])
+                pv = self.cp.pool_view(pc.name)
+                if pv is not None:
+                    out.policies.add(service=svc.name, pool=pc.name, policy=pv.spec.policy, paused=pv.paused,
+                                     min_replicas=pv.spec.min_replicas, max_replicas=pv.spec.max_replicas)
+        last_nack = {n.node: n for n in st.rejections}
+        for px in st.proxies:
+            pr = out.proxies.add(node_id=px.node, cluster=px.cluster, protocol=px.protocol, peer=px.peer)
+            for ty in px.types:
+                ts = pr.types.add(type=ty.type, state=ty.state, nonce=ty.nonce, error=ty.error)
+                if ty.sent_version is not None:
+                    ts.sent_version = ty.sent_version
+                if ty.acked_version is not None:
+                    ts.acked_version = ty.acked_version
+            n = last_nack.get(px.node)
             if n is not None:
                 pr.last_nack.CopyFrom(pb.Nack(type=n.type, version=n.version, message=n.message, at=n.at))
         return out
@@ -310,7 +275,6 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     @rpc("viewer")
     def ListServices(self, p: Principal, req: Any) -> Any:
         plan = self._published()
-        recs = self._last_records()
         out = pb.ListServicesResponse()
         for svc in self._services(p):
             si = out.services.add(name=svc.name, tenant=svc.tenant)
@@ -319,13 +283,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                 in_rot = sum(1 for e in (pub.endpoints if pub else ()) if e.health is HealthStatus.HEALTHY)
                 pi = si.pools.add(name=pc.name, weight=pc.weight, autoscaled=pc.autoscale is not None,
                                   in_rotation=in_rot)
-                rt = self._runtime(pc.name)
-                if rt is not None:
-                    rec = recs.get(pc.name)
-                    pi.policy, pi.paused = rt.spec.policy, rt.paused
-                    pi.min_replicas, pi.max_replicas = rt.spec.min_replicas, rt.spec.max_replicas
-                    if rec is not None:
-                        pi.replicas, pi.target, pi.ready = rec.current, rec.target, rec.ready
+                pv = self.cp.pool_view(pc.name)
+                if pv is not None:
+                    pi.policy, pi.paused = pv.spec.policy, pv.paused
+                    pi.min_replicas, pi.max_replicas = pv.spec.min_replicas, pv.spec.max_replicas
+                    if pv.last_tick is not None:
+                        pi.replicas, pi.target, pi.ready = pv.last_tick.current, pv.last_tick.target, pv.last_tick.ready
                 else:
                     pi.policy = "static"
                     pi.replicas = pi.target = len(pc.endpoints)
@@ -336,18 +299,19 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     def ListEndpoints(self, p: Principal, req: Any) -> Any:
         services = [self._service(p, req.service)] if req.service else self._services(p)
         plan = self._published()
-        recs = self._last_records()
-        op = self.cp.operator
+        ov = self.cp.overrides()
         out = pb.ListEndpointsResponse()
         for svc in services:
             for pc in svc.pools:
                 pub = {e.key: e for e in (plan.pool(pc.name).endpoints if plan and plan.pool(pc.name) else ())}
-                rec = recs.get(pc.name)
+                pv = self.cp.pool_view(pc.name)
+                tick = pv.last_tick if pv is not None else None
                 rows: list[tuple[str, dict[str, Any]]] = []
-                if pc.autoscale is not None and rec is not None:
-                    for v in rec.endpoints:
-                        rows.append((v.key, dict(state=v.state, phase=v.phase, zone=v.zone, load=v.load,
-                                                 latency=v.latency_s, running=v.running, waiting=v.waiting)))
+                if pc.autoscale is not None and tick is not None:
+                    for view in tick.endpoints:
+                        rows.append((view.key, dict(state=view.state, phase=view.phase, zone=view.zone, load=view.load,
+                                                    latency=view.latency_s, running=view.running,
+                                                    waiting=view.waiting)))
                 else:
                     for e in pc.endpoints:
                         k = f"{e.address}:{e.port}"
@@ -361,20 +325,20 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                         service=svc.name, pool=pc.name, address=key, state=d["state"], phase=d["phase"],
                         weight=pe.weight if pe is not None and pe.health is HealthStatus.HEALTHY else 0,
                         health=pe.health.value if pe is not None else "", zone=d.get("zone", ""),
-                        operator_drain=(pc.name, key) in op.drains)
+                        operator_drain=(pc.name, key) in ov.drains)
                     for field, name in (("load_index", "load"), ("latency_s", "latency"), ("running", "running"),
                                         ("waiting", "waiting")):
                         v = _opt(d.get(name))
                         if v:
                             setattr(ep, field, v["v"])
-                    if (pc.name, key) in op.weights:
-                        ep.weight_override = op.weights[(pc.name, key)]
+                    if (pc.name, key) in ov.weights:
+                        ep.weight_override = ov.weights[(pc.name, key)]
         return out
 
     @rpc("viewer")
     def GetPlan(self, p: Principal, req: Any) -> Any:
         services = [self._service(p, req.service)] if req.service else self._services(p)
-        snap = self.cp.cache.snapshot
+        snap = self.cp.snapshot()
         out = pb.Plan(version=snap.version if snap else 0, reason=(snap.reason if snap and p.all_tenants else ""))
         plan = snap.plan if snap is not None else None
         if plan is None:
@@ -390,10 +354,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                                    lb_policy=pp.lb_policy.value)
                 for e in pp.endpoints:
                     po.endpoints.add(address=e.key, weight=e.weight, health=e.health.value, locality=e.locality.key)
-                rt = self._runtime(pc.name)
-                if rt is not None and rt.last_result is not None:
-                    po.target_replicas = rt.last_result.target_replicas
-                    po.explanation = rt.last_result.explanation
+                pv = self.cp.pool_view(pc.name)
+                if pv is not None and pv.planned_replicas is not None:
+                    po.target_replicas = pv.planned_replicas
+                    po.explanation = pv.plan_explanation
         return out
 
     @rpc("viewer")
@@ -412,7 +376,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
                                f"{T.SHORT[t]} resources are shared by every tenant; {p} sees only its clusters "
                                "and endpoints")
             types = (t,)
-        snap = self.cp.cache.snapshot
+        snap = self.cp.snapshot()
         out = pb.ConfigDump(version=snap.version if snap else 0)
         if snap is None:
             return out
@@ -434,13 +398,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             raise invalid("limit", f"{req.limit} is above 1000")
         limit = req.limit or 50
         out = pb.ListDecisionsResponse()
-        c = self.cp.controller
-        if c is None:
-            return out
         visible = {s.name for s in self._services(p)}
-        offset = time.time() - c.clock()
         picked = []
-        for rec in reversed(c.history):
+        for rec in reversed(self.cp.decisions()):
             if rec.service not in visible or (svc is not None and rec.service != svc.name):
                 continue
             if req.changes_only and rec.target == rec.current:
@@ -449,9 +409,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             if len(picked) >= limit:
                 break
         for rec in reversed(picked):
-            d = out.decisions.add(at=rec.now + offset, service=rec.service, pool=rec.pool, policy=rec.policy,
+            d = out.decisions.add(at=rec.at, service=rec.service, pool=rec.pool, policy=rec.policy,
                                   current=rec.current, target=rec.target, ready=rec.ready, mode=rec.mode,
-                                  explanation=rec.explanation, version=rec.version or 0)
+                                  explanation=rec.explanation, version=rec.version)
             if _opt(rec.load_index):
                 d.load_index = rec.load_index
         return out
@@ -459,18 +419,20 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     # -- Act ----------------------------------------------------------------------------------------
     def _pause(self, p: Principal, req: Any, paused: bool) -> Any:
         svc = self._service(p, req.service)
-        rts = self._runtimes(svc, req.pool)
-        todo = [rt for rt in rts if rt.paused != paused]
+        pools = self._pools(svc, req.pool)
+        todo = [v.pool for v in pools if v.paused != paused]
         if not todo:
-            raise precondition(f"autoscaling of {', '.join(rt.pool for rt in rts)} is already "
+            raise precondition(f"autoscaling of {', '.join(v.pool for v in pools)} is already "
                                f"{'paused' if paused else 'running'}")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        for rt in todo:
-            rt.paused = paused
+        for pool in todo:
+            if paused:
+                self.cp.pause(pool)
+            else:
+                self.cp.resume(pool)
         verb = "paused" if paused else "resumed"
-        msg = f"autoscaling {verb} for {svc.name}/{','.join(rt.pool for rt in todo)}"
-        seq = self._record(p, "pause" if paused else "resume", msg, req.reason, service=svc.name,
-                           pools=[rt.pool for rt in todo])
+        msg = f"autoscaling {verb} for {svc.name}/{','.join(todo)}"
+        seq = self._record(p, "pause" if paused else "resume", msg, req.reason, service=svc.name, pools=todo)
         return pb.ActionResult(event_seq=seq, message=msg)
 
     @rpc("operator")
@@ -481,19 +443,17 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     def ResumeAutoscaling(self, p: Principal, req: Any) -> Any:
         return self._pause(p, req, False)
 
-    def _set_spec(self, rts: list[Any], build: Callable[[Any], Any], prefix: str, default: str) -> list[Any]:
-        """Validate a new spec for every pool first (all or nothing), then apply and pin them."""
+    def _set_spec(self, pools: list[PoolView], build: Callable[[PoolView], PolicySpec], prefix: str,
+                  default: str) -> list[PolicySpec]:
+        """Validate a new spec for every pool first (all or nothing), then put them in force."""
         specs = []
-        for rt in rts:
+        for v in pools:
             try:
-                specs.append(build(rt))
+                specs.append(build(v))
             except SpecError as e:
-                raise invalid(*_spec_problem(e, rt.pool, prefix, default)) from None
-        for rt, spec in zip(rts, specs):
-            if type(spec) is not type(rt.spec):
-                rt.state = None
-            rt.spec = spec
-            self.cp.operator.specs[rt.pool] = spec
+                raise invalid(*_spec_problem(e, v.pool, prefix, default)) from None
+        for v, spec in zip(pools, specs, strict=True):
+            self.cp.set_policy(v.pool, spec)
         return specs
 
     @rpc("admin")
@@ -507,22 +467,19 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             raise invalid("overrides.policy", "set the policy with the policy field")
         if not name and not overrides:
             raise invalid("policy", "give a policy, overrides, or both")
-        rts = self._runtimes(svc, req.pool)
+        pools = self._pools(svc, req.pool)
 
-        def build(rt: Any) -> Any:
-            if name:
-                path = preset_path(name)
-                import yaml
+        def build(v: PoolView) -> PolicySpec:
+            if name:  # a preset with the request's overrides: the same resolution as the config file's
+                return resolve_policy(name, overrides)
+            # overrides on the spec in force
+            return load_policy_spec(merge_overrides(v.spec.model_dump(mode="python"), overrides))
 
-                base = yaml.safe_load(path.read_text()) if path is not None else {"policy": name}
-            else:
-                base = rt.spec.model_dump(mode="python")
-            return load_policy_spec(_merge(dict(base), overrides))
-
-        specs = self._set_spec(rts, build, "overrides.", "overrides")
-        msg = (f"policy of {svc.name}/{','.join(rt.pool for rt in rts)} set to {specs[0].policy}"
+        specs = self._set_spec(pools, build, "overrides.", "overrides")
+        names = [v.pool for v in pools]
+        msg = (f"policy of {svc.name}/{','.join(names)} set to {specs[0].policy}"
                + (f" with {json.dumps(overrides, sort_keys=True)}" if overrides else ""))
-        seq = self._record(p, "set_policy", msg, req.reason, service=svc.name, pools=[rt.pool for rt in rts],
+        seq = self._record(p, "set_policy", msg, req.reason, service=svc.name, pools=names,
                            policy=specs[0].policy, overrides=overrides)
         return pb.ActionResult(event_seq=seq, message=msg)
 
@@ -536,13 +493,13 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
             upd["max_replicas"] = req.max_replicas
         if not upd:
             raise invalid("min_replicas", "set min_replicas, max_replicas or both")
-        rts = self._runtimes(svc, req.pool)
-        self._set_spec(rts, lambda rt: load_policy_spec({**rt.spec.model_dump(mode="python"), **upd}), "",
+        pools = self._pools(svc, req.pool)
+        self._set_spec(pools, lambda v: load_policy_spec({**v.spec.model_dump(mode="python"), **upd}), "",
                        next(iter(upd)))
-        msg = (f"replica bounds of {svc.name}/{','.join(rt.pool for rt in rts)} set: "
+        names = [v.pool for v in pools]
+        msg = (f"replica bounds of {svc.name}/{','.join(names)} set: "
                + ", ".join(f"{k}={v}" for k, v in upd.items()))
-        seq = self._record(p, "set_replica_bounds", msg, req.reason, service=svc.name,
-                           pools=[rt.pool for rt in rts], **upd)
+        seq = self._record(p, "set_replica_bounds", msg, req.reason, service=svc.name, pools=names, **upd)
         return pb.ActionResult(event_seq=seq, message=msg)
 
     @rpc("operator")
@@ -553,9 +510,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         if t.draining:
             raise precondition(f"endpoint {req.endpoint} is draining; its weight cannot be set")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.weights[(t.pool, req.endpoint)] = req.weight
+        self.cp.set_weight_override(t.pool, req.endpoint, req.weight)
         msg = f"weight of {req.endpoint} ({t.service.name}/{t.pool}) pinned to {req.weight}"
-        self._republish(msg)
+        self.cp.publish_static(msg)
         seq = self._record(p, "weight_set", msg, req.reason, service=t.service.name, pool=t.pool,
                            endpoint=req.endpoint, weight=req.weight)
         return pb.ActionResult(event_seq=seq, message=msg)
@@ -563,12 +520,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
     @rpc("operator")
     def ClearWeightOverride(self, p: Principal, req: Any) -> Any:
         t = self._target(p, req.service, req.endpoint, req.pool)
-        if (t.pool, req.endpoint) not in self.cp.operator.weights:
+        if (t.pool, req.endpoint) not in self.cp.overrides().weights:
             raise precondition(f"endpoint {req.endpoint} has no weight override")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        del self.cp.operator.weights[(t.pool, req.endpoint)]
+        self.cp.clear_weight_override(t.pool, req.endpoint)
         msg = f"weight override of {req.endpoint} ({t.service.name}/{t.pool}) cleared"
-        self._republish(msg)
+        self.cp.publish_static(msg)
         seq = self._record(p, "weight_clear", msg, req.reason, service=t.service.name, pool=t.pool,
                            endpoint=req.endpoint)
         return pb.ActionResult(event_seq=seq, message=msg)
@@ -579,23 +536,23 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc,name-defined]
         if t.draining:
             raise precondition(f"endpoint {req.endpoint} is already draining")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.drains.add((t.pool, req.endpoint))
-        then = ("it is removed once idle and replaced" if self._runtime(t.pool) is not None
+        self.cp.drain(t.pool, req.endpoint)
+        then = ("it is removed once idle and replaced" if self.cp.pool_view(t.pool) is not None
                 else "it stays DRAINING until undrained")
         msg = f"draining {req.endpoint} ({t.service.name}/{t.pool}): {then}"
-        self._republish(msg)
+        self.cp.publish_static(msg)
         seq = self._record(p, "drain", msg, req.reason, service=t.service.name, pool=t.pool, endpoint=req.endpoint)
         return pb.ActionResult(event_seq=seq, message=msg)
 
     @rpc("operator")
     def UndrainEndpoint(self, p: Principal, req: Any) -> Any:
         t = self._target(p, req.service, req.endpoint, req.pool)
-        if (t.pool, req.endpoint) not in self.cp.operator.drains:
+        if (t.pool, req.endpoint) not in self.cp.overrides().drains:
             raise precondition(f"endpoint {req.endpoint} was not drained by an operator")
         _check_text("reason", req.reason, limit=_MAX_TEXT)
-        self.cp.operator.drains.discard((t.pool, req.endpoint))
+        self.cp.undrain(t.pool, req.endpoint)
         msg = f"drain of {req.endpoint} ({t.service.name}/{t.pool}) cancelled"
-        self._republish(msg)
+        self.cp.publish_static(msg)
         seq = self._record(p, "undrain", msg, req.reason, service=t.service.name, pool=t.pool,
                            endpoint=req.endpoint)
         return pb.ActionResult(event_seq=seq, message=msg)
@@ -693,43 +650,14 @@ class AdminServer:
         await self.server.stop(grace)
 
 
-def attach_events(cp: ControlPlane, events: EventLog) -> Callable[[], None]:
-    """Feed controller events, pushes, ACKs and NACKs into ``events``; returns the detach function."""
-    live = [True]
-    if cp.controller is not None:
-        for ev in list(cp.controller.events):
-            events.append(dict(ev))
-        cp.controller.events = events
-
-    def on_push(snap: Any) -> None:
-        if live[0]:
-            events.append({"kind": "push", "version": snap.version, "reason": snap.reason,
-                           "message": f"v{snap.version}: {snap.reason}", "resources": snap.summary()})
-
-    def on_ack(proxy: Any, type_url: str, version: int) -> None:
-        if live[0]:
-            events.append({"kind": "ack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
-                           "version": version, "message": f"{proxy.node_id} ACKed {T.SHORT.get(type_url, type_url)} "
-                                                          f"v{version}"})
-
-    def on_nack(proxy: Any, type_url: str, version: int, message: str) -> None:
-        if live[0]:
-            events.append({"kind": "nack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
-                           "version": version, "message": message})
-
-    unsub = cp.cache.subscribe(on_push)
-    cp.tracker.on_ack_event(on_ack)
-    cp.tracker.on_nack_event(on_nack)
-
-    def detach() -> None:
-        live[0] = False
-        unsub()
-
-    return detach
+def attach_events(cp: ControlPlanePort, events: EventLog) -> Callable[[], None]:
+    """Feed the control plane's events (controller events, pushes, ACKs, NACKs) into ``events``; returns the
+    detach function."""
+    return cp.subscribe_events(events.append)
 
 
-async def start_admin(cp: ControlPlane, port: int | None = None) -> AdminServer:
-    """Serve the admin API for ``cp`` on ``config.admin.address``:``port`` (default ``cp.admin_port``)."""
+async def start_admin(cp: ControlPlanePort, port: int = 0) -> AdminServer:
+    """Serve the admin API for ``cp`` on ``config.admin.address``:``port`` (0 = any free port)."""
     problem = admin_bind_problem(cp.config)
     if problem:
         raise ValueError(problem)
@@ -751,7 +679,7 @@ async def start_admin(cp: ControlPlane, port: int | None = None) -> AdminServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     try:
-        bound = add_port(server, f"{a.address}:{cp.admin_port if port is None else port}", a.tls)
+        bound = add_port(server, f"{a.address}:{port}", a.tls)
     except OSError as e:
         detach()
         await server.stop(None)

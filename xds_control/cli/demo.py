@@ -30,14 +30,16 @@ def demo(
     shift traffic, drain and scale down with no request lost. Stops everything it started on exit."""
     import sys
 
-    from xds_control.config.policy import resolve_policy
-    from xds_control.runtime.demo import print_summary, run_demo
+    from xds_control.config import parse_config
+    from xds_control.core.errors import ConfigError
     from xds_control.fleet.trace import TraceError
+    from xds_control.runtime.demo import DEMO_OVERRIDES, demo_config, print_summary, run_demo
 
+    # Validates the policy as the demo runs it: the config resolves pool.autoscale.spec (preset + demo overrides).
     try:
-        resolve_policy(policy, {})
-    except ValueError as e:
-        typer.echo(f"xds-control demo: --policy: {e}", err=True)
+        parse_config(demo_config(policy, 0, 0.0, DEMO_OVERRIDES), "demo")
+    except ConfigError as e:
+        typer.echo(f"xds-control demo: --policy {policy}: {e}", err=True)
         raise typer.Exit(2)
     if trace is not None and not trace.is_file():
         typer.echo(f"xds-control demo: --trace: {str(trace)!r} is not a readable file", err=True)

@@ -60,12 +60,6 @@ def evaluate_cmd(
         names = pol.parse_policy_list(policy)
     except ValueError as e:
         raise _fail("--policy", policy, str(e)) from None
-    explicit = policy.strip() != "all"
-    if explicit:
-        avail = set(pol.available_policies())
-        for n in names:
-            if n.partition("@")[0] not in avail:
-                raise _fail("--policy", n, "its module xds_control.policies is not available in this build")
     try:
         tr = load_trace(trace)
     except TraceError as e:
@@ -80,13 +74,9 @@ def evaluate_cmd(
 
     ev = evaluate(
         tr, names, speedup=speedup, failure_at=failure_at, failure_scope=failure_scope, seed=seed,
-        profile=prof, skip_unavailable=not explicit,
+        profile=prof,
     )
-    for n, why in ev.skipped.items():
-        typer.echo(f"warning: skipped {n}: {why}", err=True)
     extra = {"speedup": speedup, "seed": seed, "failure_at": failure_at, "profile": prof.name}
-    if ev.skipped:
-        extra["skipped"] = sorted(ev.skipped)
     doc = to_json(ev.trace, ev.metrics, extra)
     title = f"{ev.trace}  (speedup {speedup:g}, seed {seed}" + (
         f", failure at {failure_at:g}s" if failure_at is not None else ""

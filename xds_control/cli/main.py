@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 #: Modules that each add their commands with ``register(app)``, in --help order.
-_COMMAND_MODULES = ("serve", "istio", "demo", "evaluate", "live", "admin")
+_COMMAND_MODULES = ("serve", "istio", "demo", "evaluate", "live", "policy", "admin")
 
 
 def _register() -> None:

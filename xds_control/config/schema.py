@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from xds_control.config.kubernetes import KubernetesConfig
+
+if TYPE_CHECKING:
+    from xds_control.config.policy import ResolvedPolicy
+    from xds_control.policies import PolicySpec
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, Field(pattern=_NAME, description="letters, digits, '.', '_', '-'; 1-63 characters")]
@@ -105,12 +109,25 @@ class AutoscaleConfig(_Strict):
     """Replicas started before the first decision; the policy's ``min_replicas`` when unset."""
     replica: ReplicaTemplateConfig = Field(default_factory=ReplicaTemplateConfig)
 
+    # The resolution of policy + overrides, done once here; see ``spec``.
+    _resolved: Any = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _spec(self) -> "AutoscaleConfig":
-        from xds_control.config.policy import resolve_policy
+        from xds_control.config.policy import resolve_policy_provenance
 
-        resolve_policy(self.policy, self.overrides)  # raises ValueError naming the key
+        self._resolved = resolve_policy_provenance(self.policy, self.overrides)  # raises ValueError naming the key
         return self
+
+    @property
+    def spec(self) -> "PolicySpec":
+        """The validated policy spec (preset or file + overrides), resolved when the config was loaded."""
+        return self._resolved.spec
+
+    @property
+    def resolved(self) -> "ResolvedPolicy":
+        """:attr:`spec` with the origin of each key (preset, file, override, default)."""
+        return self._resolved
 
 
 class SignalsConfig(_Strict):
@@ -120,24 +137,80 @@ class SignalsConfig(_Strict):
     """``scrape``: each replica's /metrics directly; ``prometheus``: PromQL against ``prometheus_url``."""
     prometheus_url: str | None = None
     queries: dict[str, str] = Field(default_factory=dict)
-    """PromQL per signal field (gpu_util, cpu_util, latency_s, running, waiting, kv_cache, rps, gpu_mem)."""
+    """PromQL per signal field (gpu_util, cpu_util, latency_s, running, waiting, kv_cache, rps, gpu_mem), and
+    ``request_rate`` (the gateway rate per pool; ``{pools}`` = the pools' regex, ``{window}`` = ``rate_window_s``)."""
     window: str = "15s"
     """Rate window for the default PromQL (at least 4 scrape intervals)."""
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    envoy_admin: list[str] = Field(default_factory=list)
+    """Envoy admin base URLs (``http://127.0.0.1:PORT``), one per proxy, for the gateway request rate."""
+    request_rate: Literal["auto", "envoy", "prometheus", "off"] = "auto"
+    """Where the gateway arrival rate per pool comes from: ``envoy`` (each proxy's admin ``/stats``),
+    ``prometheus`` (PromQL, ``queries.request_rate`` overrides it), ``off``; ``auto``: ``prometheus`` when
+    ``source`` is, else ``envoy`` when ``envoy_admin`` is set, else ``off``."""
+    rate_window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Window of the request rate (the simulator uses 10 s; with Prometheus at least 4 scrape intervals)."""
+
+    @staticmethod
+    def check_admin_url(url: str) -> str:
+        """``url`` as an Envoy admin base URL (``http(s)://HOST:PORT``, no trailing ``/``); ValueError if not one."""
+        from urllib.parse import urlsplit
+
+        if not isinstance(url, str):
+            raise ValueError(f"must be a string http://HOST:PORT, got {url!r}")
+        try:
+            u = urlsplit(url.strip())
+            port = u.port
+        except ValueError as e:
+            raise ValueError(f"{url!r} is not a URL: {e}") from None
+        if u.scheme not in ("http", "https"):
+            raise ValueError(f"{url!r}: scheme must be http or https")
+        if not u.hostname:
+            raise ValueError(f"{url!r}: has no host")
+        if not port:
+            raise ValueError(f"{url!r}: has no port (the Envoy admin port, e.g. http://127.0.0.1:9901)")
+        if u.path not in ("", "/") or u.query or u.fragment:
+            raise ValueError(f"{url!r}: must be a base URL, without path, query or fragment")
+        return f"{u.scheme}://{u.netloc}"
+
+    @field_validator("envoy_admin")
+    @classmethod
+    def _admin_urls(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, url in enumerate(v):
+            try:
+                out.append(cls.check_admin_url(url))
+            except ValueError as e:
+                raise ValueError(f"item {i}: {e}") from None
+        return out
 
     @model_validator(mode="after")
     def _url(self) -> "SignalsConfig":
         if self.source == "prometheus" and not self.prometheus_url:
             raise ValueError("prometheus_url is required when source is 'prometheus'")
+        if self.request_rate == "envoy" and not self.envoy_admin:
+            raise ValueError("request_rate: 'envoy' needs envoy_admin (the Envoy admin base URLs)")
+        if self.request_rate == "prometheus" and not self.prometheus_url:
+            raise ValueError("request_rate: 'prometheus' needs prometheus_url")
+        q = self.queries.get("request_rate")
+        if q is not None and "{pools}" not in q:
+            raise ValueError(f"queries.request_rate: must contain '{{pools}}' (the pools' regex), got {q!r}")
         return self
+
+    @property
+    def rate_source(self) -> Literal["envoy", "prometheus"] | None:
+        """``request_rate`` with ``auto`` resolved (``None`` = off)."""
+        if self.request_rate == "auto":
+            if self.source == "prometheus":
+                return "prometheus"
+            return "envoy" if self.envoy_admin else None
+        return None if self.request_rate == "off" else self.request_rate
 
 
 class ControllerConfig(_Strict):
     tick_s: Annotated[float, Field(ge=0.05, le=600)] = 1.0
     """Seconds between two decisions (read signals -> decide -> plan -> push)."""
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
-    ack_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
-    """How long a pushed version may wait for proxies' ACKs before the controller reports them stale."""
 
 
 class PoolConfig(_Strict):

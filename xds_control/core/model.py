@@ -109,7 +109,7 @@ class SignalFrame:
     def in_flight(self) -> np.ndarray:
         """running + waiting per endpoint (NaN when both are missing; a missing half counts 0)."""
         both_missing = np.isnan(self.running) & np.isnan(self.waiting)
-        out = np.nan_to_num(self.running) + np.nan_to_num(self.waiting)
+        out: np.ndarray = np.nan_to_num(self.running) + np.nan_to_num(self.waiting)
         out[both_missing] = np.nan
         return out
 

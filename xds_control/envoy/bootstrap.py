@@ -30,7 +30,7 @@ def render_bootstrap(
     that CA; add ``"cert"`` and ``"key"`` for mutual TLS and ``"sni"`` for the server name.
     """
     api_type = "DELTA_GRPC" if delta else "GRPC"
-    boot = {
+    boot: dict[str, Any] = {
         "node": {"id": node_id, "cluster": cluster},
         "dynamic_resources": {
             "ads_config": {
@@ -87,7 +87,7 @@ def render_bootstrap(
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
     }
     if tls:
-        boot["static_resources"]["clusters"][0]["transport_socket"] = _tls_socket(tls)  # type: ignore[index]
+        boot["static_resources"]["clusters"][0]["transport_socket"] = _tls_socket(tls)
     return boot
 
 

@@ -16,12 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import json_format
 
 from xds_control.snapshot import Snapshot
 from xds_control.snapshot import types as T
@@ -51,7 +50,7 @@ def static_bootstrap(snap: Snapshot) -> dict[str, Any]:
             d["load_assignment"] = _dict(endpoint_pb2.ClusterLoadAssignment.FromString(cla.body))
         clusters.append(d)
     listeners = []
-    for name, r in snap.of(T.LISTENER).items():
+    for r in snap.of(T.LISTENER).values():
         d = _dict(listener_pb2.Listener.FromString(r.body))
         for chain in d.get("filter_chains", []):
             for f in chain.get("filters", []):

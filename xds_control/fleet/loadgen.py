@@ -23,8 +23,9 @@ import asyncio
 import json
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -215,7 +216,7 @@ async def run_load(
                         err = "stream ended without [DONE]"
                 else:
                     await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             err = f"timeout after {timeout_s:g} s"
             status = 0
         except (aiohttp.ClientError, OSError) as e:
@@ -240,7 +241,7 @@ async def run_load(
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(delay)

@@ -83,7 +83,7 @@ class SurgeShape:
         if self.input_tokens_max < 1 or self.output_tokens_max < 1:
             raise ValueError("SurgeShape token maxima must be >= 1")
 
-    def scaled(self, time_factor: float) -> "SurgeShape":
+    def scaled(self, time_factor: float) -> SurgeShape:
         """The same shape with every duration multiplied by ``time_factor`` (rates unchanged)."""
         from dataclasses import replace
 
@@ -182,7 +182,7 @@ def as_requests(trace: Any) -> Sequence[TraceRequest]:
     if hasattr(trace, "t") and hasattr(trace, "input_tokens") and hasattr(trace, "output_tokens"):
         return [
             TraceRequest(float(t), int(a), int(b))
-            for t, a, b in zip(trace.t, trace.input_tokens, trace.output_tokens)
+            for t, a, b in zip(trace.t, trace.input_tokens, trace.output_tokens, strict=True)
         ]
     return list(trace)
 
@@ -214,7 +214,7 @@ class Trace:
     def duration_s(self) -> float:
         return float(self.t[-1]) if len(self.t) else 0.0
 
-    def sped_up(self, speedup: float) -> "Trace":
+    def sped_up(self, speedup: float) -> Trace:
         """The same requests with the time axis divided by ``speedup`` (``> 1`` makes a surge)."""
         if not speedup > 0:
             raise TraceError(f"speedup must be > 0, got {speedup!r}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from xds_control.config import Config, to_traffic_plan
-from xds_control.config.policy import resolve_policy
 from xds_control.core.traffic import LbPolicy, OutlierDetectionPlan, PoolPlan
 from xds_control.planning.plan import outlier_plan
 
@@ -162,7 +161,7 @@ def render_envoyfilters(cfg: Config, namespace: str | None = None,
         outlier = pool.outlier_detection
         slow_start: float | None = None
         if pc.autoscale is not None:
-            spec = resolve_policy(pc.autoscale.policy, pc.autoscale.overrides)
+            spec = pc.autoscale.spec
             if outlier is None:
                 outlier = outlier_plan(spec.traffic.outlier, max(1, spec.min_replicas))
             slow_start = spec.traffic.envoy_slow_start_window_s

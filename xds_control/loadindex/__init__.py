@@ -21,7 +21,9 @@ Contract:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -104,7 +106,7 @@ class LoadIndexSpec(BaseModel):
         return self
 
 
-def parse_load_index_spec(data: dict | None) -> LoadIndexSpec:
+def parse_load_index_spec(data: Mapping[str, Any] | None) -> LoadIndexSpec:
     """Validate a mapping into a :class:`LoadIndexSpec`; raises ``SpecError`` naming key, value and range."""
     try:
         return LoadIndexSpec.model_validate(data or {})
@@ -168,7 +170,7 @@ def compute_load(frame: SignalFrame, spec: LoadIndexSpec, now: float) -> LoadRep
     den = np.zeros(n)
     used: list[tuple[str, np.ndarray]] = []
     with np.errstate(invalid="ignore"):
-        for name, w, src in zip(_TERMS, weights, sources):
+        for name, w, src in zip(_TERMS, weights, sources, strict=True):
             if w <= 0.0:
                 continue
             v = np.clip(src, 0.0, cap)
@@ -229,5 +231,5 @@ def ewma(prev: float | None, prev_t: float | None, value: float, now: float, hal
     if prev is None or prev_t is None or half_life_s <= 0.0 or math.isnan(prev):
         return value
     dt = max(0.0, now - prev_t)
-    keep = 0.5 ** (dt / half_life_s)
+    keep: float = 0.5 ** (dt / half_life_s)
     return keep * prev + (1.0 - keep) * value

@@ -132,7 +132,8 @@ def ramp_fraction(elapsed: np.ndarray, spec: TrafficSpec) -> np.ndarray:
     if spec.ramp_window_s <= 0:
         return np.ones_like(elapsed)
     t = np.clip(np.nan_to_num(elapsed, nan=0.0) / spec.ramp_window_s, 0.0, 1.0)
-    return np.maximum(spec.ramp_min_fraction, t ** (1.0 / spec.ramp_aggression))
+    out: np.ndarray = np.maximum(spec.ramp_min_fraction, t ** (1.0 / spec.ramp_aggression))
+    return out
 
 
 def select_drains(

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xds_control.core.model import Decision, EndpointPhase as P, ServiceSignals
+from xds_control.core.model import Decision, ServiceSignals
+from xds_control.core.model import EndpointPhase as P
 from xds_control.core.traffic import EndpointPlan, HealthStatus, Locality, OutlierDetectionPlan, PoolPlan
 from xds_control.planning.coordination import CoordinationTable, Transition, advance, ramp_fraction, select_drains
 from xds_control.planning.weights import capped_allocation, headroom, largest_remainder
@@ -69,7 +70,8 @@ class ServicePlanResult:
 
     @property
     def in_eds(self) -> np.ndarray:
-        return (self.phase == P.RAMPING) | (self.phase == P.SERVING) | (self.phase == P.DRAINING)
+        out: np.ndarray = (self.phase == P.RAMPING) | (self.phase == P.SERVING) | (self.phase == P.DRAINING)
+        return out
 
 
 def endpoint_weights(
@@ -130,7 +132,7 @@ def locality_plan(
         raw = np.array([w for _, w in present], dtype=float)
         total = 100 * len(present)
         ints = np.maximum(largest_remainder(raw * (total / raw.sum()), total), 1)
-        lw = tuple((k, int(v)) for (k, _), v in zip(present, ints))
+        lw = tuple((k, int(v)) for (k, _), v in zip(present, ints, strict=True))
     lp = None
     if spec.local_locality is not None:
         names = [k for k in localities]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -94,7 +94,7 @@ def validate_policy_spec(data: Any, origin: str) -> PolicySpec:
             f"invalid {origin}",
             [FieldProblem("policy", name, "unknown policy", "one of " + ", ".join(POLICIES))],
         )
-    cls = POLICIES[name].spec_cls
+    cls = POLICIES[cast(str, name)].spec_cls  # a str: it is one of the keys
     try:
         return cls.model_validate(dict(data))  # type: ignore[return-value]  # the union member POLICIES names
     except ValidationError as exc:

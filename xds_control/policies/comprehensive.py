@@ -43,7 +43,7 @@ def _default_traffic() -> TrafficSpec:
 class ComprehensiveSpec(PredictiveSpec):
     """Predictive provisioning plus burst mode; defaults enable traffic shaping in planning."""
 
-    policy: Literal["comprehensive"] = "comprehensive"  # type: ignore[assignment]
+    policy: Literal["comprehensive"] = "comprehensive"  # type: ignore[assignment]  # narrows the parent's Literal["predictive"]
     load_index: LoadIndexSpec = Field(
         default_factory=_default_load_index,
         description="Default adds queue (0.2) and KV (0.15) terms: alpha 0.25, beta 0.1, gamma 0.3.",

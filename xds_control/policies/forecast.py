@@ -71,10 +71,7 @@ class HoltFit:
         """Forecast ``steps`` buckets ahead: level + trend * sum_{i=1..steps} phi^i (+ season offset)."""
         if steps <= 0:
             return self.level
-        if self.phi == 1.0:
-            s = float(steps)
-        else:
-            s = self.phi * (1 - self.phi**steps) / (1 - self.phi)
+        s = float(steps) if self.phi == 1.0 else self.phi * (1 - self.phi**steps) / (1 - self.phi)
         out = self.level + self.trend * s
         if self.season:
             out += self.season[(self.n - 1 + steps) % len(self.season)]

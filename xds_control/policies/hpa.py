@@ -45,7 +45,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from xds_control.core.model import Decision, ServiceSignals
-from xds_control.loadindex import compute_load
+from xds_control.loadindex import LoadReport, compute_load
 from xds_control.policies.common import Notes, fmt
 from xds_control.policies.specs import PolicySpecBase, _Spec
 
@@ -83,7 +83,9 @@ class HpaScalingRules(_Spec):
     )
     select_policy: Literal["Max", "Min", "Disabled"] = Field("Max", description="Which policy wins. Default Max.")
     policies: tuple[HpaRule, ...] | None = Field(
-        None, description="Rate rules. Null: upstream default (up: Percent 100 + Pods 4 per 15 s; down: Percent 100 per 15 s)."
+        None,
+        description="Rate rules. Null: upstream default (up: Percent 100 + Pods 4 per 15 s; down: Percent 100 "
+        "per 15 s).",
     )
 
 
@@ -219,12 +221,16 @@ def metric_replicas(
     )
 
 
-def _change_in_period(events: tuple[tuple[float, int], ...], now: float, period: float) -> int:
+#: (time, replica change) of past scale events
+_Events = tuple[tuple[float, int], ...]
+
+
+def _change_in_period(events: _Events, now: float, period: float) -> int:
     cutoff = now - period
     return sum(c for t, c in events if t > cutoff)
 
 
-def scale_up_limit(current: int, up: tuple, down: tuple, rules: HpaScalingRules, now: float) -> int:
+def scale_up_limit(current: int, up: _Events, down: _Events, rules: HpaScalingRules, now: float) -> int:
     """calculateScaleUpLimitWithScalingRules."""
     if rules.select_policy == "Disabled":
         return current
@@ -237,7 +243,7 @@ def scale_up_limit(current: int, up: tuple, down: tuple, rules: HpaScalingRules,
     return current if result is None else result
 
 
-def scale_down_limit(current: int, up: tuple, down: tuple, rules: HpaScalingRules, now: float) -> int:
+def scale_down_limit(current: int, up: _Events, down: _Events, rules: HpaScalingRules, now: float) -> int:
     """calculateScaleDownLimitWithBehaviors."""
     if rules.select_policy == "Disabled":
         return current
@@ -256,13 +262,18 @@ def decide(signals: ServiceSignals, state: HpaState | None, spec: HpaSpec, now: 
     lo, hi = spec.min_replicas, spec.max_replicas
     notes = Notes()
 
-    def out(target: int, st: HpaState, mode: str = "stable", rep=None) -> tuple[Decision, HpaState]:
+    def out(
+        target: int, st: HpaState, mode: str = "stable", rep: LoadReport | None = None
+    ) -> tuple[Decision, HpaState]:
         return (
             Decision(
                 policy="hpa", service=signals.service, now=now, current_replicas=current, target_replicas=target,
                 explanation=notes.explanation(f"HPA {current}->{target}"), reasons=tuple(notes.reasons), mode=mode,
                 load_index=None if rep is None or math.isnan(rep.service) else rep.service,
-                stale=() if rep is None else rep.stale_keys(signals.frame.keys, limit=100, raw=True, within=signals.frame.ready), load=rep,
+                stale=() if rep is None else rep.stale_keys(
+                    signals.frame.keys, limit=100, raw=True, within=signals.frame.ready
+                ),
+                load=rep,
             ),
             st,
         )

@@ -106,7 +106,7 @@ class PredictiveSpec(PolicySpecBase):
     )
 
     @model_validator(mode="after")
-    def _rps_needs_capacity(self):  # type: ignore[no-untyped-def]
+    def _rps_needs_capacity(self) -> PredictiveSpec:
         if self.demand_signal == "rps" and self.rps_per_replica is None:
             raise ValueError("demand_signal 'rps' requires rps_per_replica (requests/s per replica, > 0)")
         if self.season_s is not None:
@@ -162,7 +162,7 @@ def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadRepor
         return total / spec.rps_per_replica
     if spec.demand_signal == "concurrency":
         assert spec.concurrency_per_replica is not None
-        c = frame.in_flight[frame.ready & ~rep.stale]
+        c: np.ndarray = frame.in_flight[frame.ready & ~rep.stale]
         c = c[~np.isnan(c)]
         if c.size == 0:
             return math.nan
@@ -178,7 +178,7 @@ def predict_core(
     rep = compute_load(signals.frame, spec.load_index, now)
     stale_note(notes, signals, rep)
     demand = measure_demand(signals, spec, rep)
-    keep = [(t, v) for t, v in zip(state.hist_t, state.hist_v) if now - t < spec.history_s]
+    keep = [(t, v) for t, v in zip(state.hist_t, state.hist_v, strict=True) if now - t < spec.history_s]
     if not math.isnan(demand):
         keep.append((now, demand))
     hist_t = tuple(t for t, _ in keep)

@@ -22,10 +22,13 @@ class _Spec(BaseModel):
 class OutlierSpec(_Spec):
     """Envoy outlier detection for the pool's cluster. Defaults are Envoy's except failure percentage."""
 
-    consecutive_5xx: int = Field(5, ge=1, le=1000, description="Eject after this many consecutive 5xx. Envoy default 5.")
+    consecutive_5xx: int = Field(
+        5, ge=1, le=1000, description="Eject after this many consecutive 5xx. Envoy default 5."
+    )
     interval_s: float = Field(10.0, gt=0, le=3600, description="Ejection sweep interval, seconds. Envoy default 10 s.")
     base_ejection_time_s: float = Field(
-        30.0, gt=0, le=3600, description="Base ejection time (multiplied by ejection count), seconds. Envoy default 30 s."
+        30.0, gt=0, le=3600,
+        description="Base ejection time (multiplied by ejection count), seconds. Envoy default 30 s.",
     )
     max_ejection_percent: int = Field(
         10, ge=0, le=100, description="Most of the pool that may be ejected at once, percent. Envoy default 10."
@@ -91,7 +94,8 @@ class TrafficSpec(_Spec):
     )
     ramp_aggression: float = Field(
         1.0, gt=0.0, le=10.0,
-        description="Ramp shape: fraction = max(min, (t/window)^(1/aggression)), as Envoy slow start. Default 1 (linear).",
+        description="Ramp shape: fraction = max(min, (t/window)^(1/aggression)), as Envoy slow start. "
+        "Default 1 (linear).",
     )
     drain_timeout_s: float | None = Field(
         300.0, gt=0.0, le=86_400.0,
@@ -144,7 +148,7 @@ class PolicySpecBase(_Spec):
     traffic: TrafficSpec = Field(default_factory=TrafficSpec, description="Weights, ramps, drains, localities.")
 
     @model_validator(mode="after")
-    def _min_le_max(self):  # type: ignore[no-untyped-def]
+    def _min_le_max(self) -> PolicySpecBase:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"

@@ -45,11 +45,13 @@ class ThresholdSpec(PolicySpecBase):
     )
     gpu_mem_trigger: float | None = Field(
         0.88, gt=0.0, le=1.0,
-        description="Mean GPU memory use (fraction) that triggers scale-up. Default 0.88 (Table 1: 85-90 %); null disables.",
+        description="Mean GPU memory use (fraction) that triggers scale-up. Default 0.88 (Table 1: 85-90 %); "
+        "null disables.",
     )
     latency_trigger_s: float | None = Field(
         0.2, gt=0.0, le=600.0,
-        description="Mean latency/TTFT (seconds) that triggers scale-up. Default 0.2 (Table 1: > 200 ms); null disables.",
+        description="Mean latency/TTFT (seconds) that triggers scale-up. Default 0.2 (Table 1: > 200 ms); "
+        "null disables.",
     )
     scale_up_step: int = Field(1, ge=1, le=10_000, description="Replicas added per up action, at least. Default 1.")
     scale_up_percent: float = Field(
@@ -57,7 +59,9 @@ class ThresholdSpec(PolicySpecBase):
         description="Or this fraction of current replicas, whichever is larger (ceil). Default 0.25 so big "
         "fleets do not crawl one replica at a time.",
     )
-    scale_down_step: int = Field(1, ge=1, le=10_000, description="Replicas removed per down action. Default 1 (cautious).")
+    scale_down_step: int = Field(
+        1, ge=1, le=10_000, description="Replicas removed per down action. Default 1 (cautious)."
+    )
     cooldown_up_s: float = Field(
         10.0, ge=0.0, le=3600.0,
         description="Seconds after any action before scaling up again. Default 10 s (Table 1: response < 10 s).",
@@ -159,14 +163,15 @@ def decide(
             notes.add("scale_up", f"+{target - current} (step {step})")
     elif want_down:
         notes.add("load_below_low", f"L {fmt(smoothed)} < L_low {fmt(spec.l_low)}", "load", smoothed, spec.l_low)
-        held = now - low_since  # type: ignore[operator]
+        held = now - low_since  # type: ignore[operator]  # not None: set whenever want_down
         if held < spec.down_sustain_s:
             notes.add("sustain", f"below for {fmt(held, 1)}s of {fmt(spec.down_sustain_s, 0)}s",
                       "sustain", held, spec.down_sustain_s)
         elif current <= lo:
             notes.add("at_min", f"already at min_replicas {lo}")
         elif since_last < spec.cooldown_down_s:
-            notes.add("cooldown", f"down-cooldown {fmt(spec.cooldown_down_s, 0)}s, last action {fmt(since_last, 1)}s ago",
+            notes.add("cooldown",
+                      f"down-cooldown {fmt(spec.cooldown_down_s, 0)}s, last action {fmt(since_last, 1)}s ago",
                       "cooldown", since_last, spec.cooldown_down_s)
         elif len(actions) >= spec.max_actions_per_minute:
             notes.add("rate_cap", f"{len(actions)} actions in the last 60s (cap {spec.max_actions_per_minute})",

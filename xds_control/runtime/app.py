@@ -10,11 +10,14 @@ silently stopped watching its config would be worse than none).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from xds_control.control.operator import OperatorState
 from xds_control.xds.tls import add_port
 from xds_control.config import Config, parse_text, to_traffic_plan
 from xds_control.core.errors import ConfigError, InconsistentSnapshot
+from xds_control.core.traffic import TrafficPlan
 from xds_control.xds.cache import SnapshotCache
 from xds_control.xds.metrics import XdsMetrics
 from xds_control.xds.publisher import Publisher
@@ -116,9 +120,10 @@ class ControlPlane:
             await self._start_http()
         if self.admin_port is not None:
             from xds_control.admin.service import start_admin
+            from xds_control.runtime.admin_port import RuntimeAdminPort
 
             try:
-                self.admin = await start_admin(self)
+                self.admin = await start_admin(RuntimeAdminPort(self), self.admin_port)
             except BaseException:
                 await self.stop(grace=0)  # nothing half-started is left behind
                 raise
@@ -198,49 +203,72 @@ class ControlPlane:
 
     # -- config file ----------------------------------------------------------------------------
     async def _watch_config(self) -> None:
+        """Poll the config file; read, hash, parse and validate it in a worker thread, apply on the loop."""
         assert self.config_path is not None
         while True:
             await asyncio.sleep(self.watch_interval_s)
-            try:
-                data = self.config_path.read_bytes()
-            except OSError as e:
-                log.warning("cannot read %s (%s); keeping the last good config", self.config_path, e.strerror)
-                continue
-            digest = hashlib.sha256(data).digest()
-            if digest == self._config_digest:
-                continue
-            self._config_digest = digest
-            self.reload_text(data.decode(errors="replace"), str(self.config_path))
+            await self._check_config_file()
+
+    async def _check_config_file(self) -> bool | None:
+        """One look at the config file: None when unchanged or unreadable, else whether the change applied."""
+        assert self.config_path is not None
+        path = self.config_path
+        try:
+            data, digest = await asyncio.to_thread(_read_and_hash, path)
+        except OSError as e:
+            log.warning("cannot read %s (%s); keeping the last good config", path, e.strerror)
+            return None
+        if digest == self._config_digest:
+            return None
+        self._config_digest = digest
+        return await self.reload_text_async(data.decode(errors="replace"), str(path))
 
     def reload_text(self, text: str, source: str = "<config>") -> bool:
-        """Validate and apply a new config text. Returns False (and keeps the old one) if invalid."""
+        """Validate and apply a new config text. Returns False (and keeps the old one) if invalid.
+
+        Parses in the calling thread; on the event loop prefer :meth:`reload_text_async`, which parses
+        in a worker thread so that a large file does not stall xDS, ACKs and the admin API.
+        """
         try:
-            cfg = parse_text(text, source)
+            parsed = _parse_for_reload(text, source)
         except ConfigError as e:
-            self.metrics.config_reloads.labels("invalid").inc()
-            log.error("config change rejected, the last good config stays in force:\n%s", e)
-            return False
-        plan = to_traffic_plan(cfg)
+            return self._reject_invalid(e)
+        return self._apply_reload(*parsed, source)
+
+    async def reload_text_async(self, text: str, source: str = "<config>") -> bool:
+        """:meth:`reload_text` with the YAML parse, validation and plan building in a worker thread."""
+        try:
+            parsed = await asyncio.to_thread(_parse_for_reload, text, source)
+        except ConfigError as e:
+            return self._reject_invalid(e)
+        return self._apply_reload(*parsed, source)
+
+    def _reject_invalid(self, e: ConfigError) -> bool:
+        self.metrics.config_reloads.labels("invalid").inc()
+        log.error("config change rejected, the last good config stays in force:\n%s", e)
+        return False
+
+    def _reject_restart(self, why: str) -> bool:
+        self.metrics.config_reloads.labels("needs_restart").inc()
+        log.error("config change rejected, the last good config stays in force: %s; restart to apply it", why)
+        return False
+
+    def _apply_reload(self, cfg: Config, plan: TrafficPlan, source: str) -> bool:
+        """Apply a parsed config on the loop (``plan`` is ``to_traffic_plan(cfg)``, built once)."""
         if any(plan == bad for bad in self.publisher.bad_plans):
             self.metrics.config_reloads.labels("known_bad").inc()
             log.error("config change rejected: proxies rejected this exact configuration before")
             return False
+        changed = restart_only_changes(self.config, cfg)
+        if changed:
+            return self._reject_restart("these keys are read only at start: " + "; ".join(changed))
         if self.controller is not None:
             if not autoscaled(cfg):
-                self.metrics.config_reloads.labels("invalid").inc()
-                log.error("config change rejected: it removes autoscaling from every pool, which needs a restart")
-                return False
-            if cfg.kubernetes != self.config.kubernetes:
-                self.metrics.config_reloads.labels("invalid").inc()
-                log.error("config change rejected: the kubernetes section (watched Deployments, Lease) changes only "
-                          "with a restart")
-                return False
+                return self._reject_restart("it removes autoscaling from every pool")
             self.controller.set_config(cfg)
         else:
             if autoscaled(cfg):
-                self.metrics.config_reloads.labels("invalid").inc()
-                log.error("config change rejected: turning autoscaling on needs a restart of serve")
-                return False
+                return self._reject_restart("it turns autoscaling on")
             self.publisher.submit(self.operator.apply(plan), reason=f"config reload from {source}")
         self.config = cfg
         self.metrics.config_reloads.labels("ok").inc()
@@ -253,7 +281,7 @@ class ControlPlane:
         app.router.add_get("/debug/syncz", self._syncz_view)
         app.router.add_get("/debug/snapshot", self._snapshot_view)
         app.router.add_get("/debug/tasks", self._tasks_view)
-        app.router.add_get("/healthz", lambda _r: web.Response(text="ok\n"))
+        app.router.add_get("/healthz", _healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.metrics_port or 0)
@@ -308,6 +336,10 @@ class ControlPlane:
         }
 
 
+async def _healthz(_req: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for listeners that Envoy, not we, will bind)."""
     import socket
@@ -315,6 +347,90 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+#: Config keys read only when the control plane starts (a reload changing one is rejected, see
+#: ``restart_only_changes``): the publisher's and ADS server's settings (``__post_init__``), the controller's tick
+#: period (``Controller.run``) and signal source (``make_source``), the admin API's and xDS port's binding and TLS
+#: (``start``, ``start_admin``), and the Kubernetes wiring (``attach_kubernetes``).
+RESTART_ONLY_KEYS = ("xds", "controller.tick_s", "controller.signals", "admin.enabled", "admin.address",
+                     "admin.port", "admin.tls", "admin.xds_tls", "kubernetes")
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """Each changed key under :data:`RESTART_ONLY_KEYS`, as ``path: old -> new`` (or just ``path``)."""
+    out: list[str] = []
+    for key in RESTART_ONLY_KEYS:
+        a: Any = old
+        b: Any = new
+        for part in key.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        _diff(key, a, b, out)
+    return out
+
+
+def _diff(path: str, a: Any, b: Any, out: list[str]) -> None:
+    from pydantic import BaseModel
+
+    if a == b:
+        return
+    if isinstance(a, BaseModel) and type(a) is type(b):
+        for name in type(a).model_fields:
+            _diff(f"{path}.{name}", getattr(a, name), getattr(b, name), out)
+    elif isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                out.append(f"{path}.{k} ({'added' if k not in a else 'removed'})")
+            else:
+                _diff(f"{path}.{k}", a[k], b[k], out)
+    elif all(x is None or isinstance(x, (bool, int, float, str)) for x in (a, b)):
+        out.append(f"{path} ({_short(a)} -> {_short(b)})")
+    else:
+        out.append(path)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, bytes]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).digest()
+
+
+def _parse_for_reload(text: str, source: str) -> tuple[Config, TrafficPlan]:
+    """Parse, validate and build the static plan: pure, so it runs in a worker thread.
+
+    The cyclic garbage collector is paused meanwhile: a 10,000-endpoint file allocates some 10^5 objects (YAML
+    nodes, models, plan), which would otherwise set off several full collections of the whole heap (about 0.1 s
+    each with 1,000 streams connected), each holding the GIL and so stalling the event loop. What the parse
+    allocates is freed by reference counting; the collector resumes right after.
+    """
+    with _gc_paused():
+        cfg = parse_text(text, source)
+        return cfg, to_traffic_plan(cfg)
+
+
+_gc_lock = threading.Lock()
+_gc_pause = {"pausers": 0, "reenable": False}
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic collector while the block runs (re-entrant across threads; never enables it if it was off)."""
+    with _gc_lock:
+        if _gc_pause["pausers"] == 0:
+            _gc_pause["reenable"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["pausers"] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pause["pausers"] -= 1
+            if _gc_pause["pausers"] == 0 and _gc_pause["reenable"]:
+                gc.enable()
 
 
 def autoscaled(cfg: Config) -> bool:

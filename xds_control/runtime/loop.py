@@ -1,26 +1,19 @@
-"""The live loop: the only place where signals, decisions, plans, pushes and scaling meet.
+"""The live loop: gathers what one tick observes, calls the control step, carries its actions out.
 
-One :meth:`Controller.tick` (every ``controller.tick_s``, default 1 s) does, for each
-autoscaled pool::
+Every ``controller.tick_s`` (default 1 s) :meth:`Controller.tick` does::
 
-    scaler.list() -> signals.read(ready endpoints) -> SignalFrame -> policy.decide
-      -> planning.plan_service (coordination: pending -> warming -> ramping -> serving
-         -> draining -> removable) -> apply_to_pool
-    then: one TrafficPlan -> publisher (snapshot, push) ; scaler: start what is missing,
-    stop only what planning reports removable, reap crashed replicas.
+    scaler.list() + signals.read(ready endpoints) + rates.read_rates(pools) + ACK progress
+      + operator overrides + leadership  ->  control.step.Observation
+    control_step(observation, state, spec) -> StepResult        (pure: every decision is made there)
+    then: publisher.publish_now(result.plan) when it changed; scaler: reap failed replicas, stop the
+    removable ones, start what is missing; log, record and emit the step's events.
 
-Guarantees, inherited from planning and checked here:
+The decision rules (lost-signal hold, pause, follower hold, keeping weights, drains out of the count and
+out of the policy's ready set, the operator overlay, the initial hold after a restart) live in
+:func:`xds_control.control.step.control_step`, which the simulator drives too. Nothing here decides.
 
-* weight moves onto a new endpoint only once it is ready and every connected proxy has
-  ACKed the version that contains it (``acked_through`` is the ``now`` of the newest plan
-  all proxies ACKed);
-* an endpoint is stopped only after planning reports it removable: a version with it
-  DRAINING was ACKed everywhere and its in-flight count reached 0 (or the drain timeout
-  passed);
-* a failed or stale signal read counts as saturated in the load index (never as idle),
-  so it cannot cause a scale-down or zero a weight.
-
-Time is ``clock()`` (monotonic seconds), passed into the pure core as ``now``.
+``acked_through`` is the ``now`` of the newest plan every connected proxy ACKed. Time is ``clock()``
+(monotonic seconds), passed into the step as ``now``.
 """
 
 from __future__ import annotations
@@ -33,15 +26,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from xds_control.control.operator import OperatorState
-from xds_control.config import Config, to_traffic_plan
-from xds_control.config.policy import resolve_policy
-from xds_control.config.schema import PoolConfig, ReplicaTemplateConfig
-from xds_control.core.model import Decision, EndpointPhase, ServiceSignals, SignalFrame
-from xds_control.core.traffic import HealthStatus, Locality, TrafficPlan
-from xds_control.planning import CoordinationTable, ServicePlanResult, apply_to_pool, plan_service
-from xds_control.policies import PolicySpec, decide
 from xds_control.actuators.base import ReplicaInfo, ReplicaOptions, ReplicaState, Scaler
+from xds_control.config import Config, to_traffic_plan
+from xds_control.config.schema import PoolConfig, ReplicaTemplateConfig
+from xds_control.control.operator import OperatorState
+from xds_control.control.step import (
+    ControlSpec,
+    ControlState,
+    Observation,
+    PoolActions,
+    PoolObs,
+    PoolSpec,
+    PoolState,
+    ReplicaObs,
+    ReplicaStatus,
+    StepResult,
+    control_step,
+)
+from xds_control.core.model import Decision, EndpointPhase, SignalFrame
+from xds_control.core.traffic import TrafficPlan
+from xds_control.planning import CoordinationTable, ServicePlanResult
+from xds_control.policies import PolicySpec
 from xds_control.signals.base import SignalReport, SignalSource
 from xds_control.xds.publisher import Publisher
 from xds_control.xds.status import SyncTracker
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PoolRuntime:
-    """What the controller keeps per autoscaled pool between ticks (state values are immutable)."""
+    """A view of one autoscaled pool for the admin API and logs, refreshed every tick (values immutable)."""
 
     service: str
     pool: str
@@ -59,8 +64,6 @@ class PoolRuntime:
     template: ReplicaTemplateConfig
     state: Any = None
     table: CoordinationTable | None = None
-    zone_of: dict[str, str] = field(default_factory=dict)
-    started: int = 0
     paused: bool = False
     last_decision: Decision | None = None
     last_result: ServicePlanResult | None = None
@@ -109,26 +112,28 @@ class Controller:
         scaler: Scaler,
         source: SignalSource,
         *,
+        rates: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.publisher = publisher
         self.tracker = tracker
         self.scaler = scaler
         self.source = source
+        #: Gateway request rates per pool (Envoy's statistics); None = unknown to the policies.
+        self.rates = rates
         self.clock = clock
         #: Only the leader decides and scales (leader election; a scaler without ``is_leader`` is always it).
-        #: A follower keeps reading signals and planning, so it serves the same endpoints, but holds the
-        #: replica count and never actuates.
         self.is_leader: Callable[[], bool] = getattr(scaler, "is_leader", None) or (lambda: True)
         self.runtimes: dict[str, PoolRuntime] = {}
         self.acked_through: float | None = None
         self._pending_acks: deque[tuple[int, float]] = deque()
-        self._last_plan: TrafficPlan | None = None
         self.history: deque[TickRecord] = deque(maxlen=600)
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self.scale_ups = 0
         self.scale_downs = 0
         self._stopping: set[str] = set()
+        self._zone_of: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Operator weight overrides, drains and policy specs (the admin API writes it; the app may share one).
         self.operator = OperatorState()
@@ -136,8 +141,7 @@ class Controller:
         #: this many seconds passed: a restarted control plane must not push a plan with fewer endpoints
         #: than the proxies hold; while it waits, reconnecting proxies get no response and keep their config.
         self.initial_hold_s = 120.0
-        self._holding = True
-        self._started_at: float | None = None
+        self.state = ControlState()
         #: pool -> why its signals are lost (empty when every pool's source answers); see ``tick``.
         self.signal_alerts: dict[str, str] = {}
         self.set_config(config)
@@ -152,17 +156,37 @@ class Controller:
             for pool in svc.pools:
                 if pool.autoscale is None:
                     continue
-                spec = self.operator.specs.get(pool.name) or resolve_policy(pool.autoscale.policy,
-                                                                            pool.autoscale.overrides)
+                spec = self.operator.specs.get(pool.name) or pool.autoscale.spec
                 old = self.runtimes.get(pool.name)
                 rt = PoolRuntime(svc.name, pool.name, spec, pool.autoscale.replica)
                 if old is not None:
-                    rt.table, rt.zone_of, rt.started, rt.paused = old.table, old.zone_of, old.started, old.paused
-                    if type(old.spec) is type(spec):
-                        rt.state = old.state
+                    rt.table, rt.paused, rt.state = old.table, old.paused, old.state
+                    rt.last_decision, rt.last_result, rt.last_report = old.last_decision, old.last_result, \
+                        old.last_report
                 runtimes[pool.name] = rt
         self.runtimes = runtimes
-        self._last_plan = None
+        # The next plan is compared with nothing: it is published even if equal to the last one.
+        self.state = replace(self.state, last_plan=None)
+
+    def control_spec(self) -> ControlSpec:
+        """The pools as the step sees them (the operator's policy wins over the config's)."""
+        pools = tuple(PoolSpec(rt.service, rt.pool, rt.spec, tuple(rt.template.zones))
+                      for rt in self.runtimes.values())
+        return ControlSpec(pools, self.base_plan, initial_hold_s=self.initial_hold_s)
+
+    def set_paused(self, pool: str, paused: bool) -> None:
+        """Pause (hold the count of) or resume autoscaling of ``pool``."""
+        self.runtimes[pool].paused = paused
+
+    def set_spec(self, pool: str, spec: PolicySpec) -> None:
+        """Run ``pool`` with ``spec`` from the next tick on (kept over config reloads until a restart)."""
+        self.operator.specs[pool] = spec
+        self.runtimes[pool].spec = spec
+
+    def add_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``fn`` with every event from now on; returns the function that unsubscribes it."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def _pool_config(self, name: str) -> PoolConfig | None:
         for s in self.config.services:
@@ -172,37 +196,37 @@ class Controller:
         return None
 
     def event(self, kind: str, **detail: Any) -> None:
-        self.events.append({"at": time.time(), "kind": kind, **detail})
+        ev = {"at": time.time(), "kind": kind, **detail}
+        self.events.append(ev)
+        for fn in list(self._listeners):
+            try:
+                fn(ev)
+            except Exception:  # noqa: BLE001 - a listener must not break the loop
+                log.exception("event listener failed on %s", kind)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start each pool's initial replicas and publish the first plan."""
+        """Start each pool's initial replicas; the first tick after the fleet settled publishes."""
+        started: dict[str, PoolState] = {}
         for rt in self.runtimes.values():
             pc = self._pool_config(rt.pool)
             n = pc.autoscale.initial_replicas if pc and pc.autoscale and pc.autoscale.initial_replicas is not None \
                 else rt.spec.min_replicas
             # Replicas that already exist (a Kubernetes Deployment) count; a follower starts none.
             n -= sum(1 for r in self.scaler.list() if r.pool == rt.pool) + _pending(self.scaler, rt.pool)
-            for _ in range(n if self.is_leader() else 0):
-                await self._start_replica(rt)
-        # No "initial plan" with empty autoscaled pools: the first tick after the fleet settled publishes
-        # (its ready replicas adopted as SERVING), so a restart never shrinks what the proxies hold.
-        self._started_at = self.clock()
-
-    def _fleet_settled(self, now: float) -> bool:
-        if self._started_at is not None and now - self._started_at >= self.initial_hold_s:
-            log.warning("replicas still starting after %.0f s; publishing anyway", self.initial_hold_s)
-            return True
-        if any(_pending(self.scaler, p) for p in self.runtimes):
-            return False
-        return not any(r.state == ReplicaState.STARTING and r.pool in self.runtimes for r in self.scaler.list())
+            zones = tuple(rt.template.zones)
+            n = max(0, n) if self.is_leader() else 0
+            for i in range(n):
+                await self._start_replica(rt, zones[i % len(zones)] if zones else "")
+            started[rt.pool] = PoolState(started=n)  # the step goes on spreading new replicas from here
+        self.state = replace(self.state, pools={**self.state.pools, **started})
 
     async def run(self) -> None:
-        """Tick forever (one named task of the app)."""
-        tick_s = self.config.controller.tick_s
+        """Tick forever (one named task of the app); ``controller.tick_s`` is re-read every tick (reloadable)."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
+            tick_s = self.config.controller.tick_s
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -223,149 +247,123 @@ class Controller:
             except BaseException:  # noqa: BLE001
                 pass
 
-    # -- the tick -------------------------------------------------------------------------------------
+    # -- the tick: observe, step, act ---------------------------------------------------------------
+    async def observe(self, now: float) -> tuple[Observation, dict[str, SignalReport]]:
+        """Everything the step needs, gathered from the scaler, the sources and the tracker."""
+        self._update_acked()
+        infos = self.scaler.list()
+        reports: dict[str, SignalReport] = {}
+        pools: dict[str, PoolObs] = {}
+        rates: dict[str, float | None] = {}
+        if self.rates is not None and self.runtimes:
+            rep = await self.rates.read_rates(list(self.runtimes), now)
+            rates = dict(getattr(rep, "rates", {}) or {})
+        for rt in self.runtimes.values():
+            mine = [r for r in infos if r.pool == rt.pool and r.id not in self._stopping
+                    and r.state in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.FAILED)]
+            replicas = tuple(ReplicaObs(r.id, r.key, _STATUS[r.state], zone=r.zone or self._zone_of.get(r.id, ""),
+                                        reason=str(r.reason or r.exit_code or "")) for r in mine)
+            ready_keys = [r.key for r in mine if r.state == ReplicaState.READY]
+            report = await self.source.read(ready_keys, now)
+            reports[rt.pool] = report
+            first = next((r.error for r in report.readings.values() if r.error), None)
+            pools[rt.pool] = PoolObs(rt.pool, replicas, pending=_pending(self.scaler, rt.pool),
+                                     samples=report.samples(), source_error=report.error, reading_error=first,
+                                     request_rate=rates.get(rt.pool))
+        drains = frozenset(self.operator.drains)
+        obs = Observation(now, pools, acked_through=self.acked_through, is_leader=bool(self.is_leader()),
+                          paused=frozenset(p for p, rt in self.runtimes.items() if rt.paused),
+                          pins=dict(self.operator.weights), drains=drains)
+        return obs, reports
+
     async def tick(self) -> list[TickRecord]:
         now = self.clock()
-        if self._holding:
-            if not self._fleet_settled(now):
-                return []
-            self._holding = False
-        self._update_acked()
-        pools = {}
-        records: list[TickRecord] = []
-        for rt in list(self.runtimes.values()):
-            infos = [r for r in self.scaler.list() if r.pool == rt.pool]
-            await self._reap(rt, infos)
-            live = [r for r in infos if r.state in (ReplicaState.STARTING, ReplicaState.READY)
-                    and r.id not in self._stopping]
-            keys = tuple(r.key for r in live)
-            ready = {r.key: r.state == ReplicaState.READY for r in live}
-            report = await self.source.read([k for k in keys if ready[k]], now)
-            rt.last_report = report
-            lost = self._signals_lost(rt, report, [k for k in keys if ready[k]])
-            samples = report.samples()
-            frame = SignalFrame.from_samples(
-                {k: samples.get(k) for k in keys}, ready=ready,
-                locality={r.key: Locality(zone=r.zone or rt.zone_of.get(r.id, "")).key for r in live},
-            )
-            n_starting = sum(1 for r in live if r.state == ReplicaState.STARTING)
-            # Replicas being drained are already decided away: they are not part of the current count,
-            # or the policy would "hold" them back into service on the next tick.
-            leaving = {int(EndpointPhase.DRAINING), int(EndpointPhase.REMOVABLE)}
-            phases = dict(zip(rt.table.keys, rt.table.phase.tolist())) if rt.table is not None else {}
-            n_leaving = sum(1 for k in keys if phases.get(k) in leaving)
-            signals = ServiceSignals(rt.service, frame, current_replicas=len(live) - n_leaving,
-                                     pending_replicas=n_starting)
-            if lost and rt.last_decision is not None:
-                # Stale data must not feed the policy's windows either: its state is kept as it was.
-                decision, new_state = replace(rt.last_decision, now=now, current_replicas=signals.current_replicas,
-                                              mode="hold", stale=()), rt.state
-            else:
-                decision, new_state = decide(signals, rt.state, rt.spec, now)
-            if lost:
-                # The source is lost (e.g. Prometheus down): hold the count (only the bounds still apply) and,
-                # below, the published weights, until it answers again. Membership still follows the scaler.
-                cur = decision.current_replicas
-                decision = replace(decision, target_replicas=min(max(cur, rt.spec.min_replicas), rt.spec.max_replicas),
-                                   explanation=f"signals lost, holding: {self.signal_alerts[rt.pool]}")
-            if rt.paused:
-                decision = replace(decision, target_replicas=decision.current_replicas,
-                                   explanation="autoscaling paused by an operator; " + decision.explanation)
-            elif not self.is_leader():
-                decision = replace(decision, target_replicas=decision.current_replicas,
-                                   explanation="follower: only the leader decides; " + decision.explanation)
-            rt.state = new_state
-            result = plan_service(decision, signals, rt.table, rt.spec.traffic, now, self.acked_through,
-                                  force_drain=self.operator.drained(rt.pool))
-            rt.table = result.table
-            rt.last_decision, rt.last_result = decision, result
-            self._log_decision(rt, decision, result)
-            if self.is_leader():
-                await self._actuate(rt, live, result)
-            base = self.base_plan.pool(rt.pool)
-            if base is not None:
-                pools[rt.pool] = apply_to_pool(base, result)
-                prev = self._last_plan.pool(rt.pool) if self._last_plan is not None else None
-                if lost and prev is not None:
-                    pools[rt.pool] = _keep_weights(pools[rt.pool], prev)
-            records.append(self._record(rt, now, decision, result, live, frame, report))
-        plan = replace(self.base_plan, pools=tuple(pools.get(p.name, p) for p in self.base_plan.pools))
-        plan = self.operator.apply(plan, [(r.pool, k) for r in self.runtimes.values() if r.table is not None
-                                          for k in r.table.keys])
-        version = self._publish(plan, "; ".join(r.explanation for r in records)[:500], now)
+        obs, reports = await self.observe(now)
+        result = control_step(obs, self.state, self.control_spec())
+        self.state = result.state
+        if result.plan is None:
+            return []
+        await self.act(result, reports)
+        # Pins and drains of endpoints that are gone are forgotten (a new replica reusing a port inherits none).
+        present = {(p.name, e.key) for p in result.plan.pools for e in p.endpoints}
+        present.update((a.pool, k) for a in result.pools for k in a.plan.keys)
+        self.operator.prune(present)
+        records = [self._record(a, now, reports.get(a.pool)) for a in result.pools]
+        version = self._current_version()
+        if result.changed:
+            version = self._publish(result.plan, "; ".join(r.explanation for r in records)[:500], now)
         for rec in records:
             self.history.append(replace(rec, version=version))
         return records
 
-    def _signals_lost(self, rt: PoolRuntime, report: SignalReport, ready_keys: list[str]) -> bool:
-        """Whether no ready endpoint of the pool got a good reading; keeps the alert, metric and events current."""
-        lost = report.error is not None or (
-            bool(ready_keys) and not any(report.readings.get(k) is not None and report.readings[k].ok
-                                         for k in ready_keys))
+    async def act(self, result: StepResult, reports: dict[str, SignalReport]) -> None:
+        """Carry out the step's actions (and keep the views, alerts and metrics current)."""
+        for ev in result.events:
+            self.event(ev.kind, **dict(ev.detail))
+            if ev.kind == "signals_lost":
+                log.error("%s: signals lost (%s); holding replicas and weights", ev.detail["pool"],
+                          ev.detail["reason"])
+            elif ev.kind == "signals_restored":
+                log.warning("%s: signals are back", ev.detail["pool"])
+        infos = {r.id: r for r in self.scaler.list()}
         metrics = getattr(self.publisher, "metrics", None)
-        if lost:
-            first = next((r.error for r in report.readings.values() if r.error), None)
-            why = (report.error or first or "every reading stale")[:300]
-            if rt.pool not in self.signal_alerts:
-                log.error("%s: signals lost (%s); holding replicas and weights", rt.pool, why)
-                self.event("signals_lost", pool=rt.pool, reason=why)
-            self.signal_alerts[rt.pool] = why
-        elif rt.pool in self.signal_alerts:
-            del self.signal_alerts[rt.pool]
-            log.warning("%s: signals are back", rt.pool)
-            self.event("signals_restored", pool=rt.pool)
-        if metrics is not None:
-            metrics.signals_up.labels(rt.pool).set(0 if lost else 1)
-            if lost:
-                metrics.signal_failures.labels(rt.pool).inc()
-        return lost
+        for a in result.pools:
+            rt = self.runtimes.get(a.pool)
+            if rt is None:
+                continue
+            ps = result.state.pools.get(a.pool)
+            rt.state, rt.table = (ps.policy_state, ps.table) if ps is not None else (None, None)
+            rt.last_decision, rt.last_result, rt.last_report = a.decision, a.plan, reports.get(a.pool)
+            if a.signals_lost is not None:
+                self.signal_alerts[a.pool] = a.signals_lost
+            else:
+                self.signal_alerts.pop(a.pool, None)
+            if metrics is not None:
+                metrics.signals_up.labels(a.pool).set(0 if a.signals_lost is not None else 1)
+                if a.signals_lost is not None:
+                    metrics.signal_failures.labels(a.pool).inc()
+            self._log_decision(rt, a)
+            for rid in a.reap:
+                info = infos.get(rid)
+                log.warning("replica %s (%s) failed: %s; it will be replaced", rid, info.key if info else "?",
+                            (info.reason or info.exit_code) if info else "")
+                self.event("replica_failed", pool=a.pool, replica=rid, endpoint=info.key if info else "",
+                           reason=info.reason if info else "")
+                await self.scaler.stop_replica(rid)
+                self._zone_of.pop(rid, None)
+            for rid in a.stop:
+                if rid in self._stopping:
+                    continue
+                info = infos.get(rid)
+                self._stopping.add(rid)
+                self.scale_downs += 1
+                key = info.key if info else ""
+                self.event("scale_down", pool=a.pool, replica=rid, endpoint=key)
+                log.info("%s: stopping drained replica %s (%s)", a.pool, rid, key)
+                self._spawn(self._stop(rid), f"stop-{rid}")
+            for zone in a.start:
+                await self._start_replica(rt, zone)
+                self.scale_ups += 1
 
-    def _log_decision(self, rt: PoolRuntime, d: Decision, res: ServicePlanResult) -> None:
+    def _log_decision(self, rt: PoolRuntime, a: PoolActions) -> None:
+        d, res = a.decision, a.plan
         level = logging.INFO if d.direction != "hold" or res.transitions else logging.DEBUG
         log.log(level, "%s/%s [%s %s] %d -> %d: %s | %s", rt.service, rt.pool, d.policy, d.mode,
                 d.current_replicas, d.target_replicas, d.explanation, res.explanation)
-        if d.direction != "hold":
-            self.event("decision", service=rt.service, pool=rt.pool, policy=d.policy, current=d.current_replicas,
-                       target=d.target_replicas, explanation=d.explanation)
 
-    async def _reap(self, rt: PoolRuntime, infos: list[ReplicaInfo]) -> None:
-        for r in infos:
-            if r.state == ReplicaState.FAILED:
-                log.warning("replica %s (%s) failed: %s; it will be replaced", r.id, r.key, r.reason or r.exit_code)
-                self.event("replica_failed", pool=rt.pool, replica=r.id, endpoint=r.key, reason=r.reason)
-                await self.scaler.stop_replica(r.id)
-                rt.zone_of.pop(r.id, None)
-
-    async def _actuate(self, rt: PoolRuntime, live: list[ReplicaInfo], res: ServicePlanResult) -> None:
-        by_key = {r.key: r for r in live}
-        for key in res.removable:
-            info = by_key.get(key)
-            if info is not None and info.id not in self._stopping:
-                self._stopping.add(info.id)
-                self.scale_downs += 1
-                self.event("scale_down", pool=rt.pool, replica=info.id, endpoint=key)
-                log.info("%s: stopping drained replica %s (%s)", rt.pool, info.id, key)
-                self._spawn(self._stop(info.id, rt), f"stop-{info.id}")
-        missing = res.scaler_replicas - len(live) - _pending(self.scaler, rt.pool)
-        for _ in range(max(0, missing)):
-            await self._start_replica(rt)
-            self.scale_ups += 1
-
-    async def _stop(self, rid: str, rt: PoolRuntime) -> None:
+    async def _stop(self, rid: str) -> None:
         try:
             await self.scaler.stop_replica(rid)
         finally:
             self._stopping.discard(rid)
-            rt.zone_of.pop(rid, None)
+            self._zone_of.pop(rid, None)
 
-    async def _start_replica(self, rt: PoolRuntime) -> ReplicaInfo:
+    async def _start_replica(self, rt: PoolRuntime, zone: str) -> ReplicaInfo:
         t = rt.template
         opts = ReplicaOptions(load_delay_s=t.load_delay_s, slow_factor=t.slow_factor, fail_rate=t.fail_rate,
                               max_num_seqs=t.max_num_seqs, max_queue=t.max_queue)
         info = await self.scaler.start_replica(rt.pool, t.profile, opts)
-        zone = t.zones[rt.started % len(t.zones)] if t.zones else ""
-        rt.zone_of[info.id] = zone
-        rt.started += 1
+        self._zone_of[info.id] = zone
         self.event("scale_up", pool=rt.pool, replica=info.id, endpoint=info.key, zone=zone)
         log.info("%s: starting replica %s on %s%s", rt.pool, info.id, info.key, f" in {zone}" if zone else "")
         return info
@@ -376,11 +374,12 @@ class Controller:
         task.add_done_callback(self._tasks.discard)
 
     # -- pushing and ACKs ---------------------------------------------------------------------------
+    def _current_version(self) -> int | None:
+        snap = self.publisher.cache.snapshot
+        return snap.version if snap else None
+
     def _publish(self, plan: TrafficPlan, reason: str, now: float) -> int | None:
-        if plan == self._last_plan:
-            return self.publisher.cache.snapshot.version if self.publisher.cache.snapshot else None
         snap = self.publisher.publish_now(plan, reason=reason)
-        self._last_plan = plan
         self._pending_acks.append((snap.version, now))
         return snap.version
 
@@ -397,40 +396,37 @@ class Controller:
                 self._pending_acks.popleft()
 
     # -- views --------------------------------------------------------------------------------------
-    def _record(self, rt: PoolRuntime, now: float, d: Decision, res: ServicePlanResult, live: list[ReplicaInfo],
-                frame: SignalFrame, report: SignalReport) -> TickRecord:
-        by_key = {r.key: r for r in live}
+    def _record(self, a: PoolActions, now: float, report: SignalReport | None) -> TickRecord:
+        d, res, frame = a.decision, a.plan, a.frame
+        rt = self.runtimes[a.pool]
+        infos = {r.key: r for r in self.scaler.list() if r.pool == a.pool}
         load = None
         rep = d.load
         if rep is not None and getattr(rep, "endpoint", None) is not None and len(rep.endpoint) == len(res.keys):
             load = rep.endpoint
         views = []
         for i, key in enumerate(res.keys):
-            info = by_key.get(key)
+            info = infos.get(key)
             views.append(EndpointView(
                 key=key,
                 replica_id=info.id if info else "",
                 state=info.state.value if info else "gone",
                 phase=EndpointPhase(int(res.phase[i])).name.lower(),
                 weight=int(res.weight[i]),
-                zone=(info.zone or rt.zone_of.get(info.id, "")) if info else "",
+                zone=(info.zone or self._zone_of.get(info.id, "")) if info else "",
                 load=_num(load[i]) if load is not None else None,
-                latency_s=_num(frame.latency_s[i]),
-                running=_num(frame.running[i]),
-                waiting=_num(frame.waiting[i]),
+                latency_s=_num(frame.latency_s[i]) if frame is not None else None,
+                running=_num(frame.running[i]) if frame is not None else None,
+                waiting=_num(frame.waiting[i]) if frame is not None else None,
             ))
         return TickRecord(now=now, service=rt.service, pool=rt.pool, policy=d.policy, current=d.current_replicas,
-                          target=d.target_replicas, ready=signals_ready(frame), mode=d.mode,
-                          load_index=d.load_index, explanation=d.explanation, endpoints=tuple(views), version=None,
-                          failed_reads=len(report.failed))
+                          target=d.target_replicas, ready=signals_ready(frame) if frame is not None else 0,
+                          mode=d.mode, load_index=d.load_index, explanation=d.explanation, endpoints=tuple(views),
+                          version=None, failed_reads=len(report.failed) if report is not None else 0)
 
 
-def _keep_weights(pool: Any, prev: Any) -> Any:
-    """``pool`` with the weights ``prev`` gave the endpoints that were already in rotation there."""
-    old = {e.key: e.weight for e in prev.endpoints if e.health is HealthStatus.HEALTHY}
-    eps = tuple(replace(e, weight=old[e.key]) if e.health is HealthStatus.HEALTHY and e.key in old
-                and e.weight != old[e.key] else e for e in pool.endpoints)
-    return replace(pool, endpoints=eps)
+_STATUS = {ReplicaState.STARTING: ReplicaStatus.STARTING, ReplicaState.READY: ReplicaStatus.READY,
+           ReplicaState.FAILED: ReplicaStatus.FAILED}
 
 
 def _pending(scaler: Any, pool: str) -> int:

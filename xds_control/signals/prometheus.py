@@ -19,6 +19,11 @@ Failure and staleness, per endpoint:
   (a single failed field query only leaves that field ``None`` and is listed in
   ``SignalReport.extra["field_errors"]``).
 
+The gateway arrival rate per pool (:meth:`PrometheusSource.read_rates`, a
+:class:`~xds_control.signals.envoy_stats.RequestRateSource`) comes from the Envoy
+cluster counters Prometheus scrapes from each proxy's ``/stats/prometheus``: see
+:data:`DEFAULT_RATE_QUERY` and, for why these counters, :mod:`xds_control.signals.envoy_stats`.
+
 prometheus-api-client is synchronous (requests); each read runs its queries in
 one worker thread (``asyncio.to_thread``) so the event loop never blocks.
 """
@@ -33,8 +38,9 @@ from typing import Any, Mapping, Sequence
 
 from xds_control.core.model import EndpointSample
 from xds_control.signals.base import EndpointReading, SignalReport
+from xds_control.signals.envoy_stats import RateReport
 
-__all__ = ["PrometheusSource", "DEFAULT_QUERIES"]
+__all__ = ["PrometheusSource", "DEFAULT_QUERIES", "DEFAULT_RATE_QUERY"]
 
 #: PromQL per EndpointSample field (``{window}`` = rate window). All aggregate ``by (instance)``;
 #: :class:`PrometheusSource` rewrites ``instance`` to its ``key_label``.
@@ -54,6 +60,20 @@ DEFAULT_QUERIES: Mapping[str, str] = {
     "_timestamp": "max by (instance) (timestamp(vllm:num_requests_running))",
 }
 
+#: Requests/s arriving at the gateways per pool (Envoy cluster ``POOL``), summed over the proxies:
+#: attempts minus retries plus requests refused for want of a healthy host (see
+#: :mod:`xds_control.signals.envoy_stats`). ``{pools}`` is replaced by a regex matching the requested
+#: pools, ``{window}`` by the rate window; the result must be labelled ``envoy_cluster_name``.
+#: Override it with a ``request_rate`` entry in ``queries``. Envoy's Prometheus output cuts a cluster
+#: name at its first ``.`` (``llm.v3`` -> ``envoy_cluster_name="llm"``): pools read this way need
+#: names without dots (or an Envoy ``stats_tags`` rule for ``envoy.cluster_name``).
+DEFAULT_RATE_QUERY = (
+    'sum by (envoy_cluster_name) (rate(envoy_cluster_upstream_rq_total{envoy_cluster_name=~"{pools}"}[{window}]))'
+    ' - sum by (envoy_cluster_name) (rate(envoy_cluster_upstream_rq_retry{envoy_cluster_name=~"{pools}"}[{window}]))'
+    ' + sum by (envoy_cluster_name)'
+    ' (rate(envoy_cluster_upstream_cx_none_healthy{envoy_cluster_name=~"{pools}"}[{window}]))'
+)
+
 _FIELDS = tuple(f.name for f in fields(EndpointSample) if f.name != "taken_at")
 
 
@@ -65,6 +85,7 @@ class PrometheusSource:
         queries: overrides of :data:`DEFAULT_QUERIES` by field name (``None`` removes one).
         window: rate window substituted for ``{window}``.
         key_label: label holding the endpoint key (``host:port``).
+        rate_window: rate window of :meth:`read_rates` (the simulator uses 10 s; at least 4 scrape intervals).
         max_age_s: data older than this is stale.
         timeout_s: HTTP timeout per query.
         client: a ready ``PrometheusConnect`` (tests, custom auth); built from ``url`` otherwise.
@@ -82,11 +103,17 @@ class PrometheusSource:
         max_age_s: float = 10.0,
         timeout_s: float = 2.0,
         client: Any = None,
+        rate_window: str = "10s",
     ) -> None:
         merged: dict[str, str] = dict(DEFAULT_QUERIES)
-        for k, q in (queries or {}).items():
+        queries = dict(queries or {})
+        rate_query = queries.pop("request_rate", None) or DEFAULT_RATE_QUERY
+        if "{pools}" not in rate_query:
+            raise ValueError(f"queries.request_rate must contain '{{pools}}' (the pools' regex), got {rate_query!r}")
+        self.rate_query = rate_query.replace("{window}", rate_window)
+        for k, q in queries.items():
             if k not in DEFAULT_QUERIES:
-                raise ValueError(f"unknown signal {k!r} in queries; known: {', '.join(DEFAULT_QUERIES)}")
+                raise ValueError(f"unknown signal {k!r} in queries; known: {', '.join(DEFAULT_QUERIES)}, request_rate")
             if q is None:
                 merged.pop(k, None)
             else:
@@ -175,6 +202,38 @@ class PrometheusSource:
             source=self.name, now=now, readings=readings, elapsed_s=time.monotonic() - t_call,
             extra={"field_errors": field_errors} if field_errors else {},
         )  # fmt: skip
+
+    def _query_rates(self, pools: Sequence[str]) -> dict[str, float]:
+        regex = "|".join(p.replace(".", "\\\\.") for p in pools)  # PromQL string: "\\." is a regex "\."
+        out: dict[str, float] = {}
+        for series in self._connect().custom_query(self.rate_query.replace("{pools}", regex)):
+            pool = series.get("metric", {}).get("envoy_cluster_name")
+            if pool is not None:
+                out[pool] = float(series["value"][1])
+        return out
+
+    async def read_rates(self, pools: Sequence[str], now: float) -> RateReport:
+        """Gateway arrival rate per pool (requests/s) from :attr:`rate_query`; a pool without a series is ``None``."""
+        t_call = time.monotonic()
+        pools = list(dict.fromkeys(pools))
+        if not pools:
+            return RateReport("prometheus", now, {}, elapsed_s=time.monotonic() - t_call)
+        try:
+            got = await asyncio.to_thread(self._query_rates, pools)
+        except Exception as e:
+            err = f"prometheus at {self.url} failed: {type(e).__name__}: {e}"[:400]
+            return RateReport("prometheus", now, {p: None for p in pools}, error=err,
+                              reasons={p: "read failed" for p in pools}, elapsed_s=time.monotonic() - t_call)
+        rates: dict[str, float | None] = {}
+        reasons: dict[str, str] = {}
+        for p in pools:
+            v = got.get(p)
+            if v is None or not math.isfinite(v):
+                rates[p] = None
+                reasons[p] = f"no series for envoy_cluster_name={p!r} (not scraped yet, or no such cluster)"
+            else:
+                rates[p] = max(0.0, v)
+        return RateReport("prometheus", now, rates, reasons=reasons, elapsed_s=time.monotonic() - t_call)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -39,7 +39,8 @@ class EndpointObservation:
     address: str
     node: str
     zone: str
-    #: ``"starting"``, ``"ready"`` or ``"draining"`` (dead replicas are not shown).
+    #: ``"starting"``, ``"ready"``, ``"draining"`` or ``"failed"`` (a dead replica, shown to controllers that
+    #: manage replicas until they stop it; to others dead replicas are not shown).
     state: str
     #: Seconds since the replica became ready (negative while starting).
     age_s: float
@@ -93,7 +94,13 @@ class FleetObservation:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """A controller's answer. ``None`` leaves that part unchanged."""
+    """A controller's answer. ``None`` leaves that part unchanged.
+
+    Two kinds of controller: a *managed* one sets ``target_replicas`` and the fleet manager (a ReplicaSet)
+    starts, cancels, drains and replaces replicas to reach it; a controller with ``manages_replicas = True``
+    (the control step) says exactly which replicas to ``start`` and ``stop``, as the live loop does with a
+    scaler, and its ``target_replicas`` is only recorded.
+    """
 
     target_replicas: int | None = None
     #: Envoy ``load_balancing_weight`` per replica id; 0 takes it out of rotation (not in EDS).
@@ -101,6 +108,11 @@ class Action:
     weights: Mapping[int, int] | None = None
     #: Replica ids to cancel/drain first when scaling down (planning's choice), in order.
     drain_first: tuple[int, ...] = ()
+    #: ``manages_replicas`` only: start one replica per entry, in that zone ("" = the emptier zone).
+    start: tuple[str, ...] = ()
+    #: ``manages_replicas`` only: replica ids to stop (a ready one drains: in-flight requests finish;
+    #: a starting one is cancelled; a failed one is acknowledged).
+    stop: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import Trace
 from xds_control.sim.controller import (
     LB_LEAST_REQUEST,
     LB_ROUND_ROBIN,
@@ -66,7 +67,6 @@ from xds_control.sim.controller import (
     FleetObservation,
     ttft_slo_s,
 )
-from xds_control.fleet.trace import Trace
 
 __all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S"]
 
@@ -164,6 +164,7 @@ class _Replica:
         "rid", "node", "zone", "state", "created", "ready_at", "stopped",
         "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
         "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts", "edf",
+        "reaped",
     )
 
     def __init__(self, rid: int, node: int, zone: str, now: float, ready_at: float) -> None:
@@ -192,6 +193,7 @@ class _Replica:
         self.lost = 0
         self.ttfts: list[float] = []
         self.edf = 0.0  # Envoy EDF deadline (weighted least request with unequal weights)
+        self.reaped = False  # a dead replica the controller acknowledged (direct mode)
 
 
 def _p99(x: list[float]) -> float | None:
@@ -209,6 +211,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     rng = np.random.default_rng(cfg.seed)
     lb = cfg.lb or controller.lb
     eds_managed = bool(getattr(controller, "eds_managed", False))
+    #: The controller starts and stops replicas itself (the control step); no fleet manager reconciles.
+    direct = bool(getattr(controller, "manages_replicas", False))
     if lb not in (LB_LEAST_REQUEST, LB_ROUND_ROBIN):
         raise ValueError(f"unknown lb {lb!r}")
 
@@ -289,15 +293,17 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             for r in routable:
                 r.edf = base + (len(r.waiting) + r.b + 1) ** bias / r.weight
 
-    def place(now: float, ready_at: float) -> _Replica:
-        # zone with fewer live replicas, then a node there with a free GPU, else a new node
-        live = [r for r in replicas if r.state in (_STARTING, _READY, _DRAINING)]
-        counts = {z: 0 for z in cfg.zones}
-        for r in live:
-            counts[r.zone] = counts.get(r.zone, 0) + 1
-        zone = min(cfg.zones, key=lambda z: (counts[z], cfg.zones.index(z)))
+    def place(now: float, ready_at: float, zone: str = "") -> _Replica:
+        # the zone asked for, else the zone with fewer live replicas; then a node there with a free GPU,
+        # else a new node
+        if zone not in cfg.zones:
+            live = [r for r in replicas if r.state in (_STARTING, _READY, _DRAINING)]
+            counts = {z: 0 for z in cfg.zones}
+            for r in live:
+                counts[r.zone] = counts.get(r.zone, 0) + 1
+            zone = min(cfg.zones, key=lambda z: (counts[z], cfg.zones.index(z)))
         node = -1
-        for i, (z, used) in enumerate(zip(node_zone, node_used)):
+        for i, (z, used) in enumerate(zip(node_zone, node_used, strict=True)):
             if z == zone and used < cfg.gpus_per_node:
                 node = i
                 break
@@ -511,6 +517,9 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 if 0 <= rid < len(replicas):
                     replicas[rid].weight = max(0, int(w))  # 0 = not in EDS
             rebuild_routable()
+        if direct:
+            apply_direct(t, act)
+            return
         if act.target_replicas is not None:
             new = max(1, min(int(act.target_replicas), cfg.max_replicas))
             old = state["target"]
@@ -518,6 +527,40 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 actions.append((t, old, new))
                 state["target"] = new
             reconcile(t, act.drain_first)
+
+    def apply_direct(t: float, act: Action) -> None:
+        """Start and stop exactly what the controller said (the live loop's scaler calls)."""
+        changed = False
+        for rid in act.stop:
+            if not 0 <= rid < len(replicas):
+                continue
+            r = replicas[rid]
+            if r.state == _DEAD:
+                r.reaped = True
+            elif r.state == _STARTING:
+                release(r, t, _GONE)
+                r.version += 1
+                changed = True
+            elif r.state == _READY:
+                advance(r, t)
+                r.state = _DRAINING
+                if not r.b and not r.waiting:
+                    release(r, t, _GONE)
+                changed = True
+        live_now = live_count()
+        for zone in act.start:
+            if live_now >= cfg.max_replicas:
+                break
+            place(t, t + p.cold_start_s, zone)
+            live_now += 1
+            changed = True
+        if act.target_replicas is not None:
+            new = max(0, min(int(act.target_replicas), cfg.max_replicas))
+            if new != state["target"]:
+                actions.append((t, state["target"], new))
+                state["target"] = new
+        if changed:
+            rebuild_routable()
 
     # --- initial fleet, warm
     init = max(1, min(int(controller.initial_replicas(info)), cfg.max_replicas))
@@ -561,7 +604,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         e0 = energy_j
         for r in replicas:
             st = r.state
-            if st == _GONE or st == _DEAD:
+            if st in (_GONE, _DEAD):
                 if r.stopped > t - dt:
                     # billed for the part of the interval it was alive
                     alive = r.stopped - max(r.created, t - dt)
@@ -623,7 +666,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         lost_ptr = len(lost_log)
         eps = []
         for r in replicas:
-            if r.state not in (_STARTING, _READY, _DRAINING):
+            if r.state not in (_STARTING, _READY, _DRAINING) and not (direct and r.state == _DEAD and not r.reaped):
                 continue
             gu = r.util_sum / r.util_n if r.util_n else 0.0
             eps.append(
@@ -632,7 +675,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     address=f"10.{r.node // 250}.{r.node % 250}.{(r.rid % 250) + 2}:8000",
                     node=f"node-{r.node}",
                     zone=r.zone,
-                    state=_STATE_NAMES[r.state],
+                    state="failed" if r.state == _DEAD else _STATE_NAMES[r.state],
                     age_s=t - r.ready_at,
                     weight=r.weight,
                     running=r.b,
@@ -704,11 +747,12 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     pre_failure_ready = len(cands)
                     victim = cands[int(rng.integers(len(cands)))]
                     if cfg.failure_scope == "node":
-                        for r in [x for x in replicas if x.node == victim.node and x.state in (_STARTING, _READY, _DRAINING)]:
+                        live_states = (_STARTING, _READY, _DRAINING)
+                        for r in [x for x in replicas if x.node == victim.node and x.state in live_states]:
                             fail(r, t)
                     else:
                         fail(victim, t)
-            elif kind == _EV_RECONCILE:
+            elif kind == _EV_RECONCILE and not direct:
                 reconcile(t)
             continue
         t = ta

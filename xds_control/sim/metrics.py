@@ -116,7 +116,7 @@ def _surge_episodes(res: SimResult, load: np.ndarray) -> list[tuple[float, float
     over = load > cap + 1e-12
     eps: list[list[float]] = []
     dt = res.sample_s
-    for t, o in zip(res.ts_t.tolist(), over.tolist()):
+    for t, o in zip(res.ts_t.tolist(), over.tolist(), strict=True):
         if not o:
             continue
         if eps and t - eps[-1][1] <= LOAD_WINDOW_S + 1e-9:

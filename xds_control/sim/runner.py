@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import Trace
 from xds_control.sim.engine import SimConfig, SimResult, simulate
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
-from xds_control.fleet.trace import Trace
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -22,8 +23,6 @@ class Evaluation:
     failure_at: float | None
     results: list[SimResult] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Policies that could not run, with the reason (e.g. module not written yet).
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(
@@ -35,25 +34,16 @@ def evaluate(
     failure_scope: str = "replica",
     seed: int = 0,
     profile: cm.ReplicaProfile = cm.DEFAULT_PROFILE,
-    skip_unavailable: bool = False,
 ) -> Evaluation:
     """Replay ``trace`` (sped up by ``speedup``) through each policy with the same seed.
 
     ``failure_at`` is in the sped-up time axis (seconds of simulated time).
     """
-    from xds_control.sim.policies import PolicyUnavailable
-
     tr = trace.sped_up(speedup)
     ev = Evaluation(trace=tr.name, speedup=speedup, seed=seed, failure_at=failure_at)
     cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope)
     for name in policies:
-        try:
-            ctl = make_controller(name)
-        except PolicyUnavailable as e:
-            if not skip_unavailable:
-                raise
-            ev.skipped[name] = str(e)
-            continue
+        ctl = make_controller(name)
         res = simulate(tr, ctl, cfg)
         ev.results.append(res)
         ev.metrics[name] = compute_metrics(res)

@@ -8,8 +8,6 @@ rebuilt).
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import (
     address_pb2,
@@ -33,8 +31,11 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from xds_control.core.traffic import (
+    EndpointPlan,
     HealthStatus,
     LbPolicy,
     ListenerPlan,
@@ -50,7 +51,7 @@ def _dur(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _pack(msg) -> any_pb2.Any:  # type: ignore[no-untyped-def]
+def _pack(msg: Message) -> any_pb2.Any:
     a = any_pb2.Any()
     a.Pack(msg)
     return a
@@ -176,7 +177,7 @@ def build_load_assignment(pool: PoolPlan) -> endpoint_pb2.ClusterLoadAssignment:
     """Endpoints grouped by locality, with per-endpoint weights and health, and locality
     weights/priorities when the plan sets them."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=pool.name)
-    groups: dict[Locality, list] = {}
+    groups: dict[Locality, list[EndpointPlan]] = {}
     for ep in pool.endpoints:
         groups.setdefault(ep.locality, []).append(ep)
     lweights = dict(pool.locality_weights or ())
@@ -240,10 +241,11 @@ def build_route_configuration(
     return rc
 
 
-def _previous_hosts():  # type: ignore[no-untyped-def]
+def _previous_hosts() -> Message:
     from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-    return previous_hosts_pb2.PreviousHostsPredicate()
+    msg: Message = previous_hosts_pb2.PreviousHostsPredicate()
+    return msg
 
 
 def build_listener(lst: ListenerPlan) -> listener_pb2.Listener:

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from google.protobuf.message import Message
+
 from xds_control.core.errors import InconsistentSnapshot
 from xds_control.core.traffic import PoolPlan, RetryPlan, ServicePlan, TrafficPlan
 from xds_control.snapshot import resources as build
@@ -45,7 +47,9 @@ class Resource:
     source: object = None
 
 
-def make_resource(type_url: str, name: str, msg, refs: Iterable[str] = (), source: object = None) -> Resource:  # type: ignore[no-untyped-def]
+def make_resource(
+    type_url: str, name: str, msg: Message, refs: Iterable[str] = (), source: object = None
+) -> Resource:
     body = msg.SerializeToString(deterministic=True)
     version = hashlib.blake2b(body, digest_size=8).hexdigest()
     packed = any_bytes(type_url, body)
@@ -94,13 +98,17 @@ def check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
     endpoints = resources.get(T.ENDPOINT, _EMPTY)
     routes = resources.get(T.ROUTE, _EMPTY)
     for name, lis in resources.get(T.LISTENER, _EMPTY).items():
-        for rc in lis.refs:
-            if rc not in routes:
-                raise InconsistentSnapshot(f"listener {name!r} uses route configuration {rc!r}, which does not exist")
+        for rc_name in lis.refs:
+            if rc_name not in routes:
+                raise InconsistentSnapshot(
+                    f"listener {name!r} uses route configuration {rc_name!r}, which does not exist"
+                )
     for name, rc in routes.items():
-        for cl in sorted(rc.refs):
-            if cl not in clusters:
-                raise InconsistentSnapshot(f"route configuration {name!r} routes to cluster {cl!r}, which does not exist")
+        for cl_name in sorted(rc.refs):
+            if cl_name not in clusters:
+                raise InconsistentSnapshot(
+                    f"route configuration {name!r} routes to cluster {cl_name!r}, which does not exist"
+                )
     for name, cl in clusters.items():
         for eds in cl.refs:
             if eds not in endpoints:
@@ -144,9 +152,9 @@ def _validate_plan(plan: TrafficPlan) -> None:
             if w < 0:
                 raise InconsistentSnapshot(f"service {s.name!r}: pool weight {w} is negative")
     for lst in plan.listeners:
-        for s in lst.services:
-            if s not in services:
-                raise InconsistentSnapshot(f"listener {lst.name!r} carries service {s!r}, which does not exist")
+        for svc_name in lst.services:
+            if svc_name not in services:
+                raise InconsistentSnapshot(f"listener {lst.name!r} carries service {svc_name!r}, which does not exist")
 
 
 def build_snapshot(

@@ -121,7 +121,7 @@ class _Sub:
 class _Stream:
     """State shared by the reader and writer of one ADS stream."""
 
-    def __init__(self, server: "AdsServer", protocol: str, peer: str) -> None:
+    def __init__(self, server: AdsServer, protocol: str, peer: str) -> None:
         self.server = server
         self.protocol = protocol
         self.peer = peer
@@ -346,11 +346,13 @@ class AdsServer:
         if all(ts.acked_version == snap.version for ts in proxy.types.values()):
             at = self.cache.set_at.get(snap.version)
             if at is not None and getattr(proxy, "_converged_version", None) != snap.version:
-                proxy._converged_version = snap.version  # type: ignore[attr-defined]
+                proxy._converged_version = snap.version  # type: ignore[attr-defined]  # a private mark, not a field
                 self.metrics.convergence.observe(max(0.0, self.tracker._clock() - at))
 
     # -- State of the World -------------------------------------------------------------------
-    async def _sotw(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def _sotw(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async for out in self._serve("sotw", request_iterator, context):
             yield out
 
@@ -423,7 +425,9 @@ class AdsServer:
             self._bodies.popitem(last=False)
 
     # -- Delta ------------------------------------------------------------------------------------
-    async def _delta(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def _delta(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         async for out in self._serve("delta", request_iterator, context):
             yield out
 

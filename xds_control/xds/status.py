@@ -301,7 +301,9 @@ class SyncTracker:
                             "error": st.last_error,
                             "error_version": st.error_version,
                         }
-                        for t, st in sorted(p.types.items(), key=lambda kv: T.ORDER.index(kv[0]) if kv[0] in T.ORDER else 9)
+                        for t, st in sorted(
+                            p.types.items(), key=lambda kv: T.ORDER.index(kv[0]) if kv[0] in T.ORDER else 9
+                        )
                     },
                 }
             )

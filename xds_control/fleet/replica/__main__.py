@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     ap.add_argument("--profile", default=DEFAULT_PROFILE.name, help=f"cost-model profile: {', '.join(PROFILES)}")
     ap.add_argument("--name", default="", help="replica name in the x-xds-replica header (default host:port)")
-    ap.add_argument("--load-delay", type=float, default=None, help="seconds before /health is 200 (default: profile cold_start_s)")
+    ap.add_argument("--load-delay", type=float, default=None,
+                    help="seconds before /health is 200 (default: profile cold_start_s)")
     ap.add_argument("--slow-factor", type=float, default=1.0, help="multiply every step time")
     ap.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered 500")
     ap.add_argument("--max-num-seqs", type=int, default=None, help="running batch limit (default: profile max_batch)")

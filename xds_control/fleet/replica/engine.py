@@ -32,8 +32,8 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from xds_control.fleet import costmodel
 from xds_control.fleet.costmodel import ReplicaProfile
@@ -83,7 +83,7 @@ class EngineLimits:
     slow_factor: float = 1.0
 
     @classmethod
-    def from_profile(cls, p: ReplicaProfile, slow_factor: float = 1.0) -> "EngineLimits":
+    def from_profile(cls, p: ReplicaProfile, slow_factor: float = 1.0) -> EngineLimits:
         return cls(p.max_batch, p.queue_bound, p.kv_capacity_tokens, slow_factor)
 
 

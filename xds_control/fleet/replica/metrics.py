@@ -48,7 +48,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ReplicaMetrics:
-    def __init__(self, engine: "Engine", *, model_name: str, gpu_mem_mib: int = 49_152) -> None:
+    def __init__(self, engine: Engine, *, model_name: str, gpu_mem_mib: int = 49_152) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         labels = {"model_name": model_name, "engine": "0"}
@@ -101,11 +101,12 @@ class ReplicaMetrics:
         )
         for reason in ("queue_full", "not_ready", "injected_failure", "bad_request"):
             self.rejected.labels(reason=reason)
-        lag = Gauge("xds_replica_engine_lag_seconds", "Total time engine steps ended late (CPU starvation).", registry=reg)
+        lag = Gauge("xds_replica_engine_lag_seconds", "Total time engine steps ended late (CPU starvation).",
+                    registry=reg)
         lag.set_function(lambda: engine.lag_s)
         self.ready = Gauge("xds_replica_ready", "1 once the emulated model is loaded.", registry=reg)
 
-    def observe_finished(self, r: "GenRequest") -> None:
+    def observe_finished(self, r: GenRequest) -> None:
         assert r.finished_at is not None
         self.e2e.observe(r.finished_at - r.arrived)
         if r.first_token_at is not None:

@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
+from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
 from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
-from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
 
 REPLICA_HEADER = "x-xds-replica"
 
@@ -85,7 +85,7 @@ class ReplicaConfig:
                 errs.append((opt, f"must be positive, got {v}"))
         return errs
 
-    def resolved(self) -> "ResolvedConfig":
+    def resolved(self) -> ResolvedConfig:
         p = get_profile(self.profile)
         base = EngineLimits.from_profile(p, self.slow_factor)
         return ResolvedConfig(
@@ -95,7 +95,8 @@ class ReplicaConfig:
             limits=EngineLimits(
                 max_num_seqs=base.max_num_seqs if self.max_num_seqs is None else self.max_num_seqs,
                 max_queue=base.max_queue if self.max_queue is None else self.max_queue,
-                kv_capacity_tokens=base.kv_capacity_tokens if self.kv_capacity_tokens is None else self.kv_capacity_tokens,
+                kv_capacity_tokens=(base.kv_capacity_tokens if self.kv_capacity_tokens is None
+                                    else self.kv_capacity_tokens),
                 slow_factor=self.slow_factor,
             ),
             fail_rate=self.fail_rate,
@@ -270,7 +271,9 @@ class ReplicaServer:
         usage = {"prompt_tokens": r.input_tokens, "completion_tokens": r.generated,
                  "total_tokens": r.input_tokens + r.generated}  # fmt: skip
         if chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            choice: dict[str, Any] = {
+                "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"
+            }
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
@@ -280,7 +283,9 @@ class ReplicaServer:
             headers=self._headers(),
         )
 
-    async def _stream(self, request: web.Request, r: GenRequest, rid: str, created: int, chat: bool) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, r: GenRequest, rid: str, created: int, chat: bool
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(
             status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **self._headers()}
         )

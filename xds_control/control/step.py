@@ -1,0 +1,360 @@
+"""The control step: what one tick observes in, every action it takes out. Pure.
+
+``control_step(obs, state, spec) -> StepResult`` is the whole controller. Two worlds drive it:
+
+* the live runtime (:mod:`xds_control.runtime.loop`) builds an :class:`Observation` from the scaler's replica
+  list, the signal source's report, Envoy's request rates and ACK progress, the operator's overrides and the
+  leader lease, calls this function, and carries the actions out (start/stop processes or pods, publish the
+  plan, log, emit events);
+* the simulator (:mod:`xds_control.sim.adapter`) builds the same :class:`Observation` from the simulated fleet
+  and applies the same actions to it.
+
+If the two worlds behave differently for the same observations, that is a bug in one of the adapters.
+
+Contract (what a caller may rely on):
+
+* nothing here reads a clock, does I/O or mutates an input; ``obs.now`` is the only time;
+* the policy state and the coordination table come in through ``state`` and go out in
+  :attr:`StepResult.state`; pass that back next tick (``ControlState()`` starts fresh);
+* a crashed replica (FAILED) is reaped and still counted until its replacement starts (as a ReplicaSet does);
+* replicas being drained (phase DRAINING or REMOVABLE) are already decided away: they count neither in the
+  policy's ``current_replicas`` nor in its ready set, or it would hold them back into service next tick;
+* a pool whose signals are lost (the source failed, or no ready replica has a good reading) holds its replica
+  count (only the spec's bounds still apply), its policy state and its published weights until they return;
+* a paused pool, and every pool on a follower (not the leader), holds its count; a follower never starts or
+  stops replicas, but it plans the same endpoints, ramps and drains, so every instance serves the same plan;
+* weight moves onto a new endpoint only once it is ready and every proxy ACKed a plan containing it
+  (``obs.acked_through``), and a replica is stopped only once planning reports it removable (drained and
+  ACKed, in-flight 0, or the drain timeout passed) -- both inherited from :mod:`xds_control.planning`;
+* until every replica that existed or was asked for at start is ready (or ``initial_hold_s`` passed since the
+  first tick), nothing is decided or published: a restarted control plane never pushes a smaller plan than the
+  proxies hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+from xds_control.control.operator import apply_overrides
+from xds_control.core.model import Decision, EndpointPhase, EndpointSample, ServiceSignals, SignalFrame
+from xds_control.core.traffic import HealthStatus, Locality, PoolPlan, TrafficPlan
+from xds_control.loadindex import compute_load
+from xds_control.planning import CoordinationTable, ServicePlanResult, apply_to_pool, plan_service
+from xds_control.policies import PolicySpec, decide
+
+__all__ = [
+    "ReplicaStatus",
+    "ReplicaObs",
+    "PoolObs",
+    "Observation",
+    "PoolSpec",
+    "ControlSpec",
+    "PoolState",
+    "ControlState",
+    "PoolActions",
+    "Event",
+    "StepResult",
+    "control_step",
+]
+
+_LEAVING = (int(EndpointPhase.DRAINING), int(EndpointPhase.REMOVABLE))
+
+
+class ReplicaStatus(str, Enum):
+    """A replica as the world reports it (replicas being stopped are not reported at all)."""
+
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaObs:
+    """One replica of a pool: its stable id, its endpoint key (``host:port``) and status."""
+
+    id: str
+    key: str
+    status: ReplicaStatus
+    #: Zone the replica runs in ("" when unknown); becomes its Envoy locality.
+    zone: str = ""
+    #: Why it failed (FAILED only).
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PoolObs:
+    """What one tick saw of one autoscaled pool."""
+
+    pool: str
+    #: Live replicas in a stable order (the actuator's), failed ones included until reaped.
+    replicas: tuple[ReplicaObs, ...] = ()
+    #: Replicas asked for that have no endpoint yet (Kubernetes pods being scheduled).
+    pending: int = 0
+    #: Per ready replica key: its sample, or None when the read failed or was stale (never zeros).
+    samples: Mapping[str, EndpointSample | None] = field(default_factory=dict)
+    #: The whole source failed (e.g. Prometheus unreachable): the pool's signals are lost.
+    source_error: str | None = None
+    #: The first per-endpoint read error, for the explanation when every reading failed.
+    reading_error: str | None = None
+    #: Gateway arrival rate for the pool, requests/s (Envoy's statistics), None when unknown.
+    request_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one tick observes."""
+
+    now: float
+    pools: Mapping[str, PoolObs]
+    #: The ``now`` of the newest plan every connected proxy ACKed (None: none yet).
+    acked_through: float | None = None
+    #: Only the leader changes replica counts (leader election); a single instance always is.
+    is_leader: bool = True
+    #: Pools an operator paused.
+    paused: frozenset[str] = frozenset()
+    #: Operator weight pins: (pool, key) -> weight while the endpoint is in rotation.
+    pins: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Operator drains: (pool, key) pairs.
+    drains: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One autoscaled pool, resolved from the config (and the operator's policy, when one was set)."""
+
+    service: str
+    pool: str
+    policy: PolicySpec
+    #: Zones new replicas are spread over, round robin ("" = unspecified).
+    zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """The configuration a step works against: the autoscaled pools and the static rest of the plan."""
+
+    pools: tuple[PoolSpec, ...]
+    #: The plan of the config (static pools as configured; autoscaled pools without endpoints).
+    base_plan: TrafficPlan
+    #: Longest wait for the fleet present at start to become ready before the first publish.
+    initial_hold_s: float = 120.0
+
+    def pool(self, name: str) -> PoolSpec | None:
+        return next((p for p in self.pools if p.pool == name), None)
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What one pool carries from one tick to the next."""
+
+    #: Name of the policy ``policy_state`` belongs to (a different policy starts fresh).
+    policy: str | None = None
+    policy_state: Any = None
+    table: CoordinationTable | None = None
+    #: Replicas started so far (spreads new ones over the zones).
+    started: int = 0
+    last_decision: Decision | None = None
+    #: Why the pool's signals are lost, while they are.
+    signals_lost: str | None = None
+
+
+@dataclass(frozen=True)
+class ControlState:
+    pools: Mapping[str, PoolState] = field(default_factory=dict)
+    #: The plan of the previous step (None before the first publish).
+    last_plan: TrafficPlan | None = None
+    #: Still waiting for the fleet present at start (see the module docstring).
+    holding: bool = True
+    #: ``now`` of the first step (for ``initial_hold_s``).
+    first_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an operator may want to see (decisions, lost/restored signals)."""
+
+    kind: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolActions:
+    """Every action for one pool."""
+
+    service: str
+    pool: str
+    decision: Decision
+    plan: ServicePlanResult
+    #: Start one replica per entry, in that zone ("" = any).
+    start: tuple[str, ...] = ()
+    #: Replica ids to stop: drained and removable.
+    stop: tuple[str, ...] = ()
+    #: Replica ids that failed: acknowledge (stop) them; they are replaced through ``start``.
+    reap: tuple[str, ...] = ()
+    #: Why the pool's signals are lost (None when they are not).
+    signals_lost: str | None = None
+    #: The frame the pool was planned on (all live replicas), for views.
+    frame: SignalFrame | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: ControlState
+    pools: tuple[PoolActions, ...] = ()
+    #: The plan to serve (operator overrides applied); None while holding.
+    plan: TrafficPlan | None = None
+    #: ``plan`` differs from the previous step's: publish it.
+    changed: bool = False
+    events: tuple[Event, ...] = ()
+    #: Why nothing was decided (holding), else "".
+    held: str = ""
+
+
+def control_step(obs: Observation, state: ControlState, spec: ControlSpec) -> StepResult:
+    """One tick of the controller. See the module docstring for the contract."""
+    now = obs.now
+    first_at = state.first_at if state.first_at is not None else now
+    if state.holding:
+        waiting = _unsettled(obs, spec)
+        if waiting and now - first_at < spec.initial_hold_s:
+            return StepResult(replace(state, first_at=first_at), held=waiting)
+    events: list[Event] = []
+    if state.holding and _unsettled(obs, spec):
+        events.append(Event("hold_expired", {"after_s": now - first_at}))
+    pools_out: list[PoolActions] = []
+    new_pools: dict[str, PoolState] = {}
+    planned: dict[str, PoolPlan] = {}
+    for ps in spec.pools:
+        po = obs.pools.get(ps.pool, PoolObs(ps.pool))
+        st = state.pools.get(ps.pool, PoolState())
+        act, st2, evs = _pool_step(ps, po, st, obs)
+        events.extend(evs)
+        new_pools[ps.pool] = st2
+        pools_out.append(act)
+        base = spec.base_plan.pool(ps.pool)
+        if base is not None:
+            pool_plan = apply_to_pool(base, act.plan)
+            prev = state.last_plan.pool(ps.pool) if state.last_plan is not None else None
+            if act.signals_lost is not None and prev is not None:
+                pool_plan = _keep_weights(pool_plan, prev)
+            planned[ps.pool] = pool_plan
+    plan = replace(spec.base_plan, pools=tuple(planned.get(p.name, p) for p in spec.base_plan.pools))
+    plan = apply_overrides(plan, obs.pins, obs.drains)
+    changed = plan != state.last_plan
+    new_state = ControlState(pools=new_pools, last_plan=plan, holding=False, first_at=first_at)
+    return StepResult(new_state, tuple(pools_out), plan, changed, tuple(events))
+
+
+def _unsettled(obs: Observation, spec: ControlSpec) -> str:
+    """Why the fleet present at start is not settled yet ("" when it is)."""
+    for ps in spec.pools:
+        po = obs.pools.get(ps.pool)
+        if po is None:
+            continue
+        if po.pending:
+            return f"{ps.pool}: {po.pending} replicas asked for, not created yet"
+        n = sum(1 for r in po.replicas if r.status is ReplicaStatus.STARTING)
+        if n:
+            return f"{ps.pool}: {n} replicas starting"
+    return ""
+
+
+def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
+               ) -> tuple[PoolActions, PoolState, list[Event]]:
+    now = obs.now
+    events: list[Event] = []
+    failed = tuple(r.id for r in po.replicas if r.status is ReplicaStatus.FAILED)
+    live = [r for r in po.replicas if r.status is not ReplicaStatus.FAILED]
+    keys = [r.key for r in live]
+    ready = {r.key: r.status is ReplicaStatus.READY for r in live}
+    locality = {r.key: Locality(zone=r.zone).key for r in live}
+    phases = dict(zip(st.table.keys, st.table.phase.tolist())) if st.table is not None else {}
+    leaving = {k for k in keys if phases.get(k) in _LEAVING}
+
+    # Signals: lost when the source failed or no ready replica has a good reading.
+    ready_keys = [k for k in keys if ready[k]]
+    lost: str | None = None
+    if po.source_error is not None:
+        lost = po.source_error[:300]
+    elif ready_keys and not any(po.samples.get(k) is not None for k in ready_keys):
+        lost = (po.reading_error or "every reading stale")[:300]
+    if lost is not None and st.signals_lost is None:
+        events.append(Event("signals_lost", {"pool": ps.pool, "reason": lost}))
+    elif lost is None and st.signals_lost is not None:
+        events.append(Event("signals_restored", {"pool": ps.pool}))
+
+    # The policy sees the ready replicas that are not leaving; planning sees every live replica.
+    full = SignalFrame.from_samples({k: po.samples.get(k) for k in keys}, ready=ready, locality=locality)
+    policy_keys = [k for k in ready_keys if k not in leaving]
+    if len(policy_keys) == len(keys):
+        pframe = full
+    else:
+        pframe = SignalFrame.from_samples({k: po.samples.get(k) for k in policy_keys},
+                                          ready={k: True for k in policy_keys},
+                                          locality={k: locality[k] for k in policy_keys})
+    n_starting = sum(1 for r in live if r.status is ReplicaStatus.STARTING)
+    # A crashed replica is still wanted (as a ReplicaSet keeps spec.replicas): it counts, as pending, until
+    # its replacement exists; so the policy holds the count and the replacement starts below.
+    current = len(live) + len(failed) - len(leaving)
+    psig = ServiceSignals(ps.service, pframe, current_replicas=current,
+                          pending_replicas=n_starting + po.pending + len(failed), request_rate=po.request_rate)
+    lsig = psig if pframe is full else replace(psig, frame=full)
+
+    policy = ps.policy
+    pstate = st.policy_state if st.policy == policy.policy else None
+    if lost is not None and st.last_decision is not None:
+        # Stale data must not feed the policy's windows either: its state is kept as it was.
+        decision = replace(st.last_decision, now=now, current_replicas=current, mode="hold", stale=())
+        new_pstate = pstate
+    else:
+        decision, new_pstate = decide(psig, pstate, policy, now)
+    if lost is not None:
+        target = min(max(current, policy.min_replicas), policy.max_replicas)
+        decision = replace(decision, target_replicas=target, explanation=f"signals lost, holding: {lost}")
+    if ps.pool in obs.paused:
+        decision = replace(decision, target_replicas=decision.current_replicas,
+                           explanation="autoscaling paused by an operator; " + decision.explanation)
+    elif not obs.is_leader:
+        decision = replace(decision, target_replicas=decision.current_replicas,
+                           explanation="follower: only the leader decides; " + decision.explanation)
+    if decision.direction != "hold":
+        events.append(Event("decision", {"service": ps.service, "pool": ps.pool, "policy": decision.policy,
+                                         "current": decision.current_replicas, "target": decision.target_replicas,
+                                         "explanation": decision.explanation}))
+    plan_decision = decision
+    li = getattr(policy, "load_index", None)
+    if li is not None and lsig is not psig:
+        # Planning weighs every live endpoint: the per-endpoint load over its frame.
+        plan_decision = replace(decision, load=compute_load(full, li, now))
+    drained = frozenset(k for p, k in obs.drains if p == ps.pool)
+    result = plan_service(plan_decision, lsig, st.table, policy.traffic, now, obs.acked_through,
+                          force_drain=drained)
+
+    start: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    started = st.started
+    if obs.is_leader:
+        by_key = {r.key: r for r in live}
+        stop = tuple(by_key[k].id for k in result.removable if k in by_key)
+        missing = result.scaler_replicas - len(live) - po.pending
+        zones: list[str] = []
+        for _ in range(max(0, missing)):
+            zones.append(ps.zones[started % len(ps.zones)] if ps.zones else "")
+            started += 1
+        start = tuple(zones)
+    new_st = PoolState(policy=policy.policy, policy_state=new_pstate, table=result.table, started=started,
+                       last_decision=decision, signals_lost=lost)
+    act = PoolActions(ps.service, ps.pool, decision, result, start=start, stop=stop, reap=failed,
+                      signals_lost=lost, frame=full)
+    return act, new_st, events
+
+
+def _keep_weights(pool: PoolPlan, prev: PoolPlan) -> PoolPlan:
+    """``pool`` with the weights ``prev`` gave the endpoints that were already in rotation there."""
+    old = {e.key: e.weight for e in prev.endpoints if e.health is HealthStatus.HEALTHY}
+    eps = tuple(replace(e, weight=old[e.key]) if e.health is HealthStatus.HEALTHY and e.key in old
+                and e.weight != old[e.key] else e for e in pool.endpoints)
+    return replace(pool, endpoints=eps)

@@ -1,0 +1,244 @@
+"""The runtime side of the admin API: :class:`RuntimeAdminPort` implements
+:class:`~xds_control.admin.port.ControlPlanePort` for a :class:`~xds_control.runtime.app.ControlPlane`.
+
+It reads the live controller (``cp.controller``, None for static pools), the snapshot cache, the publisher and
+the sync tracker, and hands out immutable views; operator commands go through the controller's and the
+:class:`~xds_control.control.operator.OperatorState`'s methods.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from xds_control.admin.port import (
+    DecisionView,
+    EndpointView,
+    EventListener,
+    NackView,
+    OverridesView,
+    PoolView,
+    ProxyView,
+    TickView,
+    TypeSyncView,
+    XdsStatus,
+)
+from xds_control.config import Config, to_traffic_plan
+from xds_control.policies import PolicySpec
+from xds_control.snapshot import types as T
+from xds_control.snapshot.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from xds_control.runtime.app import ControlPlane
+
+
+class RuntimeAdminPort:
+    """The admin API's view of ``cp`` (see :class:`~xds_control.admin.port.ControlPlanePort`)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self._host_pid = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- read ---------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.cp.config
+
+    def instance(self) -> str:
+        elector = getattr(self.cp, "elector", None)  # Lease election (Kubernetes), when enabled
+        return str(getattr(elector, "identity", None) or self._host_pid)
+
+    def is_leader(self) -> bool:
+        c = self.cp.controller
+        if c is not None:
+            return bool(c.is_leader())
+        elector = getattr(self.cp, "elector", None)
+        return bool(elector.is_leader()) if elector is not None else True
+
+    def snapshot(self) -> Snapshot | None:
+        return self.cp.cache.snapshot
+
+    def xds_status(self) -> XdsStatus:
+        snap = self.cp.cache.snapshot
+        pub = self.cp.publisher
+        proxies = []
+        for px in self.cp.tracker.syncz():
+            types = tuple(
+                TypeSyncView(type=str(t), state=str(st["state"]), nonce=str(st["nonce"] or ""),
+                             error=str(st["error"] or ""), sent_version=st["sent"], acked_version=st["acked"])
+                for t, st in px["types"].items()  # type: ignore[attr-defined]
+            )
+            proxies.append(ProxyView(node=str(px["node"]), cluster=str(px["cluster"]), protocol=str(px["protocol"]),
+                                     peer=str(px["peer"]), types=types))
+        return XdsStatus(
+            version=snap.version if snap is not None else 0,
+            last_good_version=pub.last_good.version if pub.last_good is not None else 0,
+            last_error=pub.last_error or "",
+            rejections=tuple(NackView(r.node, r.type, r.version, r.message, r.at) for r in pub.rejections),
+            proxies=tuple(proxies),
+        )
+
+    def signal_alerts(self) -> Mapping[str, str]:
+        c = self.cp.controller
+        return MappingProxyType(dict(getattr(c, "signal_alerts", None) or {}))
+
+    def pool_view(self, pool: str) -> PoolView | None:
+        c = self.cp.controller
+        rt = c.runtimes.get(pool) if c is not None else None
+        if rt is None:
+            return None
+        rec = next((r for r in reversed(c.history) if r.pool == pool), None)
+        tick = None if rec is None else TickView(
+            current=rec.current, target=rec.target, ready=rec.ready,
+            endpoints=tuple(EndpointView(key=v.key, state=v.state, phase=v.phase, weight=v.weight, zone=v.zone,
+                                         load=v.load, latency_s=v.latency_s, running=v.running, waiting=v.waiting)
+                            for v in rec.endpoints))
+        table = rt.table
+        phases = {} if table is None else {k: p.name.lower() for k in table.keys
+                                           if (p := table.phase_of(k)) is not None}
+        res = rt.last_result
+        return PoolView(service=rt.service, pool=rt.pool, spec=rt.spec, paused=bool(rt.paused),
+                        phases=MappingProxyType(phases),
+                        planned_replicas=res.target_replicas if res is not None else None,
+                        plan_explanation=res.explanation if res is not None else "", last_tick=tick)
+
+    def decisions(self) -> tuple[DecisionView, ...]:
+        c = self.cp.controller
+        if c is None:
+            return ()
+        clock = getattr(c, "clock", time.monotonic)
+        offset = time.time() - clock()  # history stamps are the controller's clock (monotonic)
+        return tuple(DecisionView(at=r.now + offset, service=r.service, pool=r.pool, policy=r.policy,
+                                  current=r.current, target=r.target, ready=r.ready, mode=r.mode,
+                                  load_index=r.load_index, explanation=r.explanation, version=r.version or 0)
+                     for r in c.history)
+
+    def overrides(self) -> OverridesView:
+        op = self.cp.operator
+        return OverridesView(weights=MappingProxyType(dict(op.weights)), drains=frozenset(op.drains))
+
+    def subscribe_events(self, listener: EventListener) -> Callable[[], None]:
+        live = [True]
+
+        def send(ev: dict[str, Any]) -> None:
+            if live[0]:
+                listener(ev)
+
+        c = self.cp.controller
+        detach_controller: Callable[[], None] = _nothing
+        if c is not None:
+            for ev in list(c.events):  # what happened before the subscription (e.g. the initial scale-ups)
+                send(dict(ev))
+            add = getattr(c, "add_event_listener", None)
+            if add is not None:
+                detach_controller = add(lambda ev: send(dict(ev)))
+            else:
+                detach_controller = _observe_events(c, lambda ev: send(dict(ev)))
+
+        def on_push(snap: Any) -> None:
+            send({"kind": "push", "version": snap.version, "reason": snap.reason,
+                  "message": f"v{snap.version}: {snap.reason}", "resources": snap.summary()})
+
+        def on_ack(proxy: Any, type_url: str, version: int) -> None:
+            t = T.SHORT.get(type_url, type_url)
+            send({"kind": "ack", "node": proxy.node_id, "type": t, "version": version,
+                  "message": f"{proxy.node_id} ACKed {t} v{version}"})
+
+        def on_nack(proxy: Any, type_url: str, version: int, message: str) -> None:
+            send({"kind": "nack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
+                  "version": version, "message": message})
+
+        unsub_push = self.cp.cache.subscribe(on_push)
+        self.cp.tracker.on_ack_event(on_ack)  # the tracker keeps its listeners; ``live`` silences them
+        self.cp.tracker.on_nack_event(on_nack)
+
+        def unsubscribe() -> None:
+            live[0] = False
+            unsub_push()
+            detach_controller()
+
+        return unsubscribe
+
+    # -- operator commands --------------------------------------------------------------------------
+    def set_weight_override(self, pool: str, endpoint: str, weight: int) -> None:
+        self.cp.operator.pin(pool, endpoint, weight)
+
+    def clear_weight_override(self, pool: str, endpoint: str) -> None:
+        self.cp.operator.unpin(pool, endpoint)
+
+    def drain(self, pool: str, endpoint: str) -> None:
+        self.cp.operator.drain(pool, endpoint)
+
+    def undrain(self, pool: str, endpoint: str) -> None:
+        self.cp.operator.undrain(pool, endpoint)
+
+    def pause(self, pool: str) -> None:
+        self._set_paused(pool, True)
+
+    def resume(self, pool: str) -> None:
+        self._set_paused(pool, False)
+
+    def set_policy(self, pool: str, spec: PolicySpec) -> None:
+        self.cp.operator.set_spec(pool, spec)  # survives a config reload
+        c = self._controller()
+        if hasattr(c, "set_spec"):
+            c.set_spec(pool, spec)
+            return
+        # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
+        rt = c.runtimes[pool]
+        if type(spec) is not type(rt.spec):
+            rt.state = None  # another policy's state means nothing to this one
+        rt.spec = spec
+
+    def publish_static(self, reason: str) -> None:
+        if self.cp.controller is None:
+            self.cp.publisher.submit(self.cp.operator.apply(to_traffic_plan(self.cp.config)), reason=reason)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _controller(self) -> Any:
+        c = self.cp.controller
+        if c is None:
+            raise LookupError("no pool is autoscaled: there is no controller to command")
+        return c
+
+    def _set_paused(self, pool: str, paused: bool) -> None:
+        c = self._controller()
+        if hasattr(c, "set_paused"):
+            c.set_paused(pool, paused)
+            return
+        # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
+        c.runtimes[pool].paused = paused
+
+
+def _nothing() -> None:
+    pass
+
+
+class _ObservedEvents(deque[dict[str, Any]]):
+    """The controller's event deque, calling listeners on each append (same contents, same bound)."""
+
+    def __init__(self, items: deque[dict[str, Any]]) -> None:
+        super().__init__(items, maxlen=items.maxlen)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def append(self, event: dict[str, Any]) -> None:
+        super().append(event)
+        for fn in list(self.listeners):
+            fn(event)
+
+
+def _observe_events(controller: Any, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
+    if not isinstance(controller.events, _ObservedEvents):
+        controller.events = _ObservedEvents(controller.events)
+    listeners = controller.events.listeners
+    listeners.append(fn)
+    return lambda: listeners.remove(fn) if fn in listeners else None
+
+
+__all__ = ["RuntimeAdminPort"]
