@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -258,8 +257,8 @@ def main() -> None:
     if a.compare:
         old, new = results
         print(f"\n{'':28} {'naive':>9} {'now':>9} {'ratio':>7}")
-        for key in ("write_to_applied_s", "write_to_snapshot_s", "write_to_all_acked_s", "stall_to_applied_ms", "stall_to_snapshot_ms",
-                    "stall_reload_ms"):
+        for key in ("write_to_applied_s", "write_to_snapshot_s", "write_to_all_acked_s", "stall_to_applied_ms",
+                    "stall_to_snapshot_ms", "stall_reload_ms"):
             for stat in ("median", "max"):
                 k = f"{key}_{stat}"
                 ratio = old[k] / new[k] if new[k] else float("inf")

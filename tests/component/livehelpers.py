@@ -44,6 +44,7 @@ def http_status(url: str, timeout: float = 1.0) -> int:
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM (then SIGKILL after ``timeout``), wait, and close the pipes it was started with."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -51,6 +52,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 class ReplicaProc:

@@ -241,4 +241,6 @@ def test_demo_command_short_mode(tmp_path: Path) -> None:
                 "hotspot_ratio_p99"):
         assert key in summary
     assert summary["requests"] > 10 and summary["failed"] == 0
+    # the live loop read the gateway arrival rate from the demo Envoy's statistics (as the simulator gives it)
+    assert summary["request_rate_max"] is not None and summary["request_rate_max"] > 0.5
     assert (tmp_path / "demo.png").exists()

@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.cp import config_dict
 from xds_control.config import load as config_load
 from xds_control.config import parse_config, parse_text
 from xds_control.core.errors import ConfigError
 from xds_control.runtime.app import RESTART_ONLY_KEYS, ControlPlane
 from xds_control.snapshot import types as T
-
-from tests.support.cp import config_dict
 
 APP_LOG = "xds_control.runtime.app"
 

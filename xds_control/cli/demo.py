@@ -33,12 +33,12 @@ def demo(
     from xds_control.config import parse_config
     from xds_control.core.errors import ConfigError
     from xds_control.fleet.trace import TraceError
-    from xds_control.runtime.demo import DEMO_OVERRIDES, demo_config, print_summary, run_demo
+    from xds_control.runtime.demo import demo_config, demo_overrides, print_summary, run_demo
 
     # Validates the policy as the demo runs it: the config resolves pool.autoscale.spec (preset + demo overrides).
     try:
-        parse_config(demo_config(policy, 0, 0.0, DEMO_OVERRIDES), "demo")
-    except ConfigError as e:
+        parse_config(demo_config(policy, 0, 0.0, demo_overrides(policy)), "demo")
+    except (ConfigError, ValueError) as e:
         typer.echo(f"xds-control demo: --policy {policy}: {e}", err=True)
         raise typer.Exit(2)
     if trace is not None and not trace.is_file():

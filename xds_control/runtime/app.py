@@ -62,6 +62,8 @@ class ControlPlane:
     #: Replica scaler and signal source for autoscaled pools; built from the config when None.
     scaler: Any = None
     source: Any = None
+    #: Gateway request rates per pool (Envoy's statistics); built from ``controller.signals`` when None.
+    rate_source: Any = None
     #: Admin API port on ``config.admin.address`` (0 = any free one); None = no admin API.
     admin_port: int | None = None
 
@@ -89,6 +91,7 @@ class ControlPlane:
         self.admin: Any = None
         self._owns_scaler = self.scaler is None
         self._owns_source = self.source is None
+        self._owns_rate_source = self.rate_source is None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,6 +159,8 @@ class ControlPlane:
             await self.scaler.close()
         if self.source is not None and self._owns_source:
             await self.source.close()
+        if self.rate_source is not None and self._owns_rate_source:
+            await self.rate_source.close()
         if self.admin is not None:
             await self.admin.stop(grace)
             self.admin = None
@@ -184,7 +189,12 @@ class ControlPlane:
             self.scaler = LocalScaler(install_signal_handlers=False)
         if self.source is None:
             self.source = make_source(self.config)
-        self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source)
+        if self.rate_source is None:
+            from xds_control.signals.envoy_stats import make_rate_source
+
+            self.rate_source = make_rate_source(self.config.controller.signals)
+        self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source,
+                                     rates=self.rate_source)
         self.controller.operator = self.operator
         await self.controller.start()
 

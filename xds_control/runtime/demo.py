@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xds_control.runtime.app import ControlPlane
 from xds_control.config import parse_config
-from xds_control.runtime.loop import TickRecord
 from xds_control.envoy.process import EnvoyProcess
 from xds_control.fleet.loadgen import RequestRecord, run_load
 from xds_control.fleet.trace import SurgeShape, TraceRequest, generate_surge, read_trace
+from xds_control.runtime.app import ControlPlane
+from xds_control.runtime.loop import TickRecord
+from xds_control.signals.envoy_stats import EnvoyAdminRateSource
 
 #: Demo-friendly policy overrides: short windows so that a 2-minute run shows a scale-up and a scale-down.
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -37,6 +38,17 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "stable_window_s": 15,
     "traffic": {"ramp_window_s": 8, "drain_timeout_s": 30, "warmup_s": 0},
 }
+
+
+def demo_overrides(policy: str) -> dict[str, Any]:
+    """:data:`DEMO_OVERRIDES` limited to the keys the policy's spec has (each policy has its own knobs).
+
+    ``policy`` is a preset name or a policy file; an unknown one raises the resolver's error naming it.
+    """
+    from xds_control.config.policy import resolve_policy
+
+    fields = type(resolve_policy(policy)).model_fields
+    return {k: v for k, v in DEMO_OVERRIDES.items() if k in fields}
 
 
 def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +131,9 @@ def summarize(run: DemoRun, scale_ups: int, scale_downs: int, policy: str, durat
         "replicas_max": max(replicas, default=0),
         "replicas_final": replicas[-1] if replicas else 0,
         "hotspot_ratio_p99": _round(_pct(hs, 0.99), 2),
+        # The gateway arrival rate the controller read from Envoy's statistics (requests/s).
+        "request_rate_max": _round(max((t.request_rate for t in run.ticks if t.request_rate is not None),
+                                       default=None), 2),
     }
 
 
@@ -209,7 +224,7 @@ async def run_demo(
     """Run the demo and return its summary (see README for the keys).
 
     ``run`` collects every request record and controller tick (for tests); ``overrides`` replace
-    :data:`DEMO_OVERRIDES` (policy keys merged into the preset).
+    :data:`DEMO_OVERRIDES` (policy keys merged into the preset, those the policy has).
     """
     from xds_control.runtime.app import free_loopback_port
 
@@ -226,9 +241,10 @@ async def run_demo(
     else:
         trace = demo_surge(duration_s, seed)
     port = free_loopback_port()
-    cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or DEMO_OVERRIDES), "demo")
+    cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or demo_overrides(policy)), "demo")
     cp = ControlPlane(cfg, xds_port=0, metrics_port=0)
     envoy: EnvoyProcess | None = None
+    rates: EnvoyAdminRateSource | None = None
     run = run if run is not None else DemoRun()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -238,6 +254,10 @@ async def run_demo(
     try:
         await cp.start()
         envoy = EnvoyProcess("demo-envoy", cp.ports.xds).start()
+        if cp.controller is not None:
+            # The gateway arrival rate per pool, from this Envoy's own statistics (as the simulator gives it).
+            rates = EnvoyAdminRateSource([f"http://127.0.0.1:{envoy.admin_port}"], window_s=10.0)
+            cp.controller.rates = rates
         deadline = time.monotonic() + 30
         while not envoy.listener_ready("ingress"):
             if time.monotonic() > deadline:
@@ -288,6 +308,8 @@ async def run_demo(
         handler.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if rates is not None:
+            await rates.close()
         if envoy is not None:
             envoy.stop()
         await cp.stop(grace=1)

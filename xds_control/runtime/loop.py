@@ -101,6 +101,8 @@ class TickRecord:
     endpoints: tuple[EndpointView, ...]
     version: int | None
     failed_reads: int
+    #: Gateway arrival rate of the pool (requests/s, Envoy's statistics) the step saw; None when unknown.
+    request_rate: float | None = None
 
 
 class Controller:
@@ -257,7 +259,7 @@ class Controller:
         rates: dict[str, float | None] = {}
         if self.rates is not None and self.runtimes:
             rep = await self.rates.read_rates(list(self.runtimes), now)
-            rates = dict(getattr(rep, "rates", {}) or {})
+            rates = {p: rep.rate(p) for p in self.runtimes}
         for rt in self.runtimes.values():
             mine = [r for r in infos if r.pool == rt.pool and r.id not in self._stopping
                     and r.state in (ReplicaState.STARTING, ReplicaState.READY, ReplicaState.FAILED)]
@@ -288,10 +290,15 @@ class Controller:
         present = {(p.name, e.key) for p in result.plan.pools for e in p.endpoints}
         present.update((a.pool, k) for a in result.pools for k in a.plan.keys)
         self.operator.prune(present)
-        records = [self._record(a, now, reports.get(a.pool)) for a in result.pools]
+        records = [replace(self._record(a, now, reports.get(a.pool)), request_rate=obs.pools[a.pool].request_rate)
+                   if a.pool in obs.pools else self._record(a, now, reports.get(a.pool)) for a in result.pools]
         version = self._current_version()
-        if result.changed:
+        if result.changed or version is None:
             version = self._publish(result.plan, "; ".join(r.explanation for r in records)[:500], now)
+        else:
+            # The plan as of ``now`` is the one in force: once it is ACKed, so is ``now`` (the simulator's
+            # ACK-by-the-next-tick is this too).
+            self._pending_acks.append((version, now))
         for rec in records:
             self.history.append(replace(rec, version=version))
         return records
