@@ -138,3 +138,5 @@ def test_parent_death_leaves_no_orphans(sig: int) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()

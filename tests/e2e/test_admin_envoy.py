@@ -131,6 +131,8 @@ def test_cli_override_and_drain_reach_envoy() -> None:
         finally:
             follow.terminate()
             follow.wait(10)
+            follow.stdout.close()
+            follow.stderr.close()
     finally:
         envoy.stop()
         sv.stop()

@@ -141,6 +141,12 @@ def _serve(cfg_path: Path, xds_port: int) -> subprocess.Popen[str]:
     return proc
 
 
+def _close_pipes(proc: subprocess.Popen[str]) -> None:
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_control_plane_killed_and_restarted_loses_no_request(tmp_path: Path, upstreams, delta: bool) -> None:  # type: ignore[no-untyped-def]
     port, xds_port = free_port(), free_port()
@@ -154,6 +160,7 @@ async def test_control_plane_killed_and_restarted_loses_no_request(tmp_path: Pat
             await asyncio.sleep(0.5)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
+            _close_pipes(proc)
             await asyncio.sleep(1.0)  # Envoy keeps serving its last config with no control plane
             served_while_down = load.tally.total
             proc = _serve(cfg_path, xds_port)
@@ -181,6 +188,7 @@ async def test_control_plane_killed_and_restarted_loses_no_request(tmp_path: Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        _close_pipes(proc)
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])

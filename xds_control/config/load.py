@@ -114,9 +114,10 @@ def _with_snippets(err: yaml.YAMLError, text: str, source: str) -> yaml.YAMLErro
         for attr in ("context_mark", "problem_mark"):
             m = getattr(err, attr, None)
             if m is not None:
-                pointer = m.index if 0 <= m.index < len(buffer) else None
-                setattr(err, attr, yaml.Mark(source, m.index, m.line, m.column,
-                                             buffer if pointer is not None else None, pointer))
+                # libyaml's index counts characters, like the pure-Python loader's pointer into its buffer.
+                ok = 0 <= m.index < len(buffer)
+                setattr(err, attr, yaml.Mark(source, m.index, m.line, m.column, buffer if ok else None,
+                                             m.index if ok else 0))
     return err
 
 
