@@ -1,9 +1,10 @@
 """The event feed behind ``WatchEvents``: a bounded, sequence-numbered log with async waiting.
 
-:class:`EventLog` is a ``deque`` of dicts, so it can stand in for ``Controller.events`` unchanged: every
-``append`` stamps a sequence number (``seq``, from 1, never reused while the process lives) and wakes the
-watchers. A watcher resumes with "events after seq N"; if the log no longer holds N+1, it is told so (a
-``gap`` event) instead of silently skipping.
+:class:`EventLog` is a ``deque`` of dicts fed by the control plane's event subscription
+(``ControlPlanePort.subscribe_events``) and the admin's own actions: every ``append`` stamps a sequence number
+(``seq``, from 1, never reused while the process lives) and wakes the watchers. A watcher resumes with
+"events after seq N"; if the log no longer holds N+1, it is told so (a ``gap`` event) instead of silently
+skipping.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -134,11 +133,7 @@ class RuntimeAdminPort:
         if c is not None:
             for ev in list(c.events):  # what happened before the subscription (e.g. the initial scale-ups)
                 send(dict(ev))
-            add = getattr(c, "add_event_listener", None)
-            if add is not None:
-                detach_controller = add(lambda ev: send(dict(ev)))
-            else:
-                detach_controller = _observe_events(c, lambda ev: send(dict(ev)))
+            detach_controller = c.add_event_listener(lambda ev: send(dict(ev)))
 
         def on_push(snap: Any) -> None:
             send({"kind": "push", "version": snap.version, "reason": snap.reason,
@@ -185,15 +180,8 @@ class RuntimeAdminPort:
 
     def set_policy(self, pool: str, spec: PolicySpec) -> None:
         self.cp.operator.set_spec(pool, spec)  # survives a config reload
-        c = self._controller()
-        if hasattr(c, "set_spec"):
-            c.set_spec(pool, spec)
-            return
-        # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
-        rt = c.runtimes[pool]
-        if type(spec) is not type(rt.spec):
-            rt.state = None  # another policy's state means nothing to this one
-        rt.spec = spec
+        # the control step starts another policy from fresh state (its state is keyed by the policy name)
+        self._controller().set_spec(pool, spec)
 
     def publish_static(self, reason: str) -> None:
         if self.cp.controller is None:
@@ -207,38 +195,11 @@ class RuntimeAdminPort:
         return c
 
     def _set_paused(self, pool: str, paused: bool) -> None:
-        c = self._controller()
-        if hasattr(c, "set_paused"):
-            c.set_paused(pool, paused)
-            return
-        # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
-        c.runtimes[pool].paused = paused
+        self._controller().set_paused(pool, paused)
 
 
 def _nothing() -> None:
     pass
-
-
-class _ObservedEvents(deque[dict[str, Any]]):
-    """The controller's event deque, calling listeners on each append (same contents, same bound)."""
-
-    def __init__(self, items: deque[dict[str, Any]]) -> None:
-        super().__init__(items, maxlen=items.maxlen)
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
-
-    def append(self, event: dict[str, Any]) -> None:
-        super().append(event)
-        for fn in list(self.listeners):
-            fn(event)
-
-
-def _observe_events(controller: Any, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
-    # TODO(lead): remove once Controller has set_paused/set_spec/add_event_listener
-    if not isinstance(controller.events, _ObservedEvents):
-        controller.events = _ObservedEvents(controller.events)
-    listeners = controller.events.listeners
-    listeners.append(fn)
-    return lambda: listeners.remove(fn) if fn in listeners else None
 
 
 __all__ = ["RuntimeAdminPort"]

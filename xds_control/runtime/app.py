@@ -360,11 +360,12 @@ def free_loopback_port() -> int:
 
 
 #: Config keys read only when the control plane starts (a reload changing one is rejected, see
-#: ``restart_only_changes``): the publisher's and ADS server's settings (``__post_init__``), the controller's tick
-#: period (``Controller.run``) and signal source (``make_source``), the admin API's and xDS port's binding and TLS
-#: (``start``, ``start_admin``), and the Kubernetes wiring (``attach_kubernetes``).
-RESTART_ONLY_KEYS = ("xds", "controller.tick_s", "controller.signals", "admin.enabled", "admin.address",
-                     "admin.port", "admin.tls", "admin.xds_tls", "kubernetes")
+#: ``restart_only_changes``): the publisher's and ADS server's settings (``__post_init__``), the controller's signal
+#: and rate sources (``make_source``, ``make_rate_source``), the admin API's and xDS port's binding and TLS
+#: (``start``, ``start_admin``), and the Kubernetes wiring (``attach_kubernetes``). ``controller.tick_s`` is live:
+#: ``Controller.run`` re-reads it every tick.
+RESTART_ONLY_KEYS = ("xds", "controller.signals", "admin.enabled", "admin.address", "admin.port", "admin.tls",
+                     "admin.xds_tls", "kubernetes")
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
