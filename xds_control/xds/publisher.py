@@ -121,7 +121,7 @@ class Publisher:
                 plan, reason = self._pending
                 self._pending = None
                 try:
-                    self._apply(plan, reason)
+                    await self._apply_off_loop(plan, reason)
                 except InconsistentSnapshot as e:
                     log.error("plan refused, the current version stays in force: %s", e)
 
@@ -130,14 +130,39 @@ class Publisher:
         cur = self.cache.snapshot
         return (cur.version if cur is not None else 0) + 1
 
+    async def _apply_off_loop(self, plan: TrafficPlan, reason: str) -> Snapshot:
+        """:meth:`_apply` with the snapshot built in a thread (10,000 endpoints take ~100 ms to build and
+        serialize), so ADS streams, ACKs and the admin API keep being served meanwhile. If another snapshot
+        was set while it was built (``publish_now``), it is built again on the loop against that one."""
+        prev = self.cache.snapshot
+        extra = self._extra_pools(plan, prev)
+        try:
+            snap = await asyncio.to_thread(build_snapshot, plan, self._next_version(), prev, reason=reason,
+                                           extra_pools=extra)
+        except InconsistentSnapshot as e:
+            self.metrics.snapshots_refused.inc()
+            self.last_error = str(e)
+            raise
+        if self.cache.snapshot is not prev:
+            return self._apply(plan, reason)
+        self._retained = {p.name: p for p in extra}
+        self._set(snap)
+        if extra:
+            self._schedule_removal(snap)
+        return snap
+
+    def _extra_pools(self, plan: TrafficPlan, prev: Snapshot | None) -> list[PoolPlan]:
+        """Clusters no longer routed to that stay until every proxy ACKed the routes (make-before-break)."""
+        if prev is None or not self.tracker.proxies():
+            return []
+        new_names = {p.name for p in plan.pools}
+        known = {p.name: p for p in (prev.plan.pools if prev.plan else ())}
+        known.update(self._retained)
+        return [p for n, p in sorted(known.items()) if n not in new_names and n in prev.of(T.CLUSTER)]
+
     def _apply(self, plan: TrafficPlan, reason: str) -> Snapshot:
         prev = self.cache.snapshot
-        extra: list[PoolPlan] = []
-        if prev is not None and self.tracker.proxies():
-            new_names = {p.name for p in plan.pools}
-            known = {p.name: p for p in (prev.plan.pools if prev.plan else ())}
-            known.update(self._retained)
-            extra = [p for n, p in sorted(known.items()) if n not in new_names and n in prev.of(T.CLUSTER)]
+        extra = self._extra_pools(plan, prev)
         try:
             snap = build_snapshot(plan, self._next_version(), prev, reason=reason, extra_pools=extra)
         except InconsistentSnapshot as e:
