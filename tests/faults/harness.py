@@ -147,6 +147,7 @@ class Serve:
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        self._close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -156,6 +157,11 @@ class Serve:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.log.close()
 
 

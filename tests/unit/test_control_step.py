@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from xds_control.config import parse_config, to_traffic_plan
 from xds_control.control.step import (
     ControlSpec,
     ControlState,
@@ -21,7 +22,6 @@ from xds_control.control.step import (
     control_step,
 )
 from xds_control.core.model import EndpointSample
-from xds_control.config import parse_config, to_traffic_plan
 from xds_control.core.traffic import HealthStatus
 from xds_control.policies import load_policy_spec
 

@@ -1,4 +1,5 @@
-"""One resolution path for a pool's policy: preset or file + overrides -> validated spec, with the origin of every key."""
+"""One resolution path for a pool's policy: preset or file + overrides -> validated spec,
+with the origin of every key."""
 
 from __future__ import annotations
 

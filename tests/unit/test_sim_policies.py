@@ -7,11 +7,11 @@ method and the comprehensive method loses no more tasks; planning weights reach 
 
 from __future__ import annotations
 
-import pytest
 from dataclasses import replace
 
-from xds_control.config.policy import resolve_policy
+import pytest
 
+from xds_control.config.policy import resolve_policy
 from xds_control.fleet.trace import surge
 from xds_control.sim import policies as pol
 from xds_control.sim.engine import SimConfig, simulate

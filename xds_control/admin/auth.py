@@ -29,7 +29,7 @@ RANK = {r: i for i, r in enumerate(ROLES)}
 ADMIN_PREFIX = "/xds_control.admin.v1.Admin/"
 
 #: The authenticated caller of the RPC being served (set by the interceptor for the handler's task).
-PRINCIPAL: contextvars.ContextVar["Principal | None"] = contextvars.ContextVar("xds_admin_principal", default=None)
+PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("xds_admin_principal", default=None)
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
     if handler.unary_unary is not None:
         inner_u = handler.unary_unary
 
-        async def unary(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        async def unary(req: Any, ctx: Any) -> Any:
             PRINCIPAL.set(principal)
             return await inner_u(req, ctx)
 
@@ -131,9 +131,10 @@ def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grp
     if handler.unary_stream is not None:
         inner_s = handler.unary_stream
 
-        async def stream(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        async def stream(req: Any, ctx: Any) -> Any:
             PRINCIPAL.set(principal)
-            async for item in inner_s(req, ctx):
+            # grpc.aio handlers are async generators; types-grpcio types handlers with the sync API's Iterator
+            async for item in inner_s(req, ctx):  # type: ignore[attr-defined]  # see above
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(stream, **kw)
@@ -146,7 +147,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Callable[[], Authenticator]) -> None:
         self._authenticator = authenticator
 
-    async def intercept_service(
+    async def intercept_service(  # type: ignore[override]  # the stubs' generic handler types; same signature
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,

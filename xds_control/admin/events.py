@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 
-class EventLog(deque):  # type: ignore[type-arg]
+class EventLog(deque):
     def __init__(self, items: Iterable[dict[str, Any]] = (), maxlen: int = 20000) -> None:
         super().__init__(maxlen=maxlen)
         self.seq = 0
@@ -24,7 +24,7 @@ class EventLog(deque):  # type: ignore[type-arg]
         for it in items:
             self.append(dict(it))
 
-    def append(self, event: dict[str, Any]) -> None:  # type: ignore[override]
+    def append(self, event: dict[str, Any]) -> None:
         self.seq += 1
         event["seq"] = self.seq
         event.setdefault("at", time.time())

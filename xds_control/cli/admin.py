@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -51,18 +51,18 @@ CTX = _Ctx()
 def _options(
     address: Annotated[str, typer.Option("--address", envvar="XDS_CONTROL_ADMIN_ADDRESS",
                                          help="HOST:PORT of the admin API.")] = "127.0.0.1:18001",
-    token: Annotated[Optional[str], typer.Option("--token", envvar="XDS_CONTROL_TOKEN", show_default=False,
+    token: Annotated[str | None, typer.Option("--token", envvar="XDS_CONTROL_TOKEN", show_default=False,
                                                  help="Bearer token (or env XDS_CONTROL_TOKEN).")] = None,
     json_out: JsonOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per call (not for events --follow).",
                                            min=0.1)] = 10.0,
-    ca: Annotated[Optional[Path], typer.Option("--ca", envvar="XDS_CONTROL_ADMIN_CA",
+    ca: Annotated[Path | None, typer.Option("--ca", envvar="XDS_CONTROL_ADMIN_CA",
                                                help="CA bundle: connect with TLS, verifying the server.")] = None,
-    cert: Annotated[Optional[Path], typer.Option("--cert", envvar="XDS_CONTROL_ADMIN_CERT",
+    cert: Annotated[Path | None, typer.Option("--cert", envvar="XDS_CONTROL_ADMIN_CERT",
                                                  help="Client certificate (mutual TLS).")] = None,
-    key: Annotated[Optional[Path], typer.Option("--key", envvar="XDS_CONTROL_ADMIN_KEY",
+    key: Annotated[Path | None, typer.Option("--key", envvar="XDS_CONTROL_ADMIN_KEY",
                                                 help="Client private key (mutual TLS).")] = None,
-    server_name: Annotated[Optional[str], typer.Option("--server-name",
+    server_name: Annotated[str | None, typer.Option("--server-name",
                                                        help="Expected name in the server certificate.")] = None,
 ) -> None:
     """Global options come before the command: xds-control admin --address HOST:PORT --token T status."""
@@ -227,7 +227,7 @@ def services(json_out: JsonOpt = False) -> None:
 
 
 @admin_app.command()
-def endpoints(service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+def endpoints(service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
               json_out: JsonOpt = False) -> None:
     """Endpoints with state, phase, weight, load index and signals."""
     res = _call("ListEndpoints", lambda pb: pb.ListEndpointsRequest(service=service or ""))
@@ -247,7 +247,7 @@ def endpoints(service: Annotated[Optional[str], typer.Argument(help="Only this s
 
 
 @admin_app.command()
-def plan(service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+def plan(service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
          json_out: JsonOpt = False) -> None:
     """The published plan: pools, route weights, endpoint weights and health, targets."""
     res = _call("GetPlan", lambda pb: pb.GetPlanRequest(service=service or ""))
@@ -264,18 +264,19 @@ def plan(service: Annotated[Optional[str], typer.Argument(help="Only this servic
 
 
 @admin_app.command("config-dump")
-def config_dump(type_: Annotated[Optional[str], typer.Argument(metavar="[TYPE]", help="CDS|EDS|LDS|RDS (or "
+def config_dump(type_: Annotated[str | None, typer.Argument(metavar="[TYPE]", help="CDS|EDS|LDS|RDS (or "
                                                                 "clusters, endpoints, listeners, routes).")] = None,
                 json_out: JsonOpt = False) -> None:
     """The current snapshot's resources (full Envoy protos as JSON with --json)."""
     res = _call("GetConfigDump", lambda pb: pb.GetConfigDumpRequest(type=type_ or ""))
     if _want_json(json_out):
-        import xds_control.snapshot.resources  # noqa: F401 - registers the Envoy message types
         from google.protobuf import json_format
+
+        import xds_control.snapshot.resources  # noqa: F401 - registers the Envoy message types
 
         out = {"version": res.version, "types": {}}
         for t in res.types:
-            out["types"][t.type] = [  # type: ignore[index]
+            out["types"][t.type] = [
                 {"name": r.name, "version": r.version,
                  "resource": json_format.MessageToDict(r.resource, preserving_proto_field_name=True)}
                 for r in t.resources
@@ -286,7 +287,7 @@ def config_dump(type_: Annotated[Optional[str], typer.Argument(metavar="[TYPE]",
 
 
 @admin_app.command()
-def decisions(service: Annotated[Optional[str], typer.Argument(help="Only this service.")] = None,
+def decisions(service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
               limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 20,
               changes: Annotated[bool, typer.Option("--changes", help="Only ticks that changed the target.")] = False,
               json_out: JsonOpt = False) -> None:
@@ -305,8 +306,8 @@ def decisions(service: Annotated[Optional[str], typer.Argument(help="Only this s
 @admin_app.command()
 def events(follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
            after: Annotated[int, typer.Option("--after", min=0, help="Resume after this event number.")] = 0,
-           kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these kinds (repeatable).")] = None,
-           service: Annotated[Optional[str], typer.Option("--service", help="Only this service.")] = None,
+           kind: Annotated[list[str] | None, typer.Option("--kind", help="Only these kinds (repeatable).")] = None,
+           service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
            json_out: JsonOpt = False) -> None:
     """Decisions, scale actions, pushes, ACK/NACKs, drains and operator actions; --follow to stream."""
     import grpc
@@ -357,8 +358,8 @@ def drain(service: str, endpoint: Annotated[str, typer.Argument(help="HOST:PORT"
 
 @admin_app.command()
 def bounds(service: str,
-           min_replicas: Annotated[Optional[int], typer.Option("--min", min=0)] = None,
-           max_replicas: Annotated[Optional[int], typer.Option("--max", min=0)] = None,
+           min_replicas: Annotated[int | None, typer.Option("--min", min=0)] = None,
+           max_replicas: Annotated[int | None, typer.Option("--max", min=0)] = None,
            pool: PoolOpt = "", reason: ReasonOpt = "", json_out: JsonOpt = False) -> None:
     """Set min and/or max replicas of a service's autoscaled pools."""
 
@@ -392,9 +393,9 @@ def weight_clear(service: str, endpoint: Annotated[str, typer.Argument(help="HOS
 
 @policy_app.command("set")
 def policy_set(service: str,
-               policy: Annotated[Optional[str], typer.Argument(help="Preset: threshold, predictive, comprehensive, "
+               policy: Annotated[str | None, typer.Argument(help="Preset: threshold, predictive, comprehensive, "
                                                                "hpa, kpa (default: keep the current one).")] = None,
-               set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
+               set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
                                                                  help="A parameter, e.g. max_replicas=8 or "
                                                                       "traffic.ramp_window_s=5 (repeatable).")] = None,
                pool: PoolOpt = "", reason: ReasonOpt = "", json_out: JsonOpt = False) -> None:

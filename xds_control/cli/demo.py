@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ import typer
 def demo(
     duration: Annotated[float, typer.Option("--duration", help="Seconds of load to replay (the run adds ~30 s for "
                                             "scale-down).", min=5, max=3600)] = 120.0,
-    trace: Annotated[Optional[Path], typer.Option("--trace", help="Replay this trace CSV "
+    trace: Annotated[Path | None, typer.Option("--trace", help="Replay this trace CSV "
                      "(timestamp_s,input_tokens,output_tokens) instead of the built-in surge.")] = None,
     speedup: Annotated[float, typer.Option("--speedup", help="Compress the trace's time axis by this factor.",
                                            min=0.001)] = 1.0,
@@ -40,7 +40,7 @@ def demo(
         parse_config(demo_config(policy, 0, 0.0, demo_overrides(policy)), "demo")
     except (ConfigError, ValueError) as e:
         typer.echo(f"xds-control demo: --policy {policy}: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if trace is not None and not trace.is_file():
         typer.echo(f"xds-control demo: --trace: {str(trace)!r} is not a readable file", err=True)
         raise typer.Exit(2)
@@ -51,7 +51,7 @@ def demo(
                                        settle_s=settle))
     except TraceError as e:
         typer.echo(f"xds-control demo: --trace: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(summary))
     else:

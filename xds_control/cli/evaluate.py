@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Optional
 
 import typer
 
 __all__ = ["register", "evaluate_cmd"]
 
 
-def _fail(option: str, value: object, why: str) -> "typer.Exit":
+def _fail(option: str, value: object, why: str) -> typer.Exit:
     typer.echo(f"Error: invalid value for {option}: {value!r}: {why}", err=True)
     return typer.Exit(code=2)
 
@@ -30,21 +29,21 @@ def evaluate_cmd(
         help="threshold, predictive, comprehensive, hpa, kpa, fixed, or all; NAME@rr / NAME@lr force round robin / least request.",
     ),
     speedup: float = typer.Option(1.0, "--speedup", metavar="X", help="Divide the time axis by X (X > 1 turns the trace into a surge)."),
-    failure_at: Optional[float] = typer.Option(
+    failure_at: float | None = typer.Option(
         None, "--failure-at", metavar="SECONDS", help="Kill one replica at this simulated second (after speed-up)."
     ),
     failure_scope: str = typer.Option("replica", "--failure-scope", metavar="replica|node", help="What --failure-at kills."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the simulator's random choices (routing, failure victim)."),
-    out: Optional[str] = typer.Option(None, "--out", metavar="DIR", help="Also write <trace>.json and <trace>.png here."),
+    out: str | None = typer.Option(None, "--out", metavar="DIR", help="Also write <trace>.json and <trace>.png here."),
     profile: str = typer.Option("llama3-8b-48gb", "--profile", metavar="NAME", help="Replica cost-model profile."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Replay a trace through the policies in the fleet simulator and compare them (the seed's Table 2)."""
     from xds_control.fleet import costmodel as cm
+    from xds_control.fleet.trace import TraceError, load_trace
     from xds_control.sim import policies as pol
     from xds_control.sim.report import render_table, to_json, write_png
     from xds_control.sim.runner import evaluate
-    from xds_control.fleet.trace import TraceError, load_trace
 
     if not (math.isfinite(speedup) and speedup > 0):
         raise _fail("--speedup", speedup, "must be a number > 0")

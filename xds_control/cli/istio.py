@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,10 +14,10 @@ istio_app = typer.Typer(help="Istio integration: EnvoyFilters for sidecars (see 
 @istio_app.command("render")
 def render(
     config: Annotated[Path, typer.Option("--config", "-c", help="xds-control YAML config with a kubernetes section.")],
-    namespace: Annotated[Optional[str], typer.Option(
+    namespace: Annotated[str | None, typer.Option(
         "--namespace", "-n", help="Namespace of the EnvoyFilters (the clients' namespace, or Istio's root "
         "namespace for the whole mesh); default: kubernetes.namespace.")] = None,
-    xds_address: Annotated[Optional[str], typer.Option(
+    xds_address: Annotated[str | None, typer.Option(
         "--xds-address", help="HOST:PORT sidecars use to reach xds-control; default: its Service "
         "(kubernetes.istio.xds_service, .xds_port).")] = None,
 ) -> None:
@@ -44,7 +44,7 @@ def render(
     typer.echo(render_yaml(docs), nl=False)
 
 
-def render_yaml(docs: list[dict]) -> str:  # type: ignore[type-arg]
+def render_yaml(docs: list[dict]) -> str:
     import yaml
 
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)

@@ -7,7 +7,6 @@ here (or next to it) later.
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
 
 import typer
 
@@ -42,13 +41,13 @@ def replica(
     port: int = typer.Option(0, "--port", help="TCP port on 127.0.0.1 (0: any free port; printed).", parser=_int),
     profile: str = typer.Option(DEFAULT_PROFILE.name, "--profile", help=f"Cost-model profile: {', '.join(PROFILES)}."),
     name: str = typer.Option("", "--name", help="Replica name in the x-xds-replica header (default host:port)."),
-    load_delay: Optional[float] = typer.Option(None, "--load-delay", help="Seconds before /health is 200 (default: the profile's cold start).", parser=_float),
+    load_delay: float | None = typer.Option(None, "--load-delay", help="Seconds before /health is 200 (default: the profile's cold start).", parser=_float),
     slow_factor: float = typer.Option(1.0, "--slow-factor", help="Multiply every step time (a slower GPU).", parser=_float),
     fail_rate: float = typer.Option(0.0, "--fail-rate", help="Fraction of requests answered with HTTP 500.", parser=_float),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Running batch limit (default: profile).", parser=_int),
-    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Waiting-queue bound; full -> 503 (default: profile).", parser=_int),
-    kv_capacity_tokens: Optional[int] = typer.Option(None, "--kv-capacity-tokens", help="KV-cache tokens (default: profile).", parser=_int),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for --fail-rate draws.", parser=_int),
+    max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="Running batch limit (default: profile).", parser=_int),
+    max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting-queue bound; full -> 503 (default: profile).", parser=_int),
+    kv_capacity_tokens: int | None = typer.Option(None, "--kv-capacity-tokens", help="KV-cache tokens (default: profile).", parser=_int),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for --fail-rate draws.", parser=_int),
 ) -> None:
     """Run an emulated vLLM-style inference replica (OpenAI API, /health, /metrics) on 127.0.0.1."""
     from xds_control.fleet.replica.server import ReplicaConfig, run
@@ -66,16 +65,16 @@ def replica(
 
 def loadgen(
     target: str = typer.Option(..., "--target", help="Base URL (http://127.0.0.1:PORT) or a full completions URL."),
-    trace: Optional[str] = typer.Option(None, "--trace", help="CSV timestamp_s,input_tokens,output_tokens (default: the built-in surge)."),
+    trace: str | None = typer.Option(None, "--trace", help="CSV timestamp_s,input_tokens,output_tokens (default: the built-in surge)."),
     speedup: float = typer.Option(1.0, "--speedup", help="Divide trace timestamps by this.", parser=_float),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Only send requests arriving in the first S seconds (after --speedup).", parser=_float),
+    duration: float | None = typer.Option(None, "--duration", help="Only send requests arriving in the first S seconds (after --speedup).", parser=_float),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream responses (SSE) to measure TTFT."),
     chat: bool = typer.Option(False, "--chat", help="Use /v1/chat/completions."),
     timeout: float = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds.", parser=_float),
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in surge.", parser=_int),
     header: list[str] = typer.Option([], "--header", help="Extra request header 'Name: value' (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    records: Optional[str] = typer.Option(None, "--records", help="Also write every request's record to this file (JSON lines)."),
+    records: str | None = typer.Option(None, "--records", help="Also write every request's record to this file (JSON lines)."),
 ) -> None:
     """Replay a trace open-loop against an OpenAI-compatible endpoint and print a summary."""
     from xds_control.fleet.loadgen import endpoint_url, format_summary, run_load, summary_json

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ _ORIGIN_STYLE = {"preset": "cyan", "file": "green", "override": "bold yellow", "
 def show(
     policy: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset (threshold, predictive, "
                                           "comprehensive, hpa, kpa) or a policy YAML file.")],
-    set_: Annotated[Optional[list[str]], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a key, merged like a config's autoscale.overrides; the "
         "value is YAML, e.g. max_replicas=8 or load_index.alpha=0.3 (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: policy, source, spec, keys.")] = False,
@@ -68,7 +68,7 @@ def list_(
     t.add_column("name")
     t.add_column("summary", overflow="fold")
     for r in rows:
-        t.add_row(r["name"], escape(r["summary"]))
+        t.add_row(r["name"], escape(r["summary"] or ""))
     Console().print(t)
 
 

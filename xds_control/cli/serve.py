@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,7 +34,7 @@ def serve(
                                               "(0 = pick a free one).", min=0, max=65535)] = 9102,
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
-    admin_port: Annotated[Optional[int], typer.Option("--admin-port", help="Admin API port on admin.address "
+    admin_port: Annotated[int | None, typer.Option("--admin-port", help="Admin API port on admin.address "
                                                       "(default: admin.port of the config, 18001; 0 = any free "
                                                       "one).", min=0, max=65535)] = None,
 ) -> None:
@@ -44,8 +44,8 @@ def serve(
     watched: a valid new version is pushed within a second; an invalid one is logged and the last good config
     stays in force. Prints one JSON line with the bound ports once serving.
     """
-    from xds_control.runtime.app import ControlPlane, serve_forever
     from xds_control.config import load_config
+    from xds_control.runtime.app import ControlPlane, serve_forever
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         _fail(f"--log-level: {log_level!r} is invalid; use debug, info, warning or error")
@@ -75,11 +75,11 @@ def bootstrap(
     admin_port: Annotated[int, typer.Option("--admin-port", help="Envoy admin port on 127.0.0.1 (0 = any).",
                                             min=0, max=65535)] = 9901,
     cluster: Annotated[str, typer.Option("--cluster", help="Envoy node cluster.")] = "xds-control",
-    xds_ca: Annotated[Optional[Path], typer.Option("--xds-ca", help="CA file: connect to a TLS xDS port "
+    xds_ca: Annotated[Path | None, typer.Option("--xds-ca", help="CA file: connect to a TLS xDS port "
                                                    "(admin.xds_tls), verifying the server.")] = None,
-    xds_cert: Annotated[Optional[Path], typer.Option("--xds-cert", help="Client certificate for mutual TLS.")] = None,
-    xds_key: Annotated[Optional[Path], typer.Option("--xds-key", help="Client private key for mutual TLS.")] = None,
-    xds_sni: Annotated[Optional[str], typer.Option("--xds-sni", help="Server name (SNI) to send.")] = None,
+    xds_cert: Annotated[Path | None, typer.Option("--xds-cert", help="Client certificate for mutual TLS.")] = None,
+    xds_key: Annotated[Path | None, typer.Option("--xds-key", help="Client private key for mutual TLS.")] = None,
+    xds_sni: Annotated[str | None, typer.Option("--xds-sni", help="Server name (SNI) to send.")] = None,
     reconnect_base_ms: Annotated[int, typer.Option("--reconnect-base-ms", help="First delay before Envoy "
                                  "reconnects a lost ADS stream (doubles, jittered).", min=10, max=60_000)] = 250,
     reconnect_max_ms: Annotated[int, typer.Option("--reconnect-max-ms", help="Longest reconnect delay.",

@@ -65,7 +65,7 @@ class LeaderElectionConfig(_Strict):
     """How often the Lease is renewed or tried."""
 
     @model_validator(mode="after")
-    def _timings(self) -> "LeaderElectionConfig":
+    def _timings(self) -> LeaderElectionConfig:
         if not self.renew_deadline_s < self.lease_duration_s:
             raise ValueError(f"renew_deadline_s ({self.renew_deadline_s:g}) must be below lease_duration_s "
                              f"({self.lease_duration_s:g}), or two replicas could both lead")

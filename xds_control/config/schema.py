@@ -102,7 +102,8 @@ class AutoscaleConfig(_Strict):
     """Autoscaling of one pool: its endpoints are replicas the controller starts, ramps, drains and stops."""
 
     policy: str = "comprehensive"
-    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``xds_control/config/presets/NAME.yaml``) or a YAML file."""
+    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``xds_control/config/presets/NAME.yaml``)
+    or a YAML file."""
     overrides: dict[str, object] = Field(default_factory=dict)
     """Keys merged into the preset (nested mappings are merged key by key), e.g. ``{max_replicas: 8}``."""
     initial_replicas: Annotated[int, Field(ge=0, le=10_000)] | None = None
@@ -113,19 +114,19 @@ class AutoscaleConfig(_Strict):
     _resolved: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _spec(self) -> "AutoscaleConfig":
+    def _spec(self) -> AutoscaleConfig:
         from xds_control.config.policy import resolve_policy_provenance
 
         self._resolved = resolve_policy_provenance(self.policy, self.overrides)  # raises ValueError naming the key
         return self
 
     @property
-    def spec(self) -> "PolicySpec":
+    def spec(self) -> PolicySpec:
         """The validated policy spec (preset or file + overrides), resolved when the config was loaded."""
         return self._resolved.spec
 
     @property
-    def resolved(self) -> "ResolvedPolicy":
+    def resolved(self) -> ResolvedPolicy:
         """:attr:`spec` with the origin of each key (preset, file, override, default)."""
         return self._resolved
 
@@ -185,7 +186,7 @@ class SignalsConfig(_Strict):
         return out
 
     @model_validator(mode="after")
-    def _url(self) -> "SignalsConfig":
+    def _url(self) -> SignalsConfig:
         if self.source == "prometheus" and not self.prometheus_url:
             raise ValueError("prometheus_url is required when source is 'prometheus'")
         if self.request_rate == "envoy" and not self.envoy_admin:
@@ -234,7 +235,7 @@ class PoolConfig(_Strict):
     """When set, the controller manages this pool's replicas; static ``endpoints`` must then be empty."""
 
     @model_validator(mode="after")
-    def _unique_endpoints(self) -> "PoolConfig":
+    def _unique_endpoints(self) -> PoolConfig:
         if self.autoscale is not None and self.endpoints:
             raise ValueError("endpoints: must be empty when autoscale is set (the controller starts the replicas)")
         seen: set[tuple[str, int]] = set()
@@ -289,7 +290,7 @@ class ServiceConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _weights(self) -> "ServiceConfig":
+    def _weights(self) -> ServiceConfig:
         if sum(p.weight for p in self.pools) <= 0:
             raise ValueError("pools: at least one pool needs a weight above 0")
         return self
@@ -323,7 +324,7 @@ class XdsConfig(_Strict):
     """Roll back to the last good version when a proxy that accepted the previous version rejects a new one."""
 
     @model_validator(mode="after")
-    def _delays(self) -> "XdsConfig":
+    def _delays(self) -> XdsConfig:
         if self.max_delay_ms < self.debounce_ms:
             raise ValueError(
                 f"max_delay_ms ({self.max_delay_ms}) must be >= debounce_ms ({self.debounce_ms})"
@@ -343,7 +344,7 @@ class TlsConfig(_Strict):
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
 
     @model_validator(mode="after")
-    def _files(self) -> "TlsConfig":
+    def _files(self) -> TlsConfig:
         from pathlib import Path
 
         for k in ("cert", "key", "client_ca"):
@@ -415,7 +416,7 @@ class AdminConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _tokens(self) -> "AdminConfig":
+    def _tokens(self) -> AdminConfig:
         all_tokens = self.all_tokens()
         _unique("admin tokens", [t.name for t in all_tokens])
         if len({t.token.get_secret_value() for t in all_tokens}) != len(all_tokens):
@@ -465,7 +466,7 @@ class Config(_Strict):
     """Autoscaled pools run as Kubernetes Deployments, with leader election (see config/kubernetes.py)."""
 
     @model_validator(mode="after")
-    def _references(self) -> "Config":
+    def _references(self) -> Config:
         service_names = [s.name for s in self.services]
         _unique("services", service_names)
         _unique("listeners", [l.name for l in self.listeners])

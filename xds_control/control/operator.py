@@ -78,7 +78,7 @@ def apply_overrides(plan: TrafficPlan, pins: Mapping[Key, int], drains: frozense
     if not pins and not drains:
         return plan
     pools = tuple(_pool(p, pins, drains) for p in plan.pools)
-    return plan if all(a is b for a, b in zip(pools, plan.pools)) else replace(plan, pools=pools)
+    return plan if all(a is b for a, b in zip(pools, plan.pools, strict=False)) else replace(plan, pools=pools)
 
 
 def _pool(pool: PoolPlan, pins: Mapping[Key, int], drains: frozenset[Key]) -> PoolPlan:

@@ -271,7 +271,7 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
     keys = [r.key for r in live]
     ready = {r.key: r.status is ReplicaStatus.READY for r in live}
     locality = {r.key: Locality(zone=r.zone).key for r in live}
-    phases = dict(zip(st.table.keys, st.table.phase.tolist())) if st.table is not None else {}
+    phases = dict(zip(st.table.keys, st.table.phase.tolist(), strict=False)) if st.table is not None else {}
     leaving = {k for k in keys if phases.get(k) in _LEAVING}
 
     # Signals: lost when the source failed or no ready replica has a good reading.

@@ -109,7 +109,8 @@ class SignalFrame:
     def in_flight(self) -> np.ndarray:
         """running + waiting per endpoint (NaN when both are missing; a missing half counts 0)."""
         both_missing = np.isnan(self.running) & np.isnan(self.waiting)
-        out: np.ndarray = np.nan_to_num(self.running) + np.nan_to_num(self.waiting)
+        with np.errstate(over="ignore"):  # two huge counts sum to inf, which is what they mean
+            out: np.ndarray = np.nan_to_num(self.running) + np.nan_to_num(self.waiting)
         out[both_missing] = np.nan
         return out
 

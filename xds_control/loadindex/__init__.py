@@ -159,13 +159,14 @@ def compute_load(frame: SignalFrame, spec: LoadIndexSpec, now: float) -> LoadRep
     n = len(frame)
     cap = spec.term_cap
     weights = (spec.alpha, spec.beta, spec.gamma, spec.queue_weight, spec.kv_weight)
-    sources = (
-        frame.gpu_util,
-        frame.cpu_util,
-        frame.latency_s / spec.latency_target_s,
-        frame.waiting / spec.queue_target,
-        frame.kv_cache / spec.kv_target,
-    )
+    with np.errstate(over="ignore"):  # a huge sample overflows to inf, which the term cap clips
+        sources = (
+            frame.gpu_util,
+            frame.cpu_util,
+            frame.latency_s / spec.latency_target_s,
+            frame.waiting / spec.queue_target,
+            frame.kv_cache / spec.kv_target,
+        )
     num = np.zeros(n)
     den = np.zeros(n)
     used: list[tuple[str, np.ndarray]] = []

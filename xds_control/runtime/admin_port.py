@@ -70,7 +70,7 @@ class RuntimeAdminPort:
             types = tuple(
                 TypeSyncView(type=str(t), state=str(st["state"]), nonce=str(st["nonce"] or ""),
                              error=str(st["error"] or ""), sent_version=st["sent"], acked_version=st["acked"])
-                for t, st in px["types"].items()  # type: ignore[attr-defined]
+                for t, st in px["types"].items()  # type: ignore[attr-defined]  # syncz() rows are loosely typed dicts
             )
             proxies.append(ProxyView(node=str(px["node"]), cluster=str(px["cluster"]), protocol=str(px["protocol"]),
                                      peer=str(px["peer"]), types=types))

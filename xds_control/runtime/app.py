@@ -27,9 +27,8 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from xds_control.control.operator import OperatorState
-from xds_control.xds.tls import add_port
 from xds_control.config import Config, parse_text, to_traffic_plan
+from xds_control.control.operator import OperatorState
 from xds_control.core.errors import ConfigError, InconsistentSnapshot
 from xds_control.core.traffic import TrafficPlan
 from xds_control.xds.cache import SnapshotCache
@@ -37,6 +36,7 @@ from xds_control.xds.metrics import XdsMetrics
 from xds_control.xds.publisher import Publisher
 from xds_control.xds.server import SERVICE, AdsServer
 from xds_control.xds.status import SyncTracker
+from xds_control.xds.tls import add_port
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class ControlPlane:
         site = web.TCPSite(runner, self.host, self.metrics_port or 0)
         await site.start()
         self._http = runner
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
         self.ports.metrics = sock.getsockname()[1]
 
     async def _tasks_view(self, _req: web.Request) -> web.Response:
@@ -306,8 +306,8 @@ class ControlPlane:
         for t in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
             if t.get_name().startswith("xds-sotw") or t.get_name().startswith("xds-delta"):
                 continue
-            chain = []
-            coro = t.get_coro()
+            chain: list[str] = []
+            coro: Any = t.get_coro()
             while coro is not None and len(chain) < 20:
                 frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
                 if frame is not None:

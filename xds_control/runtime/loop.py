@@ -23,7 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from xds_control.actuators.base import ReplicaInfo, ReplicaOptions, ReplicaState, Scaler

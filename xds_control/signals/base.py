@@ -17,8 +17,9 @@ caller's clock (derived from the ``now`` passed to :meth:`SignalSource.read`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from xds_control.core.model import EndpointSample
 

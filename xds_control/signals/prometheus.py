@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from xds_control.core.model import EndpointSample
 from xds_control.signals.base import EndpointReading, SignalReport
@@ -180,7 +181,8 @@ class PrometheusSource:
         stamps = data.get("_timestamp", {})
         for k in keys:
             if k not in up:
-                readings[k] = EndpointReading(k, None, error=f"not scraped by Prometheus (no 'up' series for {self.key_label}={k!r})")
+                why = f"not scraped by Prometheus (no 'up' series for {self.key_label}={k!r})"
+                readings[k] = EndpointReading(k, None, error=why)
                 continue
             if up[k][0] < 1:
                 readings[k] = EndpointReading(k, None, error="target down (up == 0)")

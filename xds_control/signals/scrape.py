@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -109,7 +109,7 @@ def parse_metrics(text: str) -> RawMetrics:
 
 
 def _value(name: str, value: object) -> float:
-    v = float(value)  # type: ignore[arg-type]
+    v = float(value)  # type: ignore[arg-type]  # any parsed value; float() raising is handled by the caller
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} = {value!r}: not a finite number >= 0")
     return v
@@ -157,8 +157,8 @@ def derive_sample(
             else (cur.e2e_sum, cur.e2e_count, prev.e2e_sum, prev.e2e_count)
         )
         if None not in (s_cur, c_cur, s_prev, c_prev):
-            dc = c_cur - c_prev  # type: ignore[operator]
-            ds = s_cur - s_prev  # type: ignore[operator]
+            dc = c_cur - c_prev  # type: ignore[operator]  # None was excluded just above
+            ds = s_cur - s_prev  # type: ignore[operator]  # None was excluded just above
             if dc > 0 and ds >= 0 and math.isfinite(ds / dc):
                 lat = ds / dc
     return EndpointSample(
@@ -224,7 +224,7 @@ class ScrapeSource:
                 if resp.status != 200:
                     return EndpointReading(key, None, error=f"HTTP {resp.status} from {url}")
                 text = await resp.text()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return EndpointReading(key, None, error=f"timeout after {self.timeout_s:g} s scraping {url}")
         except (aiohttp.ClientError, OSError) as e:
             return EndpointReading(key, None, error=f"{type(e).__name__} scraping {url}: {e}")

@@ -31,7 +31,6 @@ crashes are seen on the next tick.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -9,8 +9,9 @@ defined here is :class:`FixedController`, the "fixed fleet sized for the mean lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "EndpointObservation",
@@ -137,7 +138,7 @@ class FleetInfo:
 WAIT_SLO_S = 1.0
 
 
-def ttft_slo_s(profile: object, input_tokens) -> float:  # type: ignore[no-untyped-def]
+def ttft_slo_s(profile: Any, input_tokens: Any) -> float:
     """TTFT target of a run for the policies: the mean request's prefill time + :data:`WAIT_SLO_S`.
 
     The seed's 200 ms latency trigger is below the prefill time of a typical prompt on a 48 GB GPU
@@ -152,7 +153,7 @@ def ttft_slo_s(profile: object, input_tokens) -> float:  # type: ignore[no-untyp
     if len(input_tokens) == 0:
         return WAIT_SLO_S
     mean = float(np.mean(input_tokens))
-    return WAIT_SLO_S + float(cm.prefill_time_s(profile, mean))  # type: ignore[arg-type]
+    return WAIT_SLO_S + float(cm.prefill_time_s(profile, mean))
 
 
 @runtime_checkable
