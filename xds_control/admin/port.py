@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xds_control.config import Config
+from xds_control.control.views import EndpointView
 from xds_control.policies import PolicySpec
 from xds_control.snapshot.snapshot import Snapshot
 
@@ -58,21 +59,6 @@ class XdsStatus:
     last_error: str  # why the last publish failed ("" if it did not)
     rejections: tuple[NackView, ...]  # recent NACKs, oldest first
     proxies: tuple[ProxyView, ...]
-
-
-@dataclass(frozen=True)
-class EndpointView:
-    """One endpoint of an autoscaled pool as of the pool's last tick."""
-
-    key: str
-    state: str  # replica state (starting, ready, ...; "gone" once the replica vanished)
-    phase: str  # coordination phase, lower case (pending, warming, ramping, serving, draining, removable)
-    weight: int
-    zone: str
-    load: float | None
-    latency_s: float | None
-    running: float | None
-    waiting: float | None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from xds_control.admin.port import (
     DecisionView,
-    EndpointView,
     EventListener,
     NackView,
     OverridesView,
@@ -94,9 +93,7 @@ class RuntimeAdminPort:
         rec = next((r for r in reversed(c.history) if r.pool == pool), None)
         tick = None if rec is None else TickView(
             current=rec.current, target=rec.target, ready=rec.ready,
-            endpoints=tuple(EndpointView(key=v.key, state=v.state, phase=v.phase, weight=v.weight, zone=v.zone,
-                                         load=v.load, latency_s=v.latency_s, running=v.running, waiting=v.waiting)
-                            for v in rec.endpoints))
+            endpoints=tuple(rec.endpoints))
         table = rt.table
         phases = {} if table is None else {k: p.name.lower() for k in table.keys
                                            if (p := table.phase_of(k)) is not None}

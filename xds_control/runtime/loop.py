@@ -43,6 +43,7 @@ from xds_control.control.step import (
     StepResult,
     control_step,
 )
+from xds_control.control.views import EndpointView
 from xds_control.core.model import Decision, EndpointPhase, SignalFrame
 from xds_control.core.traffic import TrafficPlan
 from xds_control.planning import CoordinationTable, ServicePlanResult
@@ -68,20 +69,6 @@ class PoolRuntime:
     last_decision: Decision | None = None
     last_result: ServicePlanResult | None = None
     last_report: SignalReport | None = None
-
-
-@dataclass(frozen=True)
-class EndpointView:
-    key: str
-    replica_id: str
-    state: str
-    phase: str
-    weight: int
-    zone: str
-    load: float | None
-    latency_s: float | None
-    running: float | None
-    waiting: float | None
 
 
 @dataclass(frozen=True)
