@@ -58,7 +58,9 @@ async def test_start_ready_serve_stop() -> None:
             assert r.status == 200 and r.headers["x-xds-replica"] == a.id
         t = time.monotonic()
         await s.stop_replica(a.id)
-        assert time.monotonic() - t < 3.0  # graceful SIGTERM, no SIGKILL wait
+        # Requirement (stop_replica: SIGTERM, then SIGKILL after stop_timeout_s, 10 s): the replica exits on
+        # SIGTERM by itself, so the stop never waits for the SIGKILL.
+        assert time.monotonic() - t < 3.0
         assert not alive(a.pid)
         assert [i.id for i in s.list()] == [b.id]
         assert (a.id, ReplicaState.STOPPING) in events and (b.id, ReplicaState.READY) in events

@@ -127,6 +127,7 @@ def test_cli_override_and_drain_reach_envoy() -> None:
             assert cli("weight", "set", "llm", u2, "3", token="a-operator", address=a).returncode == 0
             live = json.loads(follow.stdout.readline())
             assert live["detail"]["action"] == "weight_set" and live["endpoint"] == u2
+            # Requirement (README "Admin API": `events --follow` streams): the new event arrives live, not at exit.
             assert live["actor"] == "a-operator (tenant team-a, operator)" and time.monotonic() - t0 < 10
         finally:
             follow.terminate()

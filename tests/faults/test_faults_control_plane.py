@@ -79,6 +79,7 @@ async def test_control_plane_sigkill_static_endpoints(tmp_path: Path, delta: boo
                      min_endpoints_held=min(held), endpoints=len(keys))
         assert res.summary.requests >= rps * seconds * 0.95
         assert res.summary.failed == 0, failures(res)[:5]
+        # Requirement (RELIABILITY.md, cp_sigkill_static_*): Envoy SYNCED on every type within 5 s of the restart.
         assert row["recovery_s"] <= 5.0
         assert min(held) == len(keys), "Envoy's endpoints shrank across the restart"
     finally:
@@ -160,6 +161,7 @@ async def test_control_plane_sigkill_autoscaled_never_pushes_a_smaller_plan(tmp_
         # and what Envoy holds never dropped below the fleet size (no empty or smaller push first).
         assert first == replicas, row
         assert min(held) >= replicas, row
+        # Requirement (RELIABILITY.md, cp_sigkill_autoscaled): the new replicas in Envoy within 15 s.
         assert row["recovery_s"] <= 15.0, row
     finally:
         serve.stop()

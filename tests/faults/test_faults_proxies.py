@@ -149,6 +149,7 @@ async def test_one_proxy_nacks_every_push(upstreams, mode: str) -> None:  # type
                  nacker_responses=n_later, resent_after_last_push=n_later - n_after_last,
                  rollbacks=int(cp.metrics.rollbacks._value.get()))
     assert res_load.summary.failed == 0, failures(res_load)[:5]
+    # Requirement (RELIABILITY.md, nack_proxy_*): the NACK is in the rejections and /debug/syncz within 1 s.
     assert row["nack_visible_max_s"] <= 1.0, row
     # One EDS response per pushed version (plus the first), one CDS: no resend loop.
     assert nacker.received["EDS"] == pushes + 1 and nacker.received["CDS"] == 1, nacker.received
@@ -219,5 +220,6 @@ async def test_slow_readers_do_not_delay_pushes_to_others(upstreams) -> None:  #
     # Until they time out (ack_timeout_s, 5 s) the slow readers' responses are unanswered. Holding a push slot
     # until the answer let them starve everyone else for those 5 s (found by this test); now a slot is given
     # back after slot_hold_s (1 s) and a proxy that let a response time out takes none.
+    # Requirement (RELIABILITY.md, slow_readers): pushes to the real Envoy as fast as without them.
     assert row["with_slow_p50_s"] <= 2 * row["baseline_p50_s"] + 0.05, row
     assert row["with_slow_max_s"] <= 1.0 + 2 * row["baseline_max_s"], row

@@ -133,6 +133,7 @@ async def test_prometheus_outage_holds_replicas_and_weights_and_alerts() -> None
         assert replicas_during == replicas_before, row
         assert during and all(t.target == t.current and t.explanation.startswith("signals lost") for t in during)
         assert v_during == v_before and plan_during == plan_before, "the published plan changed during the outage"
+        # Requirement (RELIABILITY.md, prometheus_outage): the alert visible within 2 s on /metrics and in GetStatus.
         assert row["alert_metric_s"] <= 2.0 and row["alert_admin_s"] <= 2.0, row
         assert any(e["kind"] == "signals_lost" for e in cp.controller.events)
         assert any(e["kind"] == "signals_restored" for e in cp.controller.events)

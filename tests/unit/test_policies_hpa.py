@@ -180,3 +180,24 @@ def test_reconcile_bounds(current, minr, maxr, expected):
     values = [100.0] * max(1, min(current, 5))
     d, _ = decide(sig(values, current=current), None, spec(min_replicas=minr, max_replicas=maxr), 0.0)
     assert d.target_replicas == expected
+
+
+# --- the direction guard applies to Pods metrics too (replica_calculator.go calcPlainMetricReplicas) -----
+def test_pods_metric_count_change_against_the_ratio_keeps_the_count():
+    """4 endpoints still in the frame (one missing) but spec replicas 2, rps at half the target.
+
+    ratio 0.5 -> missing pod at target: (150 + 100) / 4 = 62.5 -> ratio 0.625 (a scale-down ratio) but
+    ceil(0.625 x 4) = 3 > 2 replicas: upstream keeps 2 rather than scale *up* on a scale-down ratio.
+    """
+    d, _ = decide(sig([50.0, 50.0, 50.0, np.nan], current=2), None, spec(), 0.0)
+    assert d.target_replicas == 2
+    assert "count change would flip direction" in d.explanation
+    v, ratio, why = metric_replicas(np.array([50.0, 50.0, 50.0, np.nan]), np.ones(4, bool), 0, 2, 100.0, 0.1, False)
+    assert (v, why) == (2, "count change would flip direction") and ratio == pytest.approx(0.5)
+
+
+def test_resource_missing_pods_count_at_the_target_when_it_is_above_100_percent():
+    """GetResourceReplicas: a missing pod on scale-down counts max(100 %, target utilization) of its request."""
+    v, ratio, _ = metric_replicas(np.array([0.3, 0.3, 0.3, np.nan]), np.ones(4, bool), 0, 4, 2.0, 0.1, True)
+    assert ratio == pytest.approx(0.15)
+    assert v == 2  # (0.9 + 2.0) / 4 / 2.0 = 0.3625 -> ceil(1.45); counting it at 100 % would give 1

@@ -144,3 +144,76 @@ def test_state_in_is_not_mutated():
     _, st1 = decide(sig(10, 300.0, 0.0), st0, spec(), 0.0)
     assert (st0.buckets, st0.panic_time, st0.max_panic_pods) == before
     assert st1.panic_time == 0.0
+
+
+# --- bucketing.go WindowAverage after a trailing gap; collector ErrNoData; target.go for rps -------------
+def test_window_average_after_a_trailing_gap_divides_by_the_seconds_covered():
+    buckets = tuple((s, 10.0) for s in range(0, 60))
+    # last write 11 s ago: 49 buckets still in the 60 s window, all at 10 -> 10 (not 490 / 60)
+    assert window_average(buckets, 0, 70, 60.0) == pytest.approx(10.0)
+    # the 6 s panic window, last write 3 s ago: 3 covered buckets -> 10 (not 30 / 6)
+    assert window_average(buckets, 0, 62, 6.0) == pytest.approx(10.0)
+    # a whole panic window without data: 0
+    assert window_average(buckets, 0, 65, 6.0) == 0.0
+    # partial window since the first write *and* a trailing gap: buckets 0..5 written, now 10 -> 60 / 6
+    assert window_average(tuple((s, 10.0) for s in range(6)), 0, 10, 60.0) == pytest.approx(10.0)
+
+
+def test_window_average_counts_gaps_inside_the_window_as_zeros_and_restarts_after_a_window():
+    buckets = tuple((s, 10.0) for s in range(0, 60) if not 20 <= s < 30)  # 10 s hole in the middle
+    assert window_average(buckets, 0, 59, 60.0) == pytest.approx(500.0 / 60)
+    # the panic window's first write restarts after >= 6 s without data: 30..35 -> 6 buckets, not capped by 0
+    assert window_average(tuple((s, 6.0) for s in (*range(0, 10), *range(30, 33))), 0, 32, 6.0) == pytest.approx(6.0)
+
+
+def test_a_scrape_outage_does_not_scale_down():
+    """10 pods x 70 for 2 minutes, then every sample goes stale for 10 s: Knative's averages stay at 700."""
+    s = spec()
+    _, st = run(s, [(float(t), 10, 70.0) for t in range(0, 122, 2)])
+    assert st.panic_time is None
+    for t in range(122, 132, 2):
+        f = SignalFrame.from_arrays([f"p{i}:1" for i in range(10)], running=70.0, waiting=0.0, taken_at=0.0)
+        d, st = decide(ServiceSignals("svc", f, 10), st, s, float(t))
+        assert d.target_replicas == 10, t
+    assert "data_gap" in {r.code for r in d.reasons}
+    # the next good scrape fills only the seconds after the outage, not the outage itself
+    d, st = decide(sig(10, 70.0, 132.0), st, s, 132.0)
+    assert [b for b, _ in st.buckets if 121 < b < 131] == []  # 131 is after the last failed attempt (130)
+    # now the hole (122..130) is inside the window and counts as zeros, as in Knative: 700 x 51/60 -> 9 pods
+    assert d.target_replicas == 9
+
+
+def test_no_data_for_a_stable_window_holds():
+    s = spec()
+    _, st = run(s, [(float(t), 10, 70.0) for t in range(0, 122, 2)])
+    f = SignalFrame.from_arrays([f"p{i}:1" for i in range(10)], running=5.0, waiting=0.0, taken_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f, 10), st, s, 200.0)
+    assert d.target_replicas == 10 and "no_data" in {r.code for r in d.reasons}
+
+
+def test_rps_target_ignores_container_concurrency():
+    """target.go ResolveMetricTarget: for rps the total is the rps target; containerConcurrency is not used."""
+    st = KpaState(initialized=True)
+    s = spec(metric="rps", container_concurrency=10)
+    f = SignalFrame.from_arrays(["a:1"], rps=280.0, taken_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f, 1), st, s, 0.0)
+    assert d.target_replicas == 2  # ceil(280 / (200 x 0.7)); with cc as the total it would be ceil(280 / 7) = 40
+
+
+@pytest.mark.parametrize(
+    "over,total",
+    [
+        ({}, 100.0),  # container-concurrency-target-default
+        ({"container_concurrency": 10}, 10.0),  # cc without a target annotation
+        ({"container_concurrency": 250}, 250.0),
+        ({"target": 50, "container_concurrency": 10}, 10.0),  # an explicit target is capped at cc
+        ({"target": 50, "container_concurrency": 80}, 50.0),
+        ({"metric": "rps"}, 200.0),  # requests-per-second-target-default
+        ({"metric": "rps", "target": 30, "container_concurrency": 5}, 30.0),
+    ],
+)
+def test_resolve_metric_target(over, total):
+    from xds_control.policies.kpa import total_and_target
+
+    got_total, got_target = total_and_target(spec(**over))
+    assert got_total == total and got_target == pytest.approx(total * 0.7)

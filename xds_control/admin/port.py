@@ -72,6 +72,20 @@ class TickView:
 
 
 @dataclass(frozen=True)
+class ShadowView:
+    """What one shadow policy of a pool decided on the last tick (never acted on), and what it would have cost."""
+
+    policy: str  # as configured (preset name or file)
+    target: int
+    current: int
+    explanation: str
+    #: Integral of its target replicas over time, and of the pool's current replicas over the same time.
+    would_replica_seconds: float
+    actual_replica_seconds: float = 0.0
+    mode: str = ""
+
+
+@dataclass(frozen=True)
 class PoolView:
     """An autoscaled pool as the controller holds it now."""
 
@@ -85,6 +99,8 @@ class PoolView:
     planned_replicas: int | None
     plan_explanation: str
     last_tick: TickView | None
+    #: The pool's shadow policies as of the last tick, in config order (empty without any).
+    shadows: tuple[ShadowView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,4 +183,4 @@ class ControlPlanePort(Protocol):
 
 
 __all__ = ["ControlPlanePort", "DecisionView", "EndpointView", "EventListener", "NackView", "OverridesView",
-           "PoolView", "ProxyView", "TickView", "TypeSyncView", "XdsStatus"]
+           "PoolView", "ProxyView", "ShadowView", "TickView", "TypeSyncView", "XdsStatus"]

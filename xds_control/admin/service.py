@@ -358,6 +358,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
                 if pv is not None and pv.planned_replicas is not None:
                     po.target_replicas = pv.planned_replicas
                     po.explanation = pv.plan_explanation
+                for sh in pv.shadows if pv is not None else ():
+                    po.shadows.add(policy=sh.policy, target=sh.target, current=sh.current,
+                                   explanation=sh.explanation, would_replica_seconds=sh.would_replica_seconds,
+                                   actual_replica_seconds=sh.actual_replica_seconds, mode=sh.mode)
         return out
 
     @rpc("viewer")

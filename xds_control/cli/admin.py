@@ -261,6 +261,12 @@ def plan(service: Annotated[str | None, typer.Argument(help="Only this service."
         rows.append([p.service, p.name, p.route_weight, p.lb_policy,
                      p.target_replicas if p.HasField("target_replicas") else "", eps, p.explanation])
     _table("pools", ["service", "pool", "route weight", "lb", "target", "endpoints", "explanation"], rows)
+    shadows = [[p.service, p.name, sh.policy, sh.current, sh.target, _fmt(sh.would_replica_seconds, 0),
+                _fmt(sh.actual_replica_seconds, 0), sh.explanation] for p in res.pools for sh in p.shadows]
+    if shadows:
+        _table("shadow policies (decide, never act)", ["service", "pool", "shadow", "current", "would target",
+                                                       "would replica-s", "actual replica-s", "explanation"],
+               shadows)
 
 
 @admin_app.command("config-dump")

@@ -98,6 +98,10 @@ class ReplicaTemplateConfig(_Strict):
         return v
 
 
+#: Most shadow policies one pool may run (each decides every tick).
+MAX_SHADOWS = 8
+
+
 class AutoscaleConfig(_Strict):
     """Autoscaling of one pool: its endpoints are replicas the controller starts, ramps, drains and stops."""
 
@@ -109,15 +113,37 @@ class AutoscaleConfig(_Strict):
     initial_replicas: Annotated[int, Field(ge=0, le=10_000)] | None = None
     """Replicas started before the first decision; the policy's ``min_replicas`` when unset."""
     replica: ReplicaTemplateConfig = Field(default_factory=ReplicaTemplateConfig)
+    shadow: list[str] = Field(default_factory=list)
+    """Shadow policies (preset names or YAML files, at most 8, no duplicates): each decides on the pool's live
+    signals every tick and never actuates; their decisions and what they would have cost are reported."""
 
     # The resolution of policy + overrides, done once here; see ``spec``.
     _resolved: Any = PrivateAttr(default=None)
+    # The resolution of each shadow, in order; see ``shadows``.
+    _shadows: tuple[Any, ...] = PrivateAttr(default=())
+
+    @field_validator("shadow")
+    @classmethod
+    def _unique_shadows(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_SHADOWS:
+            raise ValueError(f"at most {MAX_SHADOWS} shadow policies, got {len(v)}: {v!r}")
+        for i, name in enumerate(v):
+            if name in v[:i]:
+                raise ValueError(f"shadow[{i}] = {name!r}: listed twice (shadow[{v.index(name)}])")
+        return v
 
     @model_validator(mode="after")
     def _spec(self) -> AutoscaleConfig:
         from xds_control.config.policy import resolve_policy_provenance
 
         self._resolved = resolve_policy_provenance(self.policy, self.overrides)  # raises ValueError naming the key
+        shadows = []
+        for i, name in enumerate(self.shadow):
+            try:
+                shadows.append(resolve_policy_provenance(name))
+            except ValueError as e:
+                raise ValueError(f"shadow[{i}] = {name!r}: {e}") from None
+        self._shadows = tuple(shadows)
         return self
 
     @property
@@ -129,6 +155,11 @@ class AutoscaleConfig(_Strict):
     def resolved(self) -> ResolvedPolicy:
         """:attr:`spec` with the origin of each key (preset, file, override, default)."""
         return self._resolved
+
+    @property
+    def shadows(self) -> tuple[tuple[str, PolicySpec], ...]:
+        """The shadow policies as (name as configured, validated spec), resolved when the config was loaded."""
+        return tuple((name, r.spec) for name, r in zip(self.shadow, self._shadows, strict=True))
 
 
 class SignalsConfig(_Strict):

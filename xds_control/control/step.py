@@ -28,14 +28,20 @@ Contract (what a caller may rely on):
   ACKed, in-flight 0, or the drain timeout passed) -- both inherited from :mod:`xds_control.planning`;
 * until every replica that existed or was asked for at start is ready (or ``initial_hold_s`` passed since the
   first tick), nothing is decided or published: a restarted control plane never pushes a smaller plan than the
-  proxies hold.
+  proxies hold;
+* shadow policies (:attr:`PoolSpec.shadows`) decide every step on exactly the policy signals the real policy saw,
+  each with its own state (:class:`ShadowState`), and only report (:attr:`PoolActions.shadows`): they never change
+  the plan, the starts or the stops. While the pool's signals are lost they hold like the real policy (their state
+  is kept, not fed stale data); pause and follower holds do not apply to them (they show what they would decide).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 from xds_control.control.operator import apply_overrides
@@ -53,6 +59,7 @@ __all__ = [
     "PoolSpec",
     "ControlSpec",
     "PoolState",
+    "ShadowState",
     "ControlState",
     "PoolActions",
     "Event",
@@ -130,6 +137,8 @@ class PoolSpec:
     policy: PolicySpec
     #: Zones new replicas are spread over, round robin ("" = unspecified).
     zones: tuple[str, ...] = ()
+    #: Shadow policies, (name, spec) in config order: they decide on the same signals, never actuate.
+    shadows: tuple[tuple[str, PolicySpec], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,29 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class ShadowState:
+    """What one shadow policy of a pool carries from one step to the next.
+
+    ``would_replica_seconds`` integrates the shadow's target over time and ``actual_replica_seconds`` the pool's
+    current replicas (the real policy's ``current_replicas``) over the same steps: each step adds the previous
+    step's value times the ``now`` difference (the first step adds nothing). The shadow's integral assumes its
+    target were in place at once (no cold start), so it is what its decisions would have cost at best.
+    """
+
+    #: Name of the policy ``policy_state`` belongs to (a different policy starts fresh).
+    policy: str | None = None
+    policy_state: Any = None
+    last_decision: Decision | None = None
+    #: ``now`` of the previous step this shadow ran in (None before the first).
+    last_at: float | None = None
+    would_replica_seconds: float = 0.0
+    actual_replica_seconds: float = 0.0
+
+
+_NO_SHADOWS: Mapping[str, ShadowState] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
 class PoolState:
     """What one pool carries from one tick to the next."""
 
@@ -159,6 +191,8 @@ class PoolState:
     last_decision: Decision | None = None
     #: Why the pool's signals are lost, while they are.
     signals_lost: str | None = None
+    #: Shadow name -> its state (read-only mapping, in the spec's order).
+    shadows: Mapping[str, ShadowState] = field(default_factory=lambda: _NO_SHADOWS)
 
 
 @dataclass(frozen=True)
@@ -198,6 +232,8 @@ class PoolActions:
     signals_lost: str | None = None
     #: The frame the pool was planned on (all live replicas), for views.
     frame: SignalFrame | None = None
+    #: What each shadow policy decided on this step's signals, (name, decision) in the spec's order.
+    shadows: tuple[tuple[str, Decision], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,9 +306,13 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
     live = [r for r in po.replicas if r.status is not ReplicaStatus.FAILED]
     keys = [r.key for r in live]
     ready = {r.key: r.status is ReplicaStatus.READY for r in live}
-    locality = {r.key: Locality(zone=r.zone).key for r in live}
-    phases = dict(zip(st.table.keys, st.table.phase.tolist(), strict=False)) if st.table is not None else {}
-    leaving = {k for k in keys if phases.get(k) in _LEAVING}
+    locality = {r.key: _zone_locality(r.zone) for r in live}
+    leaving: set[str] = set()
+    if st.table is not None and len(st.table.keys):
+        gone = (st.table.phase == _LEAVING[0]) | (st.table.phase == _LEAVING[1])
+        if gone.any():
+            live_keys = set(keys)
+            leaving = {k for k, g in zip(st.table.keys, gone.tolist(), strict=True) if g and k in live_keys}
 
     # Signals: lost when the source failed or no ready replica has a good reading.
     ready_keys = [k for k in keys if ready[k]]
@@ -292,9 +332,8 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
     if len(policy_keys) == len(keys):
         pframe = full
     else:
-        pframe = SignalFrame.from_samples({k: po.samples.get(k) for k in policy_keys},
-                                          ready={k: True for k in policy_keys},
-                                          locality={k: locality[k] for k in policy_keys})
+        keep = set(policy_keys)
+        pframe = full.take([i for i, k in enumerate(keys) if k in keep])
     n_starting = sum(1 for r in live if r.status is ReplicaStatus.STARTING)
     # A crashed replica is still wanted (as a ReplicaSet keeps spec.replicas): it counts, as pending, until
     # its replacement exists; so the policy holds the count and the replacement starts below.
@@ -345,11 +384,50 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
             zones.append(ps.zones[started % len(ps.zones)] if ps.zones else "")
             started += 1
         start = tuple(zones)
+    shadow_out, shadow_states = _shadows(ps, psig, st.shadows, lost, now)
     new_st = PoolState(policy=policy.policy, policy_state=new_pstate, table=result.table, started=started,
-                       last_decision=decision, signals_lost=lost)
+                       last_decision=decision, signals_lost=lost, shadows=shadow_states)
     act = PoolActions(ps.service, ps.pool, decision, result, start=start, stop=stop, reap=failed,
-                      signals_lost=lost, frame=full)
+                      signals_lost=lost, frame=full, shadows=shadow_out)
     return act, new_st, events
+
+
+def _shadows(ps: PoolSpec, psig: ServiceSignals, states: Mapping[str, ShadowState], lost: str | None, now: float
+             ) -> tuple[tuple[tuple[str, Decision], ...], Mapping[str, ShadowState]]:
+    """Each shadow's decision on the policy signals ``psig`` and its next state (see :class:`ShadowState`)."""
+    if not ps.shadows:
+        return (), _NO_SHADOWS
+    current = psig.current_replicas
+    out: list[tuple[str, Decision]] = []
+    new: dict[str, ShadowState] = {}
+    for name, spec in ps.shadows:
+        ss = states.get(name, ShadowState())
+        pstate = ss.policy_state if ss.policy == spec.policy else None
+        if lost is not None:
+            # As the real policy: stale data must not feed the shadow's windows; it holds the count.
+            target = min(max(current, spec.min_replicas), spec.max_replicas)
+            base = ss.last_decision if ss.last_decision is not None else Decision(
+                spec.policy, ps.service, now, current, target, "")
+            d = replace(base, now=now, current_replicas=current, target_replicas=target, mode="hold", stale=(),
+                        explanation=f"signals lost, holding: {lost}", load=None)
+            new_pstate = pstate
+        else:
+            d, new_pstate = decide(psig, pstate, spec, now)
+        would, actual = ss.would_replica_seconds, ss.actual_replica_seconds
+        if ss.last_at is not None and ss.last_decision is not None and now > ss.last_at:
+            dt = now - ss.last_at
+            would += ss.last_decision.target_replicas * dt
+            actual += ss.last_decision.current_replicas * dt
+        new[name] = ShadowState(policy=spec.policy, policy_state=new_pstate, last_decision=d, last_at=now,
+                                would_replica_seconds=would, actual_replica_seconds=actual)
+        out.append((name, d))
+    return tuple(out), MappingProxyType(new)
+
+
+@functools.lru_cache(maxsize=256)
+def _zone_locality(zone: str) -> str:
+    """The Envoy locality key of a replica in ``zone`` (no region or sub-zone)."""
+    return Locality(zone=zone).key
 
 
 def _keep_weights(pool: PoolPlan, prev: PoolPlan) -> PoolPlan:

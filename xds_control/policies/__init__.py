@@ -9,7 +9,8 @@ Public API (what the simulator and the controller call)::
     decision, state = decide(signals, state, spec, now)        # every tick, now = float seconds
 
 * ``POLICIES[name]`` is a :class:`PolicyDef` (``spec_cls``, ``decide``, ``state_cls``) for
-  ``threshold``, ``predictive``, ``comprehensive``, ``hpa`` and ``kpa``.
+  ``threshold``, ``predictive``, ``comprehensive``, and the baselines ``hpa`` (Kubernetes HPA v2),
+  ``kpa`` (Knative), ``apa`` (AIBrix) and ``sla`` (Dynamo's SLA planner, aggregated).
 * State values are frozen dataclasses: keep the one returned and pass it back next tick; never
   share one state between services. ``None`` starts fresh.
 * Nothing here reads a clock, does I/O or mutates its inputs.
@@ -25,11 +26,13 @@ from pydantic import BaseModel, ValidationError
 
 from xds_control.core.errors import FieldProblem, SpecError, spec_error_from_pydantic
 from xds_control.core.model import Decision, ServiceSignals
-from xds_control.policies import comprehensive, hpa, kpa, predictive, threshold
+from xds_control.policies import apa, comprehensive, hpa, kpa, predictive, sla, threshold
+from xds_control.policies.apa import ApaSpec, ApaState
 from xds_control.policies.comprehensive import ComprehensiveSpec, ComprehensiveState
 from xds_control.policies.hpa import HpaSpec, HpaState
 from xds_control.policies.kpa import KpaSpec, KpaState
 from xds_control.policies.predictive import PredictiveSpec, PredictiveState
+from xds_control.policies.sla import SlaSpec, SlaState
 from xds_control.policies.specs import OutlierSpec, PolicySpecBase, TrafficSpec
 from xds_control.policies.threshold import ThresholdSpec, ThresholdState
 
@@ -45,12 +48,14 @@ __all__ = [
     "ComprehensiveSpec",
     "HpaSpec",
     "KpaSpec",
+    "ApaSpec",
+    "SlaSpec",
     "TrafficSpec",
     "OutlierSpec",
     "PolicySpecBase",
 ]
 
-PolicySpec = ThresholdSpec | PredictiveSpec | ComprehensiveSpec | HpaSpec | KpaSpec
+PolicySpec = ThresholdSpec | PredictiveSpec | ComprehensiveSpec | HpaSpec | KpaSpec | ApaSpec | SlaSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,10 @@ POLICIES: Mapping[str, PolicyDef] = {
                                "Predictive + burst mode + headroom/locality weights, ramps and drains."),
     "hpa": PolicyDef("hpa", HpaSpec, hpa.decide, HpaState, "Kubernetes HPA v2, upstream defaults."),
     "kpa": PolicyDef("kpa", KpaSpec, kpa.decide, KpaState, "Knative KPA, upstream defaults."),
+    "apa": PolicyDef("apa", ApaSpec, apa.decide, ApaState,
+                     "AIBrix APA: KV-cache use vs target with fluctuation tolerances, x2 rates, upstream defaults."),
+    "sla": PolicyDef("sla", SlaSpec, sla.decide, SlaState,
+                     "Dynamo SLA planner (aggregated): predicted req/s over profiled capacity at the SLO."),
 }
 
 

@@ -11,10 +11,11 @@ Follows, rule by rule (read, not copied):
     times, so readiness stands in for it.)
   - usage ratio = mean(metric) / target; no change when ``|1 - ratio| <= tolerance`` (0.1);
     otherwise ``ceil(ratio * readyPodCount)``.
-  - missing pods count as 100 % of target (Resource: 100 % of request) on scale-down and as 0 on
-    scale-up; ignored pods count as 0 on scale-up ("rebalanceIgnored"); if the recomputed ratio is
-    within tolerance or flips direction, keep the current count; Resource metrics also keep it when
-    the new count moves against the ratio.
+  - missing pods count as 100 % of target (Resource: max(100 %, target) of request) on scale-down
+    and as 0 on scale-up (only when the ratio is above 1); pending/unready pods count as 0 on
+    scale-up ("scaleUpWithUnready"); if the recomputed ratio is within tolerance or flips direction,
+    keep the current count; and, for Resource *and* Pods metrics alike (``GetResourceReplicas`` and
+    ``calcPlainMetricReplicas`` both end with it), keep it when the new count moves against the ratio.
 * ``kubernetes/pkg/controller/podautoscaler/horizontal.go``
   - ``computeReplicasForMetrics``: the largest proposal over metrics wins; if every metric is
     invalid, or some are invalid and the result would scale down, do not scale.
@@ -195,14 +196,19 @@ def metric_replicas(
     total = float(metrics.sum())
     count = ready_count
     if n_missing:
+        # replica_calculator.go (GetResourceReplicas / calcPlainMetricReplicas): on a scale-down a missing pod
+        # counts as using the target (Resource: max(100 %, target utilization) of its request); on a scale-up
+        # (ratio strictly above 1, both metric types) as using 0; at a ratio of exactly 1 it is left out.
         if usage_ratio < 1.0:
-            total += n_missing * (1.0 if resource else target)  # Resource: 100 % of request
+            total += n_missing * (max(1.0, target) if resource else target)
             count += n_missing
-        elif usage_ratio > 1.0 or not resource:  # on scale-up they count as 0 (Resource skips ratio == 1)
+        elif usage_ratio > 1.0:
             count += n_missing
     if rebalance_ignored:
         count += n_ignored
     new_ratio = (total / count) / target
+    # replica_calculator.go: "return the current replicas if the change would be too small, or if the new usage
+    # ratio would cause a change in scale direction".
     if (
         abs(1.0 - new_ratio) <= tolerance
         or (usage_ratio < 1.0 and new_ratio > 1.0)
@@ -213,7 +219,9 @@ def metric_replicas(
             "within tolerance or flips direction"
         )
     new_replicas = math.ceil(new_ratio * count)
-    if resource and ((new_ratio < 1.0 and new_replicas > current) or (new_ratio > 1.0 and new_replicas < current)):
+    # replica_calculator.go: "return the current replicas if the change of metrics length would cause a change in
+    # scale direction" -- in GetResourceReplicas and in calcPlainMetricReplicas (Pods metrics) alike.
+    if (new_ratio < 1.0 and new_replicas > current) or (new_ratio > 1.0 and new_replicas < current):
         return current, usage_ratio, "count change would flip direction"
     return new_replicas, usage_ratio, (
         f"ceil({fmt(new_ratio, 3)} x {count} pods incl. {n_missing} missing"

@@ -14,10 +14,22 @@ Follows (read, not copied):
   in panic the count never goes down (``maxPanicPods``); a new autoscaler with more than one ready
   pod starts in panic; optional scale-down delay is a max over a time window; excess burst
   capacity = floor(readyPods * totalValue - targetBurstCapacity - panicValue).
-* ``knative/serving pkg/autoscaler/aggregation/bucketing.go`` (``WindowAverage``): per-second
-  buckets averaged over the window, or over the partial window since the first write.
+* ``knative/serving pkg/autoscaler/aggregation/bucketing.go`` (``TimedFloat64Buckets``): one set of
+  per-second buckets per window (stable and panic are separate buckets). ``WindowAverage`` divides by
+  the buckets actually covered: from the first write (partial window) to the *last* write, so a
+  trailing gap (no data in the newest seconds) shrinks the divisor instead of counting as zeros; a
+  gap inside the window counts as zeros; nothing for a whole window gives 0. ``Record`` resets the
+  first write after a gap of at least one window (so the 6 s panic window restarts after 6 s without
+  data, the stable one after 60 s).
 * ``knative/serving pkg/autoscaler/metrics/collector.go`` / scraper: the observed value is the
-  revision total (average per scraped pod x ready pods).
+  revision total (average per scraped pod x ready pods); a failed scrape records nothing;
+  ``StableAndPanicConcurrency`` / ``StableAndPanicRPS`` return ``ErrNoData`` when the stable buckets
+  have no write within the stable window, and ``Scale`` then returns an invalid result (hold).
+* ``knative/serving pkg/reconciler/autoscaling/resources/target.go`` (``ResolveMetricTarget``): for
+  ``rps`` the total per pod is the rps target (``requests-per-second-target-default`` 200) and container
+  concurrency plays no part; for ``concurrency`` it is containerConcurrency, or the default target
+  (100) when that is 0, and an explicit target is capped at containerConcurrency; the target value is
+  max(0.01, total x target utilization).
 * ``knative/serving config/core/configmaps/autoscaler.yaml`` defaults: stable window 60 s, panic window
   10 %, panic threshold 200 %, target 100 concurrency, target utilization 70 %, max scale-up rate
   1000, max scale-down rate 2, target burst capacity 211, scale-to-zero grace 30 s; the multiscaler
@@ -25,7 +37,9 @@ Follows (read, not copied):
 
 Adaptation: Knative scrapes every second independently of its 2 s tick; we only observe when called,
 so seconds between two calls are filled with the newer observation (sample-and-hold) rather than
-left empty (which would halve the averages at a 2 s call interval). Concurrency per pod is
+left empty (which would halve the averages at a 2 s call interval). A call whose scrape fails (no
+fresh sample) fills nothing, and the next successful one fills only the seconds after it, so a
+scrape outage leaves the gap Knative would see. Concurrency per pod is
 ``running + waiting`` (what queue-proxy counts). Stale samples are not scraped (excluded), and the
 explanation says so.
 """
@@ -33,7 +47,7 @@ explanation says so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -44,7 +58,7 @@ from xds_control.loadindex import compute_load
 from xds_control.policies.common import Notes, fmt
 from xds_control.policies.specs import PolicySpecBase
 
-__all__ = ["KpaSpec", "KpaState", "decide", "window_average"]
+__all__ = ["KpaSpec", "KpaState", "decide", "total_and_target", "window_average"]
 
 
 class KpaSpec(PolicySpecBase):
@@ -54,15 +68,19 @@ class KpaSpec(PolicySpecBase):
     metric: Literal["concurrency", "rps"] = Field(
         "concurrency", description="Scaling metric: in-flight requests per pod, or requests/s. Default concurrency."
     )
-    target: float = Field(
-        100.0, gt=0.0, le=1e6,
-        description="Per-pod target (container-concurrency-target-default 100; use 200 for rps). Default 100.",
+    target: float | None = Field(
+        None, gt=0.0, le=1e6,
+        description="Per-pod target (the autoscaling.knative.dev/target annotation). Null: the configmap default, "
+        "container-concurrency-target-default 100 for concurrency (or container_concurrency when > 0), "
+        "requests-per-second-target-default 200 for rps. Default null.",
     )
     target_utilization: float = Field(
         0.7, gt=0.0, le=1.0, description="Fraction of target aimed for (container-concurrency-target-percentage 70)."
     )
     container_concurrency: int = Field(
-        0, ge=0, le=100_000, description="Hard per-pod limit; 0 = unlimited (total value = target). Default 0."
+        0, ge=0, le=100_000,
+        description="Hard per-pod concurrency limit; 0 = unlimited. Caps the concurrency target; ignored for rps "
+        "(ResolveMetricTarget). Default 0.",
     )
     stable_window_s: float = Field(60.0, ge=6.0, le=3600.0, description="Stable window, seconds. Default 60 s.")
     panic_window_percentage: float = Field(
@@ -99,17 +117,56 @@ class KpaState:
     next_tick_at: float | None = None
     zero_since: float | None = None
     initialized: bool = False
+    #: Last second a scrape was attempted (successful or not); the next success fills only later seconds.
+    scraped_through: int | None = None
+
+
+def total_and_target(spec: KpaSpec) -> tuple[float, float]:
+    """(total value per pod, target value per pod): target.go ``ResolveMetricTarget``."""
+    if spec.metric == "rps":
+        # RPS: total = the rps target (annotation, else requests-per-second-target-default 200); no cc.
+        total = spec.target if spec.target is not None else 200.0
+    else:
+        cc = float(spec.container_concurrency)
+        if spec.target is None:
+            # "If containerConcurrency is 0 we'll always target the default" (100).
+            total = cc if cc > 0 else 100.0
+        else:
+            # An explicit target is capped at containerConcurrency (when set).
+            total = min(spec.target, cc) if cc > 0 else spec.target
+    return total, max(0.01, total * spec.target_utilization)  # autoscaling.TargetMin = 0.01
 
 
 def window_average(buckets: tuple[tuple[int, float], ...], first_sec: int | None, now_sec: int, window: float) -> float:
-    """bucketing.go WindowAverage over ``window`` seconds ending at ``now_sec`` (inclusive)."""
+    """bucketing.go ``TimedFloat64Buckets.WindowAverage`` of a ``window``-second bucket set at ``now_sec``.
+
+    ``buckets`` are the written seconds (ascending; unwritten seconds are absent), ``first_sec`` the
+    first write of the series. NaN when nothing was ever written.
+
+    * the window's own first write is reset after a gap of >= ``window`` seconds (``Record``);
+    * last write at ``now_sec``: sum of the window / min(last - first + 1, window);
+    * last write ``d`` seconds ago, ``0 < d < window``: sum of the buckets still in the window /
+      min(last - first + 1, window - d) -- the trailing empty seconds are not counted;
+    * ``d >= window``: 0.
+    """
     if first_sec is None or not buckets:
         return math.nan
-    wb = max(1, int(round(window)))
-    lo = now_sec - wb + 1
+    n_b = max(1, math.ceil(window - 1e-9))  # NewTimedFloat64Buckets: ceil(window / granularity) buckets
+    first = first_sec
+    prev: int | None = None
+    for s, _ in buckets:
+        if prev is not None and s - prev >= n_b:
+            first = s  # Record: no writes for a whole window -> firstWrite = this bucket
+        prev = s
+    first = max(first, first_sec)
+    last = buckets[-1][0]
+    d = now_sec - last
+    if d >= n_b:
+        return 0.0  # "Nothing for more than a window time, just 0."
+    lo = now_sec - n_b + 1
     total = sum(v for s, v in buckets if lo <= s <= now_sec)
-    n = min(wb, now_sec - first_sec + 1)
-    return total / max(1, n)
+    n_valid = min(last - first + 1, n_b - max(0, d))
+    return round(total / max(1, n_valid), 6)  # roundToNDigits(precision = 6)
 
 
 def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: float) -> tuple[Decision, KpaState]:
@@ -143,18 +200,23 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
     else:
         observed = math.nan
     now_sec = int(math.floor(now))
+    n_stable = max(1, math.ceil(spec.stable_window_s - 1e-9))
     buckets, first_sec = state.buckets, state.first_sec
     if not math.isnan(observed):
         last_sec = buckets[-1][0] if buckets else None
-        if last_sec is not None and now_sec - last_sec > spec.stable_window_s:
-            buckets, first_sec, last_sec = (), None, None  # a whole window without data resets the series
-        start = now_sec if last_sec is None else min(last_sec + 1, now_sec)
-        start = max(start, now_sec - int(spec.stable_window_s) + 1)
-        kept = tuple(b for b in buckets if b[0] < start and b[0] > now_sec - spec.stable_window_s)
+        if last_sec is not None and now_sec - last_sec >= n_stable:
+            # bucketing.go Record: "no writes for the duration of `window`" -> reset firstWrite and the buckets.
+            buckets, first_sec, start = (), None, now_sec
+        else:
+            # Fill the seconds since the last scrape attempt (sample-and-hold), not those of a failed scrape.
+            scraped = state.scraped_through
+            start = now_sec if scraped is None else min(scraped + 1, now_sec)
+            start = max(start, now_sec - n_stable + 1)
+        kept = tuple(b for b in buckets if b[0] < start and b[0] > now_sec - n_stable)
         buckets = kept + tuple((s, observed) for s in range(start, now_sec + 1))
-        first_sec = first_sec if first_sec is not None else now_sec
-    state = KpaState(buckets, first_sec, state.panic_time, state.max_panic_pods, state.delay,
-                     state.next_tick_at, state.zero_since, True)
+        first_sec = first_sec if first_sec is not None else start
+    state = replace(state, buckets=buckets, first_sec=first_sec, initialized=True,
+                    scraped_through=now_sec if state.scraped_through is None else max(state.scraped_through, now_sec))
 
     def out(target: int, st: KpaState, mode: str, head: str) -> tuple[Decision, KpaState]:
         return (
@@ -173,18 +235,22 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
     next_tick = now + spec.tick_interval_s if state.next_tick_at is None else max(
         state.next_tick_at + spec.tick_interval_s, now
     )
-    state = KpaState(state.buckets, state.first_sec, state.panic_time, state.max_panic_pods, state.delay,
-                     next_tick, state.zero_since, True)
+    state = replace(state, next_tick_at=next_tick)
 
     panic_window = spec.stable_window_s * spec.panic_window_percentage / 100.0
+    # collector.go StableAndPanic*: ErrNoData when the stable buckets saw no write within the stable window
+    # (bucketing.go IsEmpty: now - lastWrite > window); Scale then returns invalidSR and nothing changes.
+    if not buckets or now_sec - buckets[-1][0] > n_stable:
+        notes.add("no_data", "no data to scale on yet" if not buckets else
+                  f"no data in the last {fmt(spec.stable_window_s, 0)}s")
+        return out(current, state, "hold", f"KPA {current}->{current}")
     stable_val = window_average(buckets, first_sec, now_sec, spec.stable_window_s)
     panic_val = window_average(buckets, first_sec, now_sec, panic_window)
-    if math.isnan(stable_val):
-        notes.add("no_data", "no data to scale on yet")
-        return out(current, state, "hold", f"KPA {current}->{current}")
+    if buckets[-1][0] < now_sec:
+        notes.add("data_gap", f"no fresh data for {now_sec - buckets[-1][0]}s: window averages over the "
+                  "seconds covered (bucketing.go WindowAverage)", "gap_s", float(now_sec - buckets[-1][0]))
 
-    total_value = float(spec.container_concurrency) if spec.container_concurrency > 0 else spec.target
-    target_value = max(0.01, total_value * spec.target_utilization)
+    total_value, target_value = total_and_target(spec)
     ready = max(1.0, float(ready_orig))
     max_up = math.ceil(spec.max_scale_up_rate * ready)
     max_down = math.floor(ready / spec.max_scale_down_rate)
@@ -255,5 +321,5 @@ def decide(signals: ServiceSignals, state: KpaState | None, spec: KpaSpec, now: 
         zero_since = None
     if target != desired:
         notes.add("bounds", f"bounded {desired}->{target} by [{spec.min_replicas}, {spec.max_replicas}]")
-    new_state = KpaState(buckets, first_sec, panic_time, max_panic, delay, next_tick, zero_since, True)
+    new_state = replace(state, panic_time=panic_time, max_panic_pods=max_panic, delay=delay, zero_since=zero_since)
     return out(target, new_state, mode, f"KPA {current}->{target} ({mode})")

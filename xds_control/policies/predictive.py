@@ -25,6 +25,7 @@ Rule:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -178,11 +179,11 @@ def predict_core(
     rep = compute_load(signals.frame, spec.load_index, now)
     stale_note(notes, signals, rep)
     demand = measure_demand(signals, spec, rep)
-    keep = [(t, v) for t, v in zip(state.hist_t, state.hist_v, strict=True) if now - t < spec.history_s]
+    # hist_t is increasing: keep the observations newer than now - history_s (a slice, not a Python loop)
+    first = bisect.bisect_right(state.hist_t, now - spec.history_s)
+    hist_t, hist_v = state.hist_t[first:], state.hist_v[first:]
     if not math.isnan(demand):
-        keep.append((now, demand))
-    hist_t = tuple(t for t, _ in keep)
-    hist_v = tuple(v for _, v in keep)
+        hist_t, hist_v = (*hist_t, now), (*hist_v, demand)
     smoothed = state.smoothed
     if not math.isnan(rep.service):
         smoothed = ewma(state.smoothed, state.smoothed_at, rep.service, now, spec.load_index.ewma_half_life_s)

@@ -22,6 +22,7 @@ from xds_control.admin.port import (
     OverridesView,
     PoolView,
     ProxyView,
+    ShadowView,
     TickView,
     TypeSyncView,
     XdsStatus,
@@ -98,10 +99,18 @@ class RuntimeAdminPort:
         phases = {} if table is None else {k: p.name.lower() for k in table.keys
                                            if (p := table.phase_of(k)) is not None}
         res = rt.last_result
+        configured = {name for name, _ in rt.shadows}
+        shadows = tuple(
+            ShadowView(policy=name, target=d.target_replicas, current=d.current_replicas, explanation=d.explanation,
+                       would_replica_seconds=ss.would_replica_seconds,
+                       actual_replica_seconds=ss.actual_replica_seconds, mode=d.mode)
+            for name, ss in (rt.shadow_states or {}).items()
+            if name in configured and (d := ss.last_decision) is not None)
         return PoolView(service=rt.service, pool=rt.pool, spec=rt.spec, paused=bool(rt.paused),
                         phases=MappingProxyType(phases),
                         planned_replicas=res.target_replicas if res is not None else None,
-                        plan_explanation=res.explanation if res is not None else "", last_tick=tick)
+                        plan_explanation=res.explanation if res is not None else "", last_tick=tick,
+                        shadows=shadows)
 
     def decisions(self) -> tuple[DecisionView, ...]:
         c = self.cp.controller

@@ -86,6 +86,8 @@ class ControlPlane:
         self._config_digest = b""
         self.failure: BaseException | None = None
         self.controller: Any = None
+        #: The controller's metrics and the dashboard's history (runtime/metrics.py); None without autoscaling.
+        self.controller_metrics: Any = None
         #: Operator weight overrides, drains and policies (admin API); shared with the controller.
         self.operator = OperatorState()
         self.admin: Any = None
@@ -196,6 +198,10 @@ class ControlPlane:
         self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source,
                                      rates=self.rate_source)
         self.controller.operator = self.operator
+        from xds_control.runtime.metrics import ControllerMetrics
+
+        # replicas, decisions, weights, load and latency on /metrics (and the dashboard's history)
+        self.controller_metrics = ControllerMetrics(self.metrics.registry).attach(self.controller)
         await self.controller.start()
 
     def _spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -292,6 +298,9 @@ class ControlPlane:
         app.router.add_get("/debug/snapshot", self._snapshot_view)
         app.router.add_get("/debug/tasks", self._tasks_view)
         app.router.add_get("/healthz", _healthz)
+        from xds_control.runtime.dashboard import add_dashboard_routes
+
+        add_dashboard_routes(app, self)  # the live dashboard: / and /api/state
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.metrics_port or 0)
@@ -299,6 +308,11 @@ class ControlPlane:
         self._http = runner
         sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp has no public bound-port API
         self.ports.metrics = sock.getsockname()[1]
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The live dashboard's address (the metrics port, path ``/``); None without a metrics port."""
+        return f"http://{self.host}:{self.ports.metrics}/" if self.ports.metrics else None
 
     async def _tasks_view(self, _req: web.Request) -> web.Response:
         """Every asyncio task with where it is waiting (for diagnosing a stuck loop)."""
@@ -468,8 +482,8 @@ async def serve_forever(cp: ControlPlane) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await cp.start()
-    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics, "admin_port": cp.ports.admin}),
-          flush=True)
+    print(json.dumps({"xds_port": cp.ports.xds, "metrics_port": cp.ports.metrics, "admin_port": cp.ports.admin,
+                      "dashboard_url": cp.dashboard_url}), flush=True)
     done = asyncio.create_task(cp.wait_stopped(), name="wait-stopped")
     stopper = asyncio.create_task(stop.wait(), name="wait-signal")
     await asyncio.wait({done, stopper}, return_when=asyncio.FIRST_COMPLETED)

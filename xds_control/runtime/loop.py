@@ -6,7 +6,8 @@ Every ``controller.tick_s`` (default 1 s) :meth:`Controller.tick` does::
       + operator overrides + leadership  ->  control.step.Observation
     control_step(observation, state, spec) -> StepResult        (pure: every decision is made there)
     then: publisher.publish_now(result.plan) when it changed; scaler: reap failed replicas, stop the
-    removable ones, start what is missing; log, record and emit the step's events.
+    removable ones, start what is missing; log, record and emit the step's events; report the shadow
+    policies' decisions (DEBUG log, ``/metrics``, a ``shadow_decision`` event when one differs from the real target).
 
 The decision rules (lost-signal hold, pause, follower hold, keeping weights, drains out of the count and
 out of the policy's ready set, the operator overlay, the initial hold after a restart) live in
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ from xds_control.control.step import (
     PoolState,
     ReplicaObs,
     ReplicaStatus,
+    ShadowState,
     StepResult,
     control_step,
 )
@@ -69,6 +71,10 @@ class PoolRuntime:
     last_decision: Decision | None = None
     last_result: ServicePlanResult | None = None
     last_report: SignalReport | None = None
+    #: Shadow policies of the config, (name, spec): they decide every tick, never actuate.
+    shadows: tuple[tuple[str, PolicySpec], ...] = ()
+    #: Each shadow's state after the last tick (its last decision and replica-seconds), read-only.
+    shadow_states: Mapping[str, ShadowState] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,12 @@ class Controller:
         self.state = ControlState()
         #: pool -> why its signals are lost (empty when every pool's source answers); see ``tick``.
         self.signal_alerts: dict[str, str] = {}
+        #: Called after every tick that planned with (result, records, reports): the controller metrics.
+        self.observer: Callable[[StepResult, list[TickRecord], dict[str, SignalReport]], None] | None = None
+        #: (pool, shadow) -> the shadow's target last reported as differing from the real one (None: agreed).
+        self._shadow_seen: dict[tuple[str, str], int | None] = {}
+        #: (pool, shadow) -> replica-seconds already added to the shadow counter on /metrics.
+        self._shadow_exported: dict[tuple[str, str], float] = {}
         self.set_config(config)
 
     # -- configuration ------------------------------------------------------------------------
@@ -147,9 +159,10 @@ class Controller:
                     continue
                 spec = self.operator.specs.get(pool.name) or pool.autoscale.spec
                 old = self.runtimes.get(pool.name)
-                rt = PoolRuntime(svc.name, pool.name, spec, pool.autoscale.replica)
+                rt = PoolRuntime(svc.name, pool.name, spec, pool.autoscale.replica, shadows=pool.autoscale.shadows)
                 if old is not None:
                     rt.table, rt.paused, rt.state = old.table, old.paused, old.state
+                    rt.shadow_states = old.shadow_states
                     rt.last_decision, rt.last_result, rt.last_report = old.last_decision, old.last_result, \
                         old.last_report
                 runtimes[pool.name] = rt
@@ -159,7 +172,7 @@ class Controller:
 
     def control_spec(self) -> ControlSpec:
         """The pools as the step sees them (the operator's policy wins over the config's)."""
-        pools = tuple(PoolSpec(rt.service, rt.pool, rt.spec, tuple(rt.template.zones))
+        pools = tuple(PoolSpec(rt.service, rt.pool, rt.spec, tuple(rt.template.zones), shadows=rt.shadows)
                       for rt in self.runtimes.values())
         return ControlSpec(pools, self.base_plan, initial_hold_s=self.initial_hold_s)
 
@@ -288,6 +301,8 @@ class Controller:
             self._pending_acks.append((version, now))
         for rec in records:
             self.history.append(replace(rec, version=version))
+        if self.observer is not None:
+            self.observer(result, records, reports)
         return records
 
     async def act(self, result: StepResult, reports: dict[str, SignalReport]) -> None:
@@ -317,6 +332,8 @@ class Controller:
                 if a.signals_lost is not None:
                     metrics.signal_failures.labels(a.pool).inc()
             self._log_decision(rt, a)
+            rt.shadow_states = ps.shadows if ps is not None else None
+            self._report_shadows(rt, a, metrics)
             for rid in a.reap:
                 info = infos.get(rid)
                 log.warning("replica %s (%s) failed: %s; it will be replaced", rid, info.key if info else "?",
@@ -338,6 +355,42 @@ class Controller:
             for zone in a.start:
                 await self._start_replica(rt, zone)
                 self.scale_ups += 1
+        shown = {(a.pool, name) for a in result.pools for name, _ in a.shadows}
+        for gone in [k for k in self._shadow_exported if k not in shown]:  # a shadow or pool was removed
+            self._shadow_exported.pop(gone, None)
+            self._shadow_seen.pop(gone, None)
+            if metrics is not None:
+                for m in (metrics.shadow_target, metrics.shadow_replica_seconds):
+                    try:
+                        m.remove(*gone)
+                    except KeyError:
+                        pass
+
+    def _report_shadows(self, rt: PoolRuntime, a: PoolActions, metrics: Any) -> None:
+        """Log each shadow's decision (DEBUG), export it on /metrics, and emit ``shadow_decision`` when its
+        target differs from the real one (once per change of the shadow's target)."""
+        real = a.decision.target_replicas
+        states = rt.shadow_states or {}
+        for name, d in a.shadows:
+            key = (a.pool, name)
+            log.debug("%s/%s shadow %s [%s %s] %d -> %d (real %d): %s", rt.service, rt.pool, name, d.policy, d.mode,
+                      d.current_replicas, d.target_replicas, real, d.explanation)
+            differs = d.target_replicas if d.target_replicas != real else None
+            if differs is not None and self._shadow_seen.get(key) != differs:
+                self.event("shadow_decision", service=rt.service, pool=a.pool, policy=name,
+                           current=d.current_replicas, target=d.target_replicas, real_target=real,
+                           explanation=d.explanation,
+                           message=f"shadow {name} would scale {a.pool} to {d.target_replicas} "
+                                   f"(real target {real}): {d.explanation}")
+            self._shadow_seen[key] = differs
+            ss = states.get(name)
+            total = ss.would_replica_seconds if ss is not None else 0.0
+            done = self._shadow_exported.get(key, 0.0)
+            self._shadow_exported[key] = total
+            if metrics is not None:
+                metrics.shadow_target.labels(a.pool, name).set(d.target_replicas)
+                # the state's integral only grows; if it restarted (new state), count it from there
+                metrics.shadow_replica_seconds.labels(a.pool, name).inc(total - done if total >= done else total)
 
     def _log_decision(self, rt: PoolRuntime, a: PoolActions) -> None:
         d, res = a.decision, a.plan

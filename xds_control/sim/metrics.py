@@ -51,15 +51,45 @@ Every key of the ``--json`` output is defined here (EVALUATION.md repeats these 
 ``replicas_max``
     Most replicas provisioned (starting + ready + draining) at any sample.
 
+
+SLO metrics (the serving-systems field's: DistServe, Sarathi-Serve, Splitwise report these)
+-----------------------------------------------------------------------------------------
+Per request (:func:`request_slo`):
+
+* **TTFT** = first token - arrival.
+* **TPOT** (time per output token after the first) = (finish - first token) / (output_tokens - 1);
+  undefined for a 1-token output, which then meets the TPOT bound.
+* **met the SLO** = served (status ok) *and* TTFT <= its TTFT bound *and* TPOT <= the TPOT bound.
+  The TTFT bound is, by default, the request's own uncached prefill time
+  (:func:`xds_control.fleet.costmodel.prefill_time_s` of its prompt) + ``ttft_slack_s`` (1 s); with a fixed
+  ``ttft_s`` it is that for every request. The TPOT bound is ``tpot_ms`` (100 ms). See :class:`Slo`
+  (``evaluate --slo-ttft-s / --slo-ttft-slack-s / --slo-tpot-ms``). A lost request (rejected, timed out,
+  failed) is a miss.
+
+Per run:
+
+``slo_attainment``
+    Requests that met the SLO / all requests (lost ones count as misses).
+``goodput_rps``
+    Requests that met the SLO per second of the run (``end_t``: last arrival, rounded up to a sample).
+``goodput_per_gpu_hour``
+    Requests that met the SLO per GPU-hour (``gpu_hours``): goodput per GPU, the cost-efficiency figure.
+``ttft_p50_ms`` / ``ttft_p90_ms``
+    Percentiles of TTFT over the requests of ``ttft_p99_ms`` (served; timeouts count as the timeout).
+``tpot_p50_ms`` / ``tpot_p99_ms``
+    Percentiles of TPOT over served requests with at least 2 output tokens.
+
 Extra keys: ``requests``, ``tasks_lost``, ``surge_episodes``, ``untriggered_episodes``,
 ``energy_kwh`` (cost-model power integrated over the run), ``wait_slo_ms``, ``wait_p99_ms``,
 ``recovered``,
-``lb``, ``target_util``.
+``lb``, ``target_util``, ``slo_met`` (requests that met the SLO), ``slo_ttft_s`` (the fixed TTFT bound,
+``null`` = own prefill + slack), ``slo_ttft_slack_s``, ``slo_tpot_ms``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,13 +98,91 @@ from xds_control.fleet import costmodel as cm
 from xds_control.sim.controller import WAIT_SLO_S
 from xds_control.sim.engine import STATUS, SimResult
 
-__all__ = ["LOAD_WINDOW_S", "MIN_EPISODE_S", "compute_metrics", "offered_load_series", "windowed_p99"]
+__all__ = [
+    "LOAD_WINDOW_S",
+    "MIN_EPISODE_S",
+    "DEFAULT_SLO",
+    "RequestSlo",
+    "Slo",
+    "compute_metrics",
+    "offered_load_series",
+    "request_slo",
+    "windowed_p99",
+]
 
 LOAD_WINDOW_S = 10.0
 MIN_EPISODE_S = 10.0
 
 _OK = STATUS["ok"]
 _TMO = STATUS["timeout"]
+#: Slack of the SLO comparisons (simulated times are sums of floats).
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """The service-level objective a request must meet (see the module docstring)."""
+
+    #: A fixed TTFT bound in seconds for every request; None = the request's own prefill time + ``ttft_slack_s``.
+    ttft_s: float | None = None
+    #: Seconds of queueing allowed on top of the request's own prefill time (when ``ttft_s`` is None).
+    ttft_slack_s: float = 1.0
+    #: Bound on the mean time per output token after the first, in milliseconds.
+    tpot_ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.ttft_s is not None and not (math.isfinite(self.ttft_s) and self.ttft_s > 0):
+            raise ValueError(f"Slo.ttft_s must be a number of seconds > 0, got {self.ttft_s!r}")
+        if not (math.isfinite(self.ttft_slack_s) and self.ttft_slack_s >= 0):
+            raise ValueError(f"Slo.ttft_slack_s must be a number of seconds >= 0, got {self.ttft_slack_s!r}")
+        if not (math.isfinite(self.tpot_ms) and self.tpot_ms > 0):
+            raise ValueError(f"Slo.tpot_ms must be a number of milliseconds > 0, got {self.tpot_ms!r}")
+
+    def ttft_bound_s(self, profile: cm.ReplicaProfile, input_tokens: np.ndarray) -> np.ndarray:
+        """Each request's TTFT bound in seconds."""
+        if self.ttft_s is not None:
+            return np.full(len(input_tokens), float(self.ttft_s))
+        return np.asarray(cm.prefill_time_s(profile, input_tokens.astype(np.float64))) + self.ttft_slack_s
+
+    def describe(self) -> str:
+        if self.ttft_s is not None:
+            ttft = f"TTFT <= {self.ttft_s:g} s"
+        else:
+            ttft = f"TTFT <= own prefill + {self.ttft_slack_s:g} s"
+        return f"{ttft}, TPOT <= {self.tpot_ms:g} ms"
+
+
+#: TTFT <= own prefill + 1 s, TPOT <= 100 ms.
+DEFAULT_SLO = Slo()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSlo:
+    """Per-request SLO outcome, aligned with the trace (NaN where undefined)."""
+
+    #: Seconds from arrival to the first token (NaN: no first token).
+    ttft_s: np.ndarray
+    #: Mean seconds per output token after the first (NaN: not served, or a 1-token output).
+    tpot_s: np.ndarray
+    #: The request's TTFT bound in seconds.
+    ttft_bound_s: np.ndarray
+    #: Whether the request met the SLO (lost requests: False).
+    met: np.ndarray
+
+
+def request_slo(res: SimResult, slo: Slo = DEFAULT_SLO) -> RequestSlo:
+    """TTFT, TPOT and whether each request of ``res`` met ``slo`` (see the module docstring)."""
+    ok = res.status == _OK
+    ttft = res.ttft - res.arrival
+    multi = ok & (res.output_tokens >= 2)
+    tpot = np.full(len(res.arrival), np.nan)
+    tpot[multi] = (res.finish[multi] - res.ttft[multi]) / (res.output_tokens[multi] - 1)
+    bound = slo.ttft_bound_s(res.profile, res.input_tokens)
+    with np.errstate(invalid="ignore"):
+        ttft_ok = ttft <= bound + _EPS
+        tpot_ok = ~multi | (tpot <= slo.tpot_ms / 1000.0 + _EPS)
+    met = ok & ttft_ok & tpot_ok
+    return RequestSlo(ttft_s=ttft, tpot_s=tpot, ttft_bound_s=bound, met=met)
 
 
 def offered_load_series(res: SimResult, window_s: float = LOAD_WINDOW_S) -> np.ndarray:
@@ -126,13 +234,13 @@ def _surge_episodes(res: SimResult, load: np.ndarray) -> list[tuple[float, float
     return [(s - dt, e) for s, e in eps if e - (s - dt) >= MIN_EPISODE_S - 1e-9]
 
 
-def compute_metrics(res: SimResult) -> dict[str, Any]:
-    """All metrics of one run as a JSON-ready dict (see the module docstring)."""
+def compute_metrics(res: SimResult, slo: Slo = DEFAULT_SLO) -> dict[str, Any]:
+    """All metrics of one run as a JSON-ready dict (see the module docstring); ``slo`` is the request SLO."""
     p = res.profile
     timeout = p.request_timeout_s
     n = len(res.arrival)
     st = res.status
-    slo = WAIT_SLO_S
+    wait_slo = WAIT_SLO_S
 
     served = (st == _OK) | (st == _TMO)
     lat = np.where(st == _TMO, timeout, res.finish - res.arrival)[served]
@@ -150,7 +258,7 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
     wait_w = windowed_p99(win[served], wait, n_win)
     lost = (st != _OK) & (st != STATUS["pending"])
     lost_w = np.bincount(win[lost], minlength=n_win) > 0
-    overload = lost_w | (np.nan_to_num(wait_w, nan=0.0) > slo)
+    overload = lost_w | (np.nan_to_num(wait_w, nan=0.0) > wait_slo)
 
     # trigger delay
     load = offered_load_series(res)
@@ -201,7 +309,7 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
                 continue
             seg_wait = wait_all[lo:hi]
             seg_wait = seg_wait[~np.isnan(seg_wait)]
-            if len(seg_wait) and float(np.percentile(seg_wait, 99)) > slo:
+            if len(seg_wait) and float(np.percentile(seg_wait, 99)) > wait_slo:
                 continue
             recovery = float(t - f)
             recovered = True
@@ -216,6 +324,12 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
 
     nlost = int(np.count_nonzero(lost))
     util_w = float(np.sum(res.ts_ready))
+
+    # SLO attainment and goodput
+    rs = request_slo(res, slo)
+    nmet = int(np.count_nonzero(rs.met))
+    gpu_h = res.gpu_seconds / 3600.0
+    tpot = rs.tpot_s[~np.isnan(rs.tpot_s)]
     return {
         "trigger_delay_s_mean": td_mean,
         "trigger_delay_s_max": td_max,
@@ -238,8 +352,20 @@ def compute_metrics(res: SimResult) -> dict[str, Any]:
         "untriggered_episodes": untriggered,
         "energy_kwh": round(res.energy_j / 3.6e6, 4),
         "wait_p99_ms": _ms(_pct(wait, 99)),
-        "wait_slo_ms": _ms(slo),
+        "wait_slo_ms": _ms(wait_slo),
         "recovered": recovered,
         "lb": res.lb,
         "target_util": res.target_util,
+        # SLO
+        "slo_attainment": round(nmet / n, 6) if n else 1.0,
+        "goodput_rps": round(nmet / res.end_t, 6) if res.end_t > 0 else 0.0,
+        "goodput_per_gpu_hour": round(nmet / gpu_h, 3) if gpu_h > 0 else 0.0,
+        "ttft_p50_ms": _ms(_pct(ttft, 50)),
+        "ttft_p90_ms": _ms(_pct(ttft, 90)),
+        "tpot_p50_ms": _ms(_pct(tpot, 50)),
+        "tpot_p99_ms": _ms(_pct(tpot, 99)),
+        "slo_met": nmet,
+        "slo_ttft_s": slo.ttft_s,
+        "slo_ttft_slack_s": slo.ttft_slack_s,
+        "slo_tpot_ms": slo.tpot_ms,
     }

@@ -13,7 +13,7 @@ import numpy as np
 from xds_control.sim.engine import SimResult
 from xds_control.sim.metrics import LOAD_WINDOW_S, windowed_p99
 
-__all__ = ["ROWS", "to_json", "render_table", "write_png"]
+__all__ = ["ROWS", "dumps", "to_json", "render_table", "write_png", "render_frontier_table", "write_frontier_png"]
 
 #: (label, metric key, formatter) in the order of the seed paper's Table 2, then ours.
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -32,6 +32,13 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("Energy (kWh)", "energy_kwh", "f2"),
     ("Actions/min max", "scaling_actions_per_min_max", "int"),
     ("Replicas max", "replicas_max", "int"),
+    ("SLO attainment (%)", "slo_attainment", "pct2"),
+    ("Goodput (req/s)", "goodput_rps", "f2"),
+    ("Goodput / GPU-hour", "goodput_per_gpu_hour", "f0"),
+    ("TTFT p50 (ms)", "ttft_p50_ms", "f0"),
+    ("TTFT p90 (ms)", "ttft_p90_ms", "f0"),
+    ("TPOT p50 (ms)", "tpot_p50_ms", "f1"),
+    ("TPOT p99 (ms)", "tpot_p99_ms", "f1"),
 )
 
 
@@ -57,6 +64,11 @@ def to_json(trace: str, metrics: Mapping[str, Mapping[str, Any]], extra: Mapping
     if extra:
         obj.update(extra)
     obj["policies"] = {k: dict(v) for k, v in metrics.items()}
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def dumps(obj: Any) -> str:
+    """``obj`` as indented JSON, NaN and infinities as null."""
     return json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False)
 
 
@@ -135,5 +147,77 @@ def write_png(path: str, title: str, results: Sequence[SimResult]) -> str:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
+
+
+def render_frontier_table(title: str, policies: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any],
+                          console: Any = None) -> None:
+    """Print the cost frontiers: per policy its knob, points, best attainment and GPU-hours at the target."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    common = summary.get("common_attainment")
+    target = float(summary["attainment_target"])
+    table = Table(title=title, title_justify="left")
+    for col in ("Policy", "Knob", "Points", "Best attainment (%)", f"GPU-h at {100 * target:g} %"):
+        table.add_column(col, justify="left" if col in ("Policy", "Knob") else "right")
+    if common is not None:
+        table.add_column(f"GPU-h at {100 * common:.2f} %", justify="right")
+    for name, f in policies.items():
+        row = [name, f["knob"], str(len(f["frontier"])), _fmt(f["best_attainment"], "pct2"),
+               _fmt(f["gpu_hours_at_slo"], "f3")]
+        if common is not None:
+            row.append(_fmt(f.get("gpu_hours_at_common_attainment"), "f3"))
+        table.add_row(*row)
+    console.print(table)
+    note = str(summary.get("note", ""))
+    if summary.get("best_baseline"):
+        gh = _fmt(summary.get("best_baseline_gpu_hours"), "f3")
+        note += f"; best baseline: {summary['best_baseline']} ({gh} GPU-h)"
+    if summary.get("subject_vs_best_baseline") is not None:
+        note += f"; {summary['subject']} / best baseline = {summary['subject_vs_best_baseline']:.3f}"
+    if note:
+        console.print(note)
+    for name, f in policies.items():
+        pts = ", ".join(f"{p['value']:g} -> {p['gpu_hours']:.2f} GPU-h {100 * p['slo_attainment']:.2f} %"
+                        for p in f["frontier"])
+        console.print(f"{name} ({f['knob']}): {pts}", highlight=False)
+        for sk in f.get("skipped", ()):
+            console.print(f"  skipped {f['knob']}={sk['value']}: {sk['reason']}", highlight=False)
+
+
+def write_frontier_png(path: str, title: str, policies: Mapping[str, Mapping[str, Any]], target: float,
+                       common: float | None = None) -> str:
+    """GPU-hours (x, log scale) against SLO attainment (y), one line per policy, the target dashed; the right
+    panel zooms on the attainments near the target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    low = min(target, common if common is not None else target)
+    for ax in axes:
+        for name, f in policies.items():
+            pts = f["frontier"]
+            if pts:
+                ax.plot([p["gpu_hours"] for p in pts], [100 * p["slo_attainment"] for p in pts], marker="o", ms=3.5,
+                        lw=1.2, label=name)
+        ax.axhline(100 * target, color="black", ls="--", lw=0.8, label=f"target {100 * target:g} %")
+        if common is not None:
+            ax.axhline(100 * common, color="grey", ls=":", lw=0.8, label=f"compared at {100 * common:.2f} %")
+        ax.set_xscale("log")
+        ax.set_xlabel("GPU-hours (log scale)")
+        ax.set_ylabel("SLO attainment (%)")
+        ax.grid(True, which="both", lw=0.3)
+    axes[1].set_ylim(max(0.0, 100 * low - 5.0), 100.3)
+    axes[1].set_title("near the target", fontsize=9)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=9, wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

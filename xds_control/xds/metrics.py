@@ -56,3 +56,13 @@ class XdsMetrics:
             "xds_control_signal_read_failures_total", "Ticks whose signal read failed for every ready endpoint",
             ["pool"], registry=r,
         )
+        self.shadow_target = Gauge(
+            "xds_control_shadow_target_replicas",
+            "Replicas a shadow policy (autoscale.shadow) would ask for on the pool's live signals; never acted on",
+            ["pool", "policy"], registry=r,
+        )
+        self.shadow_replica_seconds = Counter(
+            "xds_control_shadow_replica_seconds_total",
+            "Integral of a shadow policy's target replicas over time: what its decisions would have cost",
+            ["pool", "policy"], registry=r,
+        )
