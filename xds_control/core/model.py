@@ -20,12 +20,11 @@ build a frame directly from numpy arrays with :meth:`SignalFrame.from_arrays`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
-
-import operator
 
 import numpy as np
 

