@@ -10,7 +10,17 @@ import pytest
 from xds_control.config.policy import resolve_policy
 from xds_control.core.errors import SpecError
 from xds_control.fleet.trace import surge
-from xds_control.sim.frontier import Frontier, fixed_sizes, gpu_hours_at, point_spec, run_frontiers, summarize
+from xds_control.sim.frontier import (
+    KNOBS,
+    Frontier,
+    default_values,
+    fixed_sizes,
+    gpu_hours_at,
+    point_spec,
+    run_frontiers,
+    summarize,
+)
+from xds_control.sim.policies import POLICY_NAMES
 
 
 def pts(*gh_att):
@@ -122,3 +132,12 @@ def test_bad_attainment_is_rejected():
     tr = surge(1, 2, duration_s=60, ramp_start_s=20, ramp_s=10, hold_s=10, seed=0)
     with pytest.raises(ValueError, match="attainment"):
         run_frontiers(tr, ["fixed"], attainment=1.5)
+
+
+@pytest.mark.parametrize("name", [n for n in POLICY_NAMES if n != "fixed"])
+def test_every_policy_has_a_knob_and_its_default_grid_validates(name):
+    assert name in KNOBS
+    vals = default_values(name)
+    assert 6 <= len(vals) <= 10 and len(set(vals)) == len(vals)
+    for v in vals:
+        point_spec(name, v)  # raises if the shipped preset and the value do not combine

@@ -21,9 +21,11 @@ Follows, rule by rule (vllm-project/aibrix at e3e10f9; read, not copied):
   every recommendation is kept with its time; when the new one is above the current count the result
   is the *largest* recommendation within the scale-up cooldown window, when below, the *smallest*
   within the scale-down window (when no recommendation is strictly inside the window, the new one).
-  Note: upstream's comment says "similar to K8s HPA behavior", but HPA takes the largest within the
-  scale-down window (a delay) where this code takes the smallest; we follow the code, so the 300 s
-  default does not delay a scale-down.
+  Note: upstream documents the scale-down window as a cooldown that "prevents rapid scale-downs"
+  (``context.go``) and calls the rule "similar to K8s HPA behavior", but HPA takes the largest
+  recommendation within the scale-down window (a delay) where the code takes the smallest (so the 300 s
+  default never delays a scale-down and can skip the x2 rate limit). ``scale_down_stabilization: min``
+  (the default) follows the code; ``max`` follows the documented intent.
 * ``pkg/controller/podautoscaler/context/context.go`` (``NewBaseScalingContext``) defaults: max
   scale-up rate 2, max scale-down rate 2, up / down fluctuation tolerance 0.1, scale-up cooldown 0 s,
   scale-down cooldown 300 s (``autoscaling.aibrix.ai/*`` annotations override them).
@@ -92,6 +94,11 @@ class ApaSpec(PolicySpecBase):
         description="Scale-down stabilization window, seconds (smallest recommendation in it, as upstream's "
         "stabilizeRecommendation). Default 300.",
     )
+    scale_down_stabilization: Literal["min", "max"] = Field(
+        "min",
+        description="Recommendation taken from the scale-down window: 'min' as upstream's stabilizeRecommendation "
+        "does, 'max' as its documentation describes (a cooldown, HPA's rule). Default min.",
+    )
     observe_window_s: float = Field(
         180.0, ge=1.0, le=3600.0,
         description="Metric window averaged (observeWindowSeconds, 1..3600). Default 180 s.",
@@ -125,12 +132,13 @@ def apa_replicas(current: int, use_per_pod: float, spec: ApaSpec) -> tuple[int, 
 
 
 def stabilize(
-    recs: tuple[tuple[float, int], ...], recommendation: int, current: int, now: float, up_s: float, down_s: float
+    recs: tuple[tuple[float, int], ...], recommendation: int, current: int, now: float, up_s: float, down_s: float,
+    down_pick: Literal["min", "max"] = "min",
 ) -> int:
-    """podautoscaler_controller.go ``stabilizeRecommendation`` over ``recs`` (which already hold ``(now, recommendation)``)."""
+    """podautoscaler_controller.go ``stabilizeRecommendation``; ``recs`` already holds ``(now, recommendation)``."""
     if recommendation == current:
         return current
-    window, pick = (up_s, max) if recommendation > current else (down_s, min)
+    window, pick = (up_s, max) if recommendation > current else (down_s, min if down_pick == "min" else max)
     inside = [r for t, r in recs if t > now - window]  # timestamp.After(now - window)
     return pick(inside) if inside else recommendation
 
@@ -220,7 +228,7 @@ def decide(signals: ServiceSignals, state: ApaState | None, spec: ApaSpec, now: 
     longest = max(spec.scale_up_cooldown_window_s, spec.scale_down_cooldown_window_s)
     recs = tuple((t, r) for t, r in state.recommendations if t > now - longest) + ((now, recommendation),)
     stabilized = stabilize(recs, recommendation, current, now, spec.scale_up_cooldown_window_s,
-                           spec.scale_down_cooldown_window_s)
+                           spec.scale_down_cooldown_window_s, spec.scale_down_stabilization)
     if stabilized != recommendation:
         notes.add("stabilized", f"{'scale-up' if recommendation > current else 'scale-down'} cooldown window "
                   f"-> {stabilized}", "replicas", float(stabilized))

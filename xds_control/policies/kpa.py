@@ -127,13 +127,11 @@ def total_and_target(spec: KpaSpec) -> tuple[float, float]:
         # RPS: total = the rps target (annotation, else requests-per-second-target-default 200); no cc.
         total = spec.target if spec.target is not None else 200.0
     else:
+        # Without a target: containerConcurrency, or "if containerConcurrency is 0 we'll always target the
+        # default" (100). An explicit target is capped at containerConcurrency (when that is set).
         cc = float(spec.container_concurrency)
-        if spec.target is None:
-            # "If containerConcurrency is 0 we'll always target the default" (100).
-            total = cc if cc > 0 else 100.0
-        else:
-            # An explicit target is capped at containerConcurrency (when set).
-            total = min(spec.target, cc) if cc > 0 else spec.target
+        explicit = spec.target if spec.target is not None else (cc if cc > 0 else 100.0)
+        total = min(explicit, cc) if cc > 0 else explicit
     return total, max(0.01, total * spec.target_utilization)  # autoscaling.TargetMin = 0.01
 
 

@@ -163,7 +163,7 @@ def _request_rate(signals: ServiceSignals, rep: LoadReport) -> float:
     r = r[~np.isnan(r)]
     if r.size == 0:
         return math.nan
-    return float(r.sum()) * (rep.n_ready / r.size)
+    return float(r.sum()) * float(rep.n_ready) / float(r.size)
 
 
 def decide(signals: ServiceSignals, state: SlaState | None, spec: SlaSpec, now: float) -> tuple[Decision, SlaState]:
@@ -196,12 +196,11 @@ def decide(signals: ServiceSignals, state: SlaState | None, spec: SlaSpec, now: 
     rate = _request_rate(signals, rep)
     if not math.isnan(rate):
         state = replace(state, acc_sum=state.acc_sum + rate, acc_n=state.acc_n + 1)
-    if state.interval_start is None:
-        state = replace(state, interval_start=now)
+    start = now if state.interval_start is None else state.interval_start
+    state = replace(state, interval_start=start)
     held = clamp(current, lo, hi)
-    if now - state.interval_start < spec.adjustment_interval_s:
-        notes.add("between_adjustments",
-                  f"next adjustment in {fmt(state.interval_start + spec.adjustment_interval_s - now, 0)}s")
+    if now - start < spec.adjustment_interval_s:
+        notes.add("between_adjustments", f"next adjustment in {fmt(start + spec.adjustment_interval_s - now, 0)}s")
         return out(held, state, "hold")
 
     # An adjustment: the interval's mean rate becomes one data point (observe_metrics), then predict and size.

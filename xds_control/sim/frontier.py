@@ -16,6 +16,8 @@ predictive      ``target_utilization``      0.3 ... 1.0
 comprehensive   ``target_utilization``      0.3 ... 1.0
 hpa             ``metrics[0].target``       0.3 ... 1.0 for a utilisation signal, else preset x 1/8 ... 4
 kpa             ``target``                  2 ... 256 (concurrency per replica)
+apa             ``target``                  0.1 ... 0.85 for a fraction metric (kv_cache), else preset x 1/8 ... 4
+sla             ``target_utilization``      0.4 ... 1.2 (of the profiled capacity)
 fixed           replicas                    1 ... max(8, 2 x peak 60 s offered load); while attainment is
                                             below the target and still rising at the largest size, up to
                                             twice more: 4 sizes up to 2 x the largest
@@ -29,7 +31,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import yaml
@@ -39,6 +41,8 @@ from xds_control.core.errors import SpecError
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import Trace
 from xds_control.policies import PolicySpec, ThresholdSpec, load_policy_spec
+from xds_control.policies.apa import ApaSpec
+from xds_control.policies.hpa import HpaSpec
 from xds_control.sim.controller import Controller, FixedController, FleetInfo
 from xds_control.sim.engine import SimConfig, simulate
 from xds_control.sim.metrics import DEFAULT_SLO, Slo, compute_metrics
@@ -49,6 +53,8 @@ __all__ = [
     "UTIL_GRID",
     "THRESHOLD_GRID",
     "KPA_GRID",
+    "APA_FRACTION_GRID",
+    "SLA_GRID",
     "SUBJECT",
     "Frontier",
     "FrontierRun",
@@ -68,6 +74,8 @@ KNOBS: Mapping[str, str] = {
     "comprehensive": "target_utilization",
     "hpa": "metrics[0].target",
     "kpa": "target",
+    "apa": "target",
+    "sla": "target_utilization",
     "fixed": "replicas",
 }
 UTIL_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -75,6 +83,10 @@ UTIL_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: target, so ``l_high`` is swept up to its maximum (2).
 THRESHOLD_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.6, 2.0)
 KPA_GRID: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+#: APA's default metric is the KV-cache fraction (target 0.5 in the preset).
+APA_FRACTION_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
+#: The SLA planner's fraction of the profiled capacity may exceed 1 (a conservative profile).
+SLA_GRID: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
 _HPA_FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 _FRACTION_SIGNALS = frozenset({"cpu_util", "gpu_util", "gpu_mem", "kv_cache", "load"})
 #: The method under evaluation; every other swept policy is a baseline.
@@ -114,7 +126,7 @@ def _knob_override(name: str, value: float, base: Mapping[str, Any]) -> dict[str
         assert isinstance(spec, ThresholdSpec)
         ratio = spec.l_low / spec.l_high
         return {"l_high": value, "l_low": round(value * ratio, 6)}
-    if name in ("predictive", "comprehensive"):
+    if name in ("predictive", "comprehensive", "sla"):
         return {"target_utilization": value}
     if name == "hpa":
         metrics = base.get("metrics")
@@ -123,7 +135,7 @@ def _knob_override(name: str, value: float, base: Mapping[str, Any]) -> dict[str
         first = dict(metrics[0])
         first["target"] = value
         return {"metrics": [first, *metrics[1:]]}
-    if name == "kpa":
+    if name in ("kpa", "apa"):
         return {"target": value}
     raise ValueError(f"no knob to sweep for policy {name!r}; known: {', '.join(KNOBS)}")
 
@@ -145,12 +157,18 @@ def default_values(name: str) -> tuple[float, ...]:
         return UTIL_GRID
     if name == "kpa":
         return KPA_GRID
+    if name == "sla":
+        return SLA_GRID
     if name == "hpa":
-        spec = resolve_policy("hpa")
-        m0 = spec.metrics[0]  # type: ignore[union-attr]  # an HpaSpec
+        m0 = cast(HpaSpec, resolve_policy("hpa")).metrics[0]
         if m0.signal in _FRACTION_SIGNALS:
             return UTIL_GRID
         return tuple(float(f"{m0.target * f:.6g}") for f in _HPA_FACTORS)
+    if name == "apa":
+        apa = cast(ApaSpec, resolve_policy("apa"))
+        if apa.metric in _FRACTION_SIGNALS:
+            return APA_FRACTION_GRID
+        return tuple(float(f"{apa.target * f:.6g}") for f in _HPA_FACTORS)
     raise ValueError(f"no knob to sweep for policy {name!r}; known: {', '.join(KNOBS)}")
 
 
@@ -307,9 +325,11 @@ def run_frontiers(
 
     for entry in policies:
         name = _base(entry)
+        fr = frontiers[entry] = Frontier(policy=entry, knob=KNOBS.get(name, "-"))
         if name not in KNOBS:
-            raise ValueError(f"no knob to sweep for policy {entry!r}; known: {', '.join(KNOBS)}")
-        fr = frontiers[entry] = Frontier(policy=entry, knob=KNOBS[name])
+            fr.skipped.append({"value": None, "reason": f"no knob to sweep for policy {name!r}; known: "
+                                                        f"{', '.join(KNOBS)}"})
+            continue
         if name == "fixed":
             for size in given.get(entry, given.get(name)) or fixed_sizes(tr, profile):
                 if int(size) != size or size < 1:

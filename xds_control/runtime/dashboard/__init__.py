@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 ASSETS = {"index.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 #: Event kinds kept for the page (ACKs are left out: one per proxy per type per push).
 EVENT_KINDS = frozenset({"scale_up", "scale_down", "replica_failed", "signals_lost", "signals_restored",
-                         "shadow_decision", "nack", "push"})
+                         "shadow_decision", "nack"})
 DECISIONS_SHOWN = 60
 EVENTS_KEPT = 100
 

@@ -210,7 +210,7 @@
   function decisionRows(decisions) {
     const body = $("decision-rows");
     body.replaceChildren();
-    for (const d of decisions.slice(0, 30)) {
+    for (const d of decisions.slice(0, 15)) {
       const change = d.target !== d.current;
       const row = el("tr", { class: change ? "change" : null });
       cells(row, [fmt.time(d.at), `${d.service} / ${d.pool}`, d.policy, d.mode,
