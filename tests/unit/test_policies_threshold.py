@@ -166,5 +166,5 @@ def test_spec_errors_name_key_value_and_range(over, fragment):
     assert fragment in str(e.value)
 
 
-def test_registry_lists_the_five_policies():
-    assert set(POLICIES) == {"threshold", "predictive", "comprehensive", "hpa", "kpa"}
+def test_registry_lists_every_policy():
+    assert set(POLICIES) == {"threshold", "predictive", "comprehensive", "hpa", "kpa", "apa", "sla"}

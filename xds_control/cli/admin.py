@@ -399,8 +399,8 @@ def weight_clear(service: str, endpoint: Annotated[str, typer.Argument(help="HOS
 
 @policy_app.command("set")
 def policy_set(service: str,
-               policy: Annotated[str | None, typer.Argument(help="Preset: threshold, predictive, comprehensive, "
-                                                               "hpa, kpa (default: keep the current one).")] = None,
+               policy: Annotated[str | None, typer.Argument(help="A preset (xds-control policy list; "
+                                                               "default: keep the current one).")] = None,
                set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
                                                                  help="A parameter, e.g. max_replicas=8 or "
                                                                       "traffic.ramp_window_s=5 (repeatable).")] = None,

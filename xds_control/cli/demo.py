@@ -17,7 +17,7 @@ def demo(
                      "(timestamp_s,input_tokens,output_tokens) instead of the built-in surge.")] = None,
     speedup: Annotated[float, typer.Option("--speedup", help="Compress the trace's time axis by this factor.",
                                            min=0.001)] = 1.0,
-    policy: Annotated[str, typer.Option("--policy", help="threshold, predictive, comprehensive, hpa, kpa or a "
+    policy: Annotated[str, typer.Option("--policy", help="A preset (xds-control policy list) or a "
                                         "policy YAML file.")] = "comprehensive",
     out: Annotated[Path, typer.Option("--out", help="Directory for demo.png.")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,

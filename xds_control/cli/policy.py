@@ -15,8 +15,8 @@ _ORIGIN_STYLE = {"preset": "cyan", "file": "green", "override": "bold yellow", "
 
 @policy_app.command("show")
 def show(
-    policy: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset (threshold, predictive, "
-                                          "comprehensive, hpa, kpa) or a policy YAML file.")],
+    policy: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset (xds-control policy list) "
+                                          "or a policy YAML file.")],
     set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="Override a key, merged like a config's autoscale.overrides; the "
         "value is YAML, e.g. max_replicas=8 or load_index.alpha=0.3 (repeatable).")] = None,

@@ -106,7 +106,7 @@ class AutoscaleConfig(_Strict):
     """Autoscaling of one pool: its endpoints are replicas the controller starts, ramps, drains and stops."""
 
     policy: str = "comprehensive"
-    """A preset name (threshold, predictive, comprehensive, hpa, kpa: ``xds_control/config/presets/NAME.yaml``)
+    """A preset name (``xds-control policy list``: ``xds_control/config/presets/NAME.yaml``)
     or a YAML file."""
     overrides: dict[str, object] = Field(default_factory=dict)
     """Keys merged into the preset (nested mappings are merged key by key), e.g. ``{max_replicas: 8}``."""

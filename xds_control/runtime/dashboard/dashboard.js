@@ -121,7 +121,7 @@
 
   // One line chart. series: [{name, values, color, dash, step}]; t: wall seconds per point.
   function lineChart(title, t, series, opts = {}) {
-    const W = 440, H = 170, L = 46, R = 10, T = 10, B = 24;
+    const W = 440, H = 170, L = 56, R = 10, T = 10, B = 24;
     const fig = el("figure", { class: "chart" });
     const caption = el("figcaption", { text: title });
     const values = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
