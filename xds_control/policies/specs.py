@@ -137,8 +137,8 @@ class TrafficSpec(_Spec):
 class PolicySpecBase(_Spec):
     """Fields every policy spec has."""
 
-    policy: str = Field(description="Policy name: one of xds_control.policies.POLICIES (threshold, predictive, comprehensive, "
-                        "hpa, kpa, apa, sla).")
+    policy: str = Field(description="Policy name: one of xds_control.policies.POLICIES (threshold, predictive, "
+                        "comprehensive, hpa, kpa, apa, sla).")
     min_replicas: int = Field(
         1, ge=0, le=100_000, description="Lower bound on target replicas. Default 1 (0 allows scale to zero)."
     )
