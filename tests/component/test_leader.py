@@ -63,7 +63,8 @@ async def test_one_leader_and_handover_on_release(kube: FakeKube, tmp_path: Path
             assert all(ids == ("a",) for _, ids in seen)
             lease = kube.leases[("default", "xds-control")]
             assert lease["spec"]["holderIdentity"] == "a" and lease["spec"]["leaseDurationSeconds"] == 2
-            # A clean stop releases the Lease: b takes over without waiting a lease period.
+            # Requirement (README "Leader election"): a clean stop releases the Lease, so b takes over without
+            # waiting a lease period.
             t0 = time.monotonic()
             ta.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -141,3 +141,13 @@ def test_every_policy_has_a_knob_and_its_default_grid_validates(name):
     assert 6 <= len(vals) <= 10 and len(set(vals)) == len(vals)
     for v in vals:
         point_spec(name, v)  # raises if the shipped preset and the value do not combine
+
+
+def test_upper_bound_flag_when_the_cheapest_point_already_meets_the_target():
+    f = Frontier("comprehensive", "target_utilization", pts((3.76, 0.9921), (4.5, 0.9979)), attainment=0.99)
+    f.gpu_hours_at_slo = gpu_hours_at(f.points, 0.99)
+    assert f.gpu_hours_at_slo == 3.76 and f.to_json(common=False)["gpu_hours_at_slo_is_upper_bound"] is True
+    g = Frontier("fixed", "replicas", pts((1.0, 0.5), (2.0, 0.999)), attainment=0.99)
+    g.gpu_hours_at_slo = gpu_hours_at(g.points, 0.99)
+    assert g.to_json(common=False)["gpu_hours_at_slo_is_upper_bound"] is False
+    assert "gpu_hours_at_slo_is_upper_bound" not in Frontier("x", "k", pts((1.0, 0.5))).to_json(common=False)

@@ -221,12 +221,17 @@ class Frontier:
     best_attainment: float | None = None
     #: Set when no policy reaches the target (see :attr:`FrontierRun.summary`).
     gpu_hours_at_common_attainment: float | None = None
+    #: The attainment target ``gpu_hours_at_slo`` is for.
+    attainment: float = 0.99
 
     def to_json(self, common: bool) -> dict[str, Any]:
         d: dict[str, Any] = {
             "knob": self.knob, "frontier": self.points, "gpu_hours_at_slo": self.gpu_hours_at_slo,
             "best_attainment": self.best_attainment,
         }
+        if self.gpu_hours_at_slo is not None:
+            # the cheapest point already meets the target: the sweep does not bracket it from below
+            d["gpu_hours_at_slo_is_upper_bound"] = bool(self.points[0]["slo_attainment"] > self.attainment)
         if common:
             d["gpu_hours_at_common_attainment"] = self.gpu_hours_at_common_attainment
         if self.skipped:
@@ -372,6 +377,7 @@ def run_frontiers(
         fr.points.sort(key=lambda p: (p["gpu_hours"], p["slo_attainment"]))
         fr.best_attainment = max((p["slo_attainment"] for p in fr.points), default=None)
         fr.gpu_hours_at_slo = gpu_hours_at(fr.points, attainment)
+        fr.attainment = attainment
     summary = summarize(frontiers, attainment)
     return FrontierRun(trace=tr.name, attainment=attainment, frontiers=frontiers, summary=summary, runs=len(job_of))
 
