@@ -40,6 +40,10 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
             (f"xds_control_shadow_target_replicas{{{P}}}", "{{pool}} {{policy}} (shadow)"),
             (f"xds_control_target_replicas{{{P}}}", "{{pool}} live target"),
         ], "What each shadow policy would ask for on the live signals, next to the live target; never acted on."),
+        ("Shadow policies: replica-hours over the time range", "stat", "none", [
+            (f"sum by (pool, policy) (increase(xds_control_shadow_replica_seconds_total{{{P}}}[$__range])) / 3600",
+             "{{pool}} {{policy}}"),
+        ], "What each shadow policy's decisions would have cost, in replica-hours, over the dashboard's range."),
     ]),
     ("Load and weights", [
         ("Load index per pool", "timeseries", "none", [
@@ -107,7 +111,11 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
         ("Pushes by type", "timeseries", "short", [
             (f"sum by (type) (increase(xds_control_pushes_total[{RI}]))", "{{type}}"),
             (f"sum by (type) (increase(xds_control_acks_total[{RI}]))", "{{type}} ACK"),
-        ], "xDS responses sent and ACKs received."),
+            (f"sum by (type) (increase(xds_control_stale_nonce_requests_total[{RI}]))", "{{type}} stale nonce"),
+        ], "xDS responses sent, ACKs received, and SotW requests ignored for a stale nonce."),
+        ("Push bytes by type", "timeseries", "Bps", [
+            (f"sum by (type) (rate(xds_control_push_bytes_total[{RI}]))", "{{type}}"),
+        ], "Bytes of xDS responses sent per second."),
         ("NACKs and rollbacks", "timeseries", "short", [
             (f"sum by (type) (increase(xds_control_rejects_total[{RI}]))", "{{type}} NACK"),
             (f"sum(increase(xds_control_rollbacks_total[{RI}]))", "rollbacks"),
@@ -138,11 +146,11 @@ def _panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, 
         panel["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
     else:
         panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}
-        panel["fieldConfig"]["defaults"]["thresholds"] = {
-            "mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}
-        if title == "Signals up":  # 0 is the alert here
-            panel["fieldConfig"]["defaults"]["thresholds"]["steps"] = [
-                {"color": "red", "value": None}, {"color": "green", "value": 1}]
+        alert_at = {"Autoscaling paused": [("green", None), ("red", 1)],  # 1 = paused
+                    "Signals up": [("red", None), ("green", 1)]}.get(title)  # 0 = lost
+        if alert_at:
+            panel["fieldConfig"]["defaults"]["thresholds"] = {
+                "mode": "absolute", "steps": [{"color": c, "value": v} for c, v in alert_at]}
     return panel
 
 
