@@ -7,7 +7,10 @@ Rule:
 1. Demand now, in replica-equivalents: the sum of the load index over ready endpoints (stale ones
    count saturated), or the request rate / ``rps_per_replica`` (``rps``), or in-flight requests /
    ``concurrency_per_replica`` (``concurrency``; not censored by saturation, since a backlog keeps
-   counting).
+   counting), or (``rate``) the gateway request rate / a per-replica capacity calibrated online: requests/s
+   per unit of GPU utilisation, averaged (EWMA, ``capacity_half_life_s``) over the ticks whose mean
+   utilisation was below ``calibration_max_util`` (a saturated fleet's utilisation is censored at 1, its
+   arrivals are not). Until the first calibration, or with no rate, demand is the sum of GPU utilisation.
 2. History: the last ``history_s`` (default 15 min, the seed's 10-20 min) of demand, bucketed at
    ``bucket_s`` and fitted with damped Holt (see :mod:`xds_control.policies.forecast` for why).
 3. Peak = max(demand now, forecast over the next ``startup_s`` + one bucket) + ``sigma_margin`` x
@@ -46,12 +49,23 @@ class PredictiveSpec(PolicySpecBase):
     """Forecast-driven provisioning (damped Holt over 10-20 min of history)."""
 
     policy: Literal["predictive"] = "predictive"
-    demand_signal: Literal["load", "rps", "concurrency"] = Field(
+    demand_signal: Literal["load", "rps", "concurrency", "rate"] = Field(
         "load",
         description="'load': demand = sum of endpoint load indices (replica-equivalents; censored near saturation "
         "because the index is capped). 'rps': request rate / rps_per_replica (service request_rate if given, else "
         "the sum of endpoint rps). 'concurrency': in-flight requests (running + waiting, so a backlog keeps "
-        "counting) / concurrency_per_replica. Default load.",
+        "counting) / concurrency_per_replica. 'rate': request rate / requests-per-utilisation calibrated online "
+        "(not censored at saturation). Default load.",
+    )
+    capacity_half_life_s: float = Field(
+        120.0, gt=0.0, le=3600.0,
+        description="demand_signal rate: half-life of the online capacity calibration (requests/s per unit of GPU "
+        "utilisation), seconds. Default 120.",
+    )
+    calibration_max_util: float = Field(
+        0.85, gt=0.0, le=1.0,
+        description="demand_signal rate: calibrate only on ticks whose mean GPU utilisation is below this (above "
+        "it utilisation is censored and a backlog forms). Default 0.85.",
     )
     rps_per_replica: float | None = Field(
         None, gt=0.0, le=1e9, description="Requests/s one replica serves at saturation; required for demand_signal rps."
@@ -134,6 +148,11 @@ class PredictiveState:
     action_times: tuple[float, ...] = ()
     smoothed: float | None = None
     smoothed_at: float | None = None
+    #: demand_signal rate: EWMAs of the ready fleet's summed rps and summed GPU utilisation (their ratio is the
+    #: calibrated requests/s per unit of utilisation) and when they were last updated.
+    cal_rps: float | None = None
+    cal_util: float | None = None
+    cal_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +167,52 @@ class Core:
     state: PredictiveState
 
 
-def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport) -> float:
+def _ready_sums(signals: ServiceSignals, rep: LoadReport) -> tuple[float, float, int] | None:
+    """(summed rps, summed GPU utilisation, endpoints) over fresh ready endpoints with both readings."""
     frame = signals.frame
+    ok = frame.ready & ~rep.stale & ~np.isnan(frame.rps) & ~np.isnan(frame.gpu_util)
+    n = int(ok.sum())
+    if n == 0:
+        return None
+    return float(frame.rps[ok].sum()), float(frame.gpu_util[ok].sum()), n
+
+
+def calibrate(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport, state: PredictiveState,
+              now: float) -> PredictiveState:
+    """Fold this tick into the requests-per-utilisation calibration (``rate``), when the fleet is not saturated."""
+    sums = _ready_sums(signals, rep)
+    if sums is None:
+        return state
+    rps, util, n = sums
+    if util <= 0.0 or util / n >= spec.calibration_max_util:
+        return state
+    h = spec.capacity_half_life_s
+    return replace(state, cal_rps=ewma(state.cal_rps, state.cal_at, rps, now, h),
+                   cal_util=ewma(state.cal_util, state.cal_at, util, now, h), cal_at=now)
+
+
+def rps_per_util(state: PredictiveState) -> float | None:
+    """The calibrated requests/s one replica serves at utilisation 1.0, None before the first calibration."""
+    if state.cal_rps is None or state.cal_util is None or state.cal_util <= 1e-6 or state.cal_rps <= 0.0:
+        return None
+    return state.cal_rps / state.cal_util
+
+
+def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport,
+                   state: PredictiveState | None = None) -> float:
+    frame = signals.frame
+    if spec.demand_signal == "rate":
+        cap = rps_per_util(state) if state is not None else None
+        sums = _ready_sums(signals, rep)
+        util = math.nan if sums is None else sums[1] * (rep.n_ready / sums[2])
+        rate = signals.request_rate
+        if rate is None and sums is not None:
+            rate = sums[0] * (rep.n_ready / sums[2])
+        if cap is None or rate is None:
+            return util
+        # arrivals / capacity; never below the utilisation measured now (a backlog still being served)
+        est = float(rate) / cap
+        return est if math.isnan(util) else max(est, util)
     if spec.demand_signal == "rps":
         assert spec.rps_per_replica is not None
         if signals.request_rate is not None:
@@ -178,7 +241,17 @@ def predict_core(
 ) -> Core:
     rep = compute_load(signals.frame, spec.load_index, now)
     stale_note(notes, signals, rep)
-    demand = measure_demand(signals, spec, rep)
+    if spec.demand_signal == "rate":
+        state = calibrate(signals, spec, rep, state, now)
+    demand = measure_demand(signals, spec, rep, state)
+    if spec.demand_signal == "rate":
+        cap = rps_per_util(state)
+        if cap is None:
+            notes.add("uncalibrated", "no unsaturated tick yet to calibrate requests/s per replica: demand is the "
+                      "summed GPU utilisation", "demand", demand)
+        else:
+            notes.add("calibrated", f"request rate {fmt(signals.request_rate)}/s at {fmt(cap)} req/s per replica "
+                      f"(calibrated), demand {fmt(demand)} replicas", "capacity", cap)
     # hist_t is increasing: keep the observations newer than now - history_s (a slice, not a Python loop)
     first = bisect.bisect_right(state.hist_t, now - spec.history_s)
     hist_t, hist_v = state.hist_t[first:], state.hist_v[first:]
