@@ -51,7 +51,7 @@ HELM         := .cache/bin/helm
 .PHONY: helm-bin
 helm-bin:
 	@{ test -x $(HELM) && test "$$(cat $(HELM).version 2>/dev/null)" = $(HELM_VERSION); } || { \
-	  command -v go >/dev/null 2>&1 || { echo "make helm-bin: needs Go (https://go.dev/dl/)"; exit 1; }; \
+	  command -v go >/dev/null 2>&1 || { echo "make helm-bin: needs a Go toolchain (go on PATH)"; exit 1; }; \
 	  echo "make helm-bin: building helm $(HELM_VERSION) from Go modules into .cache/bin"; \
 	  mkdir -p .cache/bin && rm -f $(HELM).version \
 	  && GOFLAGS=-mod=mod GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) \
