@@ -238,3 +238,51 @@ def test_seasonal_forecast_provisions_before_a_recurring_burst():
     with pytest.raises(SpecError) as e:
         pspec(history_s=900, season_s=600)
     assert "history_s >= 2 x season_s" in str(e.value)
+
+
+# --- demand_signal rate: request rate over a capacity calibrated online ---------------------------
+RATE = {"policy": "predictive", "demand_signal": "rate", "max_replicas": 500,
+        "load_index": {"alpha": 1.0, "beta": 0.0, "gamma": 0.0}}
+
+
+def rate_sig(t: float, rate: float, gpu: float, rps: float, waiting: float = 0.0, ready: int = 4):
+    f = SignalFrame.from_arrays([f"e{i}:1" for i in range(ready)], gpu_util=gpu, rps=rps, waiting=waiting, taken_at=t)
+    return ServiceSignals("svc", f, current_replicas=ready, request_rate=rate)
+
+
+def test_rate_demand_is_utilisation_until_calibrated_then_rate_over_capacity():
+    s = load_policy_spec(RATE)
+    state = None
+    # 4 replicas at utilisation 0.6, 3 req/s each: 5 req/s per unit of utilisation
+    for i in range(29):
+        d, state = decide(rate_sig(float(i), 12.0, 0.6, 3.0), state, s, float(i))
+    assert "uncalibrated" in {r.code for r in d.reasons}
+    assert "demand 2.40" in d.explanation  # summed utilisation before 30 calibration ticks
+    d, state = decide(rate_sig(29.0, 12.0, 0.6, 3.0), state, s, 29.0)
+    assert "5.00 req/s per replica" in d.explanation
+    # saturated: utilisation is censored at 1.0 (no calibration), arrivals double: demand follows the rate
+    d, state = decide(rate_sig(30.0, 40.0, 1.0, 10.0), state, s, 30.0)
+    assert "demand 8.00" in d.explanation  # 40 / 5, not the censored 4 x 1.0
+    assert "5.00 req/s per replica" in d.explanation
+
+
+def test_rate_calibration_skips_idle_saturated_and_backlogged_ticks():
+    s = load_policy_spec(RATE)
+    state = None
+    t = 0.0
+    for gpu, rps, waiting in ((0.3, 0.5, 0.0), (0.9, 9.0, 0.0), (0.6, 1.0, 5.0)):  # idle, saturated, backlog
+        for _ in range(40):
+            d, state = decide(rate_sig(t, 4 * rps, gpu, rps, waiting), state, s, t)
+            t += 1.0
+    assert state.cal_n == 0 and "uncalibrated" in {r.code for r in d.reasons}
+
+
+def test_rate_demand_is_floored_by_the_load_index():
+    s = load_policy_spec({**RATE, "load_index": {"alpha": 0.5, "beta": 0.0, "gamma": 0.5, "latency_target_s": 0.2}})
+    state = None
+    for i in range(31):
+        f = SignalFrame.from_arrays([f"e{j}:1" for j in range(4)], gpu_util=0.6, rps=3.0, waiting=0.0,
+                                    latency_s=0.4, taken_at=float(i))
+        d, state = decide(ServiceSignals("svc", f, 4, request_rate=12.0), state, s, float(i))
+    # rate / capacity = 12 / 5 = 2.4; the load index (0.5 x 0.6 + 0.5 x min(2, 0.4 / 0.2)) x 4 = 5.2 is larger
+    assert "demand 5.20" in d.explanation

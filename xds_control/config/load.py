@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from xds_control.config.schema import Config, PoolConfig, ServiceConfig
+from xds_control.config.schema import Config, PoolConfig, PrefixRoutingConfig, ServiceConfig
 from xds_control.core.errors import ConfigError
 from xds_control.core.traffic import (
     EndpointPlan,
@@ -31,6 +31,7 @@ from xds_control.core.traffic import (
     Locality,
     OutlierDetectionPlan,
     PoolPlan,
+    PrefixRoutingPlan,
     RetryPlan,
     ServicePlan,
     TrafficPlan,
@@ -156,7 +157,17 @@ def pool_plan(pool: PoolConfig) -> PoolPlan:
         connect_timeout_s=pool.connect_timeout_s,
         http2=pool.http2,
         health_check_path=pool.health_check_path,
+        prefix_routing=prefix_routing_plan(pool),
     )
+
+
+def prefix_routing_plan(pool: PoolConfig) -> PrefixRoutingPlan | None:
+    """The pool's prefix-affinity settings, or ``None`` unless ``routing: prefix``."""
+    if pool.routing != "prefix":
+        return None
+    c = pool.prefix_routing or PrefixRoutingConfig()
+    return PrefixRoutingPlan(prefix_bytes=c.prefix_bytes, hash_balance_factor=c.hash_balance_factor,
+                             extract=c.extract, max_body_bytes=c.max_body_bytes)
 
 
 def service_plan(svc: ServiceConfig) -> ServicePlan:
@@ -178,12 +189,14 @@ def service_plan(svc: ServiceConfig) -> ServicePlan:
             if r
             else None
         ),
+        prefix_routing=next((pr for pr in map(prefix_routing_plan, svc.pools) if pr is not None), None),
     )
 
 
 def to_traffic_plan(cfg: Config) -> TrafficPlan:
     """The static plan a config describes (no autoscaling applied). Pure."""
     all_services = tuple(s.name for s in cfg.services)
+    prefix_services = {s.name for s in cfg.services if any(p.routing == "prefix" for p in s.pools)}
     return TrafficPlan(
         listeners=tuple(
             ListenerPlan(
@@ -191,6 +204,7 @@ def to_traffic_plan(cfg: Config) -> TrafficPlan:
                 address=l.address,
                 port=l.port,
                 services=tuple(l.services) if l.services is not None else all_services,
+                prefix_filter=not prefix_services.isdisjoint(l.services if l.services is not None else all_services),
             )
             for l in cfg.listeners
         ),

@@ -245,6 +245,33 @@ class ControllerConfig(_Strict):
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
 
 
+#: Envoy's default per-connection buffer limit: a body the prefix filter buffers must fit in it.
+MAX_PREFIX_BODY_BYTES = 1_048_576
+
+
+class PrefixRoutingConfig(_Strict):
+    """Settings of ``routing: prefix`` (prefix-cache affinity with a load bound, decided inside Envoy)."""
+
+    prefix_bytes: Annotated[int, Field(ge=16, le=MAX_PREFIX_BODY_BYTES)] = 4096
+    """Bytes of the prompt (as sent, JSON-escaped) hashed into the affinity key; about 4 characters per token,
+    so 4096 bytes ~ 1,000 tokens (two 512-token KV blocks: past a shared system prompt, into the conversation)."""
+    hash_balance_factor: Annotated[int, Field(ge=100, le=10_000)] = 125
+    """Load bound in percent of the mean outstanding requests (Envoy bounded loads): 125 = no replica above
+    1.25x the mean; 100 = strict balance (little affinity)."""
+    extract: Literal["auto", "prompt", "messages"] = "auto"
+    """Where the prompt is: ``prompt`` (/v1/completions), ``messages[*].content`` concatenated
+    (/v1/chat/completions), or ``auto`` (by the request path)."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=MAX_PREFIX_BODY_BYTES)] = 262_144
+    """Bodies longer than this (by content-length) are not read: the request goes to the plain bounded-load
+    balancer. At most 1 MiB (Envoy's per-connection buffer limit)."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PrefixRoutingConfig:
+        if self.prefix_bytes > self.max_body_bytes:
+            raise ValueError(f"prefix_bytes ({self.prefix_bytes}) must be <= max_body_bytes ({self.max_body_bytes})")
+        return self
+
+
 class PoolConfig(_Strict):
     """A set of interchangeable replicas; becomes one Envoy EDS cluster named ``name``."""
 
@@ -264,6 +291,23 @@ class PoolConfig(_Strict):
     """HTTP path for Envoy active health checks (e.g. ``/health``); none when unset."""
     autoscale: AutoscaleConfig | None = None
     """When set, the controller manages this pool's replicas; static ``endpoints`` must then be empty."""
+    routing: Literal["default", "prefix"] = "default"
+    """``default``: ``lb_policy``; ``prefix``: prefix-cache affinity, i.e. requests whose prompts start alike go to
+    the same replica unless it is above the load bound (Maglev with bounded loads; see ``prefix_routing``)."""
+    prefix_routing: PrefixRoutingConfig | None = None
+    """Settings of ``routing: prefix`` (defaults when unset)."""
+
+    @model_validator(mode="after")
+    def _routing(self) -> PoolConfig:
+        if self.routing == "prefix":
+            if "lb_policy" in self.model_fields_set:
+                raise ValueError(f"lb_policy: {self.lb_policy!r} cannot be combined with routing: 'prefix' "
+                                 "(it balances with Maglev and bounded loads); remove lb_policy")
+            if self.slow_start is not None:
+                raise ValueError("slow_start: not supported with routing: 'prefix' (Envoy's Maglev has no slow start)")
+        elif self.prefix_routing is not None:
+            raise ValueError(f"prefix_routing: only used with routing: 'prefix', but routing is {self.routing!r}")
+        return self
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> PoolConfig:

@@ -87,6 +87,27 @@ class OutlierDetectionPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixRoutingPlan:
+    """Prefix-cache affinity: requests whose prompts start alike go to the same replica, within a load bound.
+
+    Envoy does it alone: a Lua filter hashes the first ``prefix_bytes`` of the prompt into a request header,
+    the route hashes on that header and the cluster balances with Maglev and bounded loads.
+    """
+
+    #: Bytes of the prompt (as sent, JSON-escaped) that make the affinity key.
+    prefix_bytes: int = 4096
+    #: Envoy ``consistent_hashing_lb_config.hash_balance_factor``: no replica takes more than
+    #: ``factor / 100`` times the average outstanding requests (>= 100).
+    hash_balance_factor: int = 125
+    #: Where the prompt is: ``auto`` (by path: chat completions -> ``messages``, else ``prompt``),
+    #: ``prompt`` or ``messages``.
+    extract: str = "auto"
+    #: Bodies longer than this (by ``content-length``) are not inspected: the request falls back to the
+    #: plain bounded-load balancer.
+    max_body_bytes: int = 262_144
+
+
+@dataclass(frozen=True, slots=True)
 class PoolPlan:
     """A pool of interchangeable replicas: one Envoy cluster with its endpoints."""
 
@@ -112,6 +133,8 @@ class PoolPlan:
     health_check_interval_s: float = 1.0
     #: Maximum concurrent requests to the pool (Envoy circuit breaker), ``None`` = Envoy default.
     max_requests: int | None = None
+    #: Prefix-cache affinity (Maglev with bounded loads replaces ``lb_policy``); ``None`` = off.
+    prefix_routing: PrefixRoutingPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +163,9 @@ class ServicePlan:
     regex: str | None = None
     timeout_s: float = 60.0
     retry: RetryPlan | None = None
+    #: Set when a pool of the service routes on the prompt prefix: the route hashes on the prefix key
+    #: (the first such pool's extraction settings are used).
+    prefix_routing: PrefixRoutingPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +175,8 @@ class ListenerPlan:
     port: int
     #: Names of the services carried by this listener, in match order.
     services: tuple[str, ...] = ()
+    #: Carry the (per-route enabled) Lua filter that computes the prompt-prefix key.
+    prefix_filter: bool = False
 
 
 @dataclass(frozen=True, slots=True)

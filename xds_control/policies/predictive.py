@@ -9,8 +9,11 @@ Rule:
    ``concurrency_per_replica`` (``concurrency``; not censored by saturation, since a backlog keeps
    counting), or (``rate``) the gateway request rate / a per-replica capacity calibrated online: requests/s
    per unit of GPU utilisation, averaged (EWMA, ``capacity_half_life_s``) over the ticks whose mean
-   utilisation was below ``calibration_max_util`` (a saturated fleet's utilisation is censored at 1, its
-   arrivals are not). Until the first calibration, or with no rate, demand is the sum of GPU utilisation.
+   utilisation was between ``calibration_min_util`` (near idle, utilisation is not proportional to throughput)
+   and ``calibration_max_util`` (a saturated fleet's utilisation is censored at 1, its arrivals are not) with
+   no request waiting (a backlog decouples work done from arrivals). Until 30 such ticks were seen, or with
+   no rate, demand is the summed GPU utilisation; either way it is never below the summed load index, whose
+   latency and queue terms see what a request rate misses (long prompts, backlogs).
 2. History: the last ``history_s`` (default 15 min, the seed's 10-20 min) of demand, bucketed at
    ``bucket_s`` and fitted with damped Holt (see :mod:`xds_control.policies.forecast` for why).
 3. Peak = max(demand now, forecast over the next ``startup_s`` + one bucket) + ``sigma_margin`` x
@@ -61,6 +64,12 @@ class PredictiveSpec(PolicySpecBase):
         120.0, gt=0.0, le=3600.0,
         description="demand_signal rate: half-life of the online capacity calibration (requests/s per unit of GPU "
         "utilisation), seconds. Default 120.",
+    )
+    calibration_min_util: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="demand_signal rate: calibrate only on ticks whose mean GPU utilisation is at least this: GPU "
+        "utilisation is not proportional to throughput near idle (a decode step at batch 1 already reads ~30 %), so "
+        "the capacity is measured near the operating point. Default 0.5.",
     )
     calibration_max_util: float = Field(
         0.85, gt=0.0, le=1.0,
@@ -153,6 +162,7 @@ class PredictiveState:
     cal_rps: float | None = None
     cal_util: float | None = None
     cal_at: float | None = None
+    cal_n: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +177,20 @@ class Core:
     state: PredictiveState
 
 
-def _ready_sums(signals: ServiceSignals, rep: LoadReport) -> tuple[float, float, int] | None:
-    """(summed rps, summed GPU utilisation, endpoints) over fresh ready endpoints with both readings."""
+#: demand_signal rate: in-band ticks needed before the calibration replaces the summed utilisation.
+CALIBRATION_MIN_TICKS = 30
+
+
+def _ready_sums(signals: ServiceSignals, rep: LoadReport) -> tuple[float, float, int, float] | None:
+    """(summed rps, summed GPU utilisation, endpoints, summed waiting) over fresh ready endpoints with readings."""
     frame = signals.frame
     ok = frame.ready & ~rep.stale & ~np.isnan(frame.rps) & ~np.isnan(frame.gpu_util)
     n = int(ok.sum())
     if n == 0:
         return None
-    return float(frame.rps[ok].sum()), float(frame.gpu_util[ok].sum()), n
+    waiting = frame.waiting[ok]
+    return (float(frame.rps[ok].sum()), float(frame.gpu_util[ok].sum()), n,
+            float(np.nansum(waiting)))
 
 
 def calibrate(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport, state: PredictiveState,
@@ -183,17 +199,19 @@ def calibrate(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport, st
     sums = _ready_sums(signals, rep)
     if sums is None:
         return state
-    rps, util, n = sums
-    if util <= 0.0 or util / n >= spec.calibration_max_util:
+    rps, util, n, waiting = sums
+    # a backlog decouples the two: utilisation serves queued work while rps counts this tick's arrivals
+    if util <= 0.0 or waiting > 0 or not spec.calibration_min_util <= util / n < spec.calibration_max_util:
         return state
     h = spec.capacity_half_life_s
     return replace(state, cal_rps=ewma(state.cal_rps, state.cal_at, rps, now, h),
-                   cal_util=ewma(state.cal_util, state.cal_at, util, now, h), cal_at=now)
+                   cal_util=ewma(state.cal_util, state.cal_at, util, now, h), cal_at=now, cal_n=state.cal_n + 1)
 
 
 def rps_per_util(state: PredictiveState) -> float | None:
-    """The calibrated requests/s one replica serves at utilisation 1.0, None before the first calibration."""
-    if state.cal_rps is None or state.cal_util is None or state.cal_util <= 1e-6 or state.cal_rps <= 0.0:
+    """The calibrated requests/s one replica serves at utilisation 1.0; None until ``CALIBRATION_MIN_TICKS``."""
+    if (state.cal_n < CALIBRATION_MIN_TICKS or state.cal_rps is None or state.cal_util is None
+            or state.cal_util <= 1e-6 or state.cal_rps <= 0.0):
         return None
     return state.cal_rps / state.cal_util
 
@@ -208,11 +226,12 @@ def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadRepor
         rate = signals.request_rate
         if rate is None and sums is not None:
             rate = sums[0] * (rep.n_ready / sums[2])
+        # the load index (its latency and queue terms) still sees what the rate misses: long prompts, backlogs
+        load = float(rep.endpoint[frame.ready].sum()) if rep.n_ready else math.nan
         if cap is None or rate is None:
-            return util
-        # arrivals / capacity; never below the utilisation measured now (a backlog still being served)
+            return util if math.isnan(load) else max(util, load) if not math.isnan(util) else load
         est = float(rate) / cap
-        return est if math.isnan(util) else max(est, util)
+        return est if math.isnan(load) else max(est, load)
     if spec.demand_signal == "rps":
         assert spec.rps_per_replica is not None
         if signals.request_rate is not None:

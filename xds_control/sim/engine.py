@@ -56,7 +56,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xds_control.fleet import costmodel as cm
-from xds_control.fleet.trace import Trace
+from xds_control.fleet.prefixcache import PrefixCache
+from xds_control.fleet.trace import BLOCK_TOKENS, Trace
 from xds_control.sim.controller import (
     LB_LEAST_REQUEST,
     LB_ROUND_ROBIN,
@@ -67,8 +68,24 @@ from xds_control.sim.controller import (
     FleetObservation,
     ttft_slo_s,
 )
+from xds_control.sim.routing import (
+    CACHE_AWARE_LBS,
+    LB_GIE,
+    LB_ORACLE,
+    LB_PREFIX,
+    GieIndexer,
+    Maglev,
+    RoutingParams,
+    bounded_pick,
+    gie_scores,
+    host_slots,
+    prefix_key,
+)
 
-__all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S"]
+__all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S", "LB_NAMES"]
+
+#: Every routing ``SimConfig.lb`` accepts (see :mod:`xds_control.sim.routing` for the last three).
+LB_NAMES = (LB_ROUND_ROBIN, LB_LEAST_REQUEST, LB_PREFIX, LB_GIE, LB_ORACLE)
 
 #: Window of the gateway request rate shown to controllers (``FleetObservation.arrival_rps``).
 RATE_WINDOW_S = 10.0
@@ -108,8 +125,10 @@ class SimConfig:
     lr_bias: float = 1.0
     #: Upper bound on replicas the fleet manager will run.
     max_replicas: int = 1024
-    #: Override the controller's routing (``least_request`` / ``round_robin``), None = the controller's.
+    #: Override the controller's routing (one of :data:`LB_NAMES`), None = the controller's.
     lb: str | None = None
+    #: Settings of the cache-aware routings (``prefix``, ``gie``, ``oracle``).
+    routing: RoutingParams = field(default_factory=RoutingParams)
     #: Simulated seconds after the last arrival during which the fleet keeps being sampled and billed.
     tail_s: float = 0.0
     #: The controller is first called at this simulated second. The fleet starts warm but idle,
@@ -157,6 +176,13 @@ class SimResult:
     energy_j: float = 0.0
     sample_s: float = 1.0
     end_t: float = 0.0
+    #: Prefix cache (traces with ``hash_ids`` and ``profile.prefix_caching``), per request: prompt
+    #: tokens found in the GPU cache / loaded from the host tier; -1 = never admitted. None without a cache.
+    cached_tokens: np.ndarray | None = None
+    host_cached_tokens: np.ndarray | None = None
+    #: Per replica id: ``(queries, hits, host_hits)`` in prompt tokens (vLLM's
+    #: ``prefix_cache_queries`` / ``prefix_cache_hits``); empty without a cache.
+    replica_cache: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
 class _Replica:
@@ -164,7 +190,7 @@ class _Replica:
         "rid", "node", "zone", "state", "created", "ready_at", "stopped",
         "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
         "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts", "edf",
-        "reaped",
+        "reaped", "cache",
     )
 
     def __init__(self, rid: int, node: int, zone: str, now: float, ready_at: float) -> None:
@@ -194,6 +220,7 @@ class _Replica:
         self.ttfts: list[float] = []
         self.edf = 0.0  # Envoy EDF deadline (weighted least request with unequal weights)
         self.reaped = False  # a dead replica the controller acknowledged (direct mode)
+        self.cache: PrefixCache | None = None
 
 
 def _p99(x: list[float]) -> float | None:
@@ -213,8 +240,18 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     eds_managed = bool(getattr(controller, "eds_managed", False))
     #: The controller starts and stops replicas itself (the control step); no fleet manager reconciles.
     direct = bool(getattr(controller, "manages_replicas", False))
-    if lb not in (LB_LEAST_REQUEST, LB_ROUND_ROBIN):
-        raise ValueError(f"unknown lb {lb!r}")
+    if lb not in LB_NAMES:
+        raise ValueError(f"unknown lb {lb!r}; known: {', '.join(LB_NAMES)}")
+    rp = cfg.routing
+    hid: tuple[tuple[int, ...], ...] | None = trace.hash_ids
+    #: the replicas model a prefix cache when the trace says which prompts share prefixes
+    cache_on = hid is not None and p.prefix_caching
+    cache_blocks = cm.gpu_cache_blocks(p)
+    host_blocks = p.host_kv_blocks
+    host_load_s = cm.host_block_load_s(p)
+    if cache_on and p.kv_block_tokens != BLOCK_TOKENS:
+        raise ValueError(f"profile kv_block_tokens {p.kv_block_tokens} differs from the trace's "
+                         f"hash_ids block size {BLOCK_TOKENS}")
 
     arr = np.ascontiguousarray(trace.t, dtype=np.float64)
     inp = np.ascontiguousarray(trace.input_tokens, dtype=np.int64)
@@ -249,6 +286,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     status = [0] * n
     served = [-1] * n
     retried = bytearray(n)
+    ctok = [-1] * n  # GPU-cached prompt tokens per request
+    htok = [-1] * n  # host-tier prompt tokens per request
 
     pf_s = p.prefill_s_per_token
     dbase = p.decode_base_s
@@ -276,6 +315,17 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     lost_log: list[int] = []  # request indices lost, in order
     gpu_seconds = 0.0
     energy_j = 0.0
+    # cache-aware routing state
+    maglev_cache: dict[tuple[tuple[int, int], ...], Maglev] = {}
+    route_state: dict[str, object] = {"maglev": None}
+    gie_index = GieIndexer(
+        rp.gie_lru_capacity if rp.gie_lru_capacity is not None else p.kv_capacity_tokens // rp.gie_block_tokens,
+        BLOCK_TOKENS // rp.gie_block_tokens,
+    )
+    gie_snap: dict[int, tuple[int, float]] = {}
+    gie_snap_t = [-math.inf]
+    gie_rng = np.random.default_rng(cfg.seed + 7919)
+    balance = rp.hash_balance_factor
 
     def push(t: float, kind: int, a: int, b: int = 0) -> None:
         nonlocal seq
@@ -285,6 +335,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     def rebuild_routable() -> None:
         nonlocal routable, eq_weights
         routable = [r for r in replicas if r.state == _READY and r.weight > 0]
+        route_state["maglev"] = None
         ws = {r.weight for r in routable}
         eq_weights = len(ws) <= 1
         if not eq_weights:
@@ -313,6 +364,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             node = len(node_zone) - 1
         node_used[node] += 1
         r = _Replica(len(replicas), node, zone, now, ready_at)
+        if cache_on:
+            r.cache = PrefixCache(cache_blocks, p.kv_block_tokens, host_blocks)
         replicas.append(r)
         if ready_at > now:
             push(ready_at, _EV_READY, r.rid)
@@ -364,17 +417,30 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 lose(i, _TMO, r)
                 continue
             need = inp_l[i] + out_l[i]
-            if r.kv_used + need > kvcap:
-                break
+            cache = r.cache
+            if cache is None:
+                if r.kv_used + need > kvcap:
+                    break
+                pf = pf_s * inp_l[i]
+            else:
+                ids = hid[i]  # type: ignore[index]
+                plan = cache.plan(ids, inp_l[i], need)
+                if plan is None:
+                    break
+                pf = pf_s * (inp_l[i] - plan.gpu_tokens - plan.host_tokens) + plan.host_blocks * host_load_s
             w.popleft()
             su = r.stall_until
             if su < t:
                 su = t
-            su += pf_s * inp_l[i]
+            su += pf
             if su - arr_l[i] > timeout:
                 # the client gives up before its first token; the engine aborts it
                 lose(i, _TMO, r)
                 continue
+            if cache is not None:
+                cache.commit(ids, inp_l[i], need, plan)  # type: ignore[arg-type]
+                ctok[i] = plan.gpu_tokens  # type: ignore[union-attr]
+                htok[i] = plan.host_tokens  # type: ignore[union-attr]
             r.stall_until = su
             ttft[i] = su
             r.ttfts.append(su - arr_l[i])
@@ -384,44 +450,122 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 fin[i] = su
                 status[i] = _OK
                 completions.append(i)
+                if cache is not None:
+                    cache.release(ids, inp_l[i], need)
                 continue
             r.kv_used += need
             heapq.heappush(r.running, (r.D + (o - 1), i))
             r.b += 1
 
+    def pick_least_request() -> _Replica:
+        nonlocal upos, ubuf
+        nr = len(routable)
+        if nr == 1:
+            return routable[0]
+        if upos + 2 >= len(ubuf):
+            ubuf = rng.random(65536).tolist()
+            upos = 0
+        if eq_weights:
+            a = routable[int(ubuf[upos] * nr)]
+            c = routable[int(ubuf[upos + 1] * nr)]
+            upos += 2
+            return a if len(a.waiting) + a.b <= len(c.waiting) + c.b else c
+        # Envoy's EDF scheduler over weight / (active + 1) ** bias, the effective weight
+        # being computed when a host is (re)inserted, i.e. right after it is picked.
+        r = routable[0]
+        best = r.edf
+        for x in routable:
+            if x.edf < best:
+                best = x.edf
+                r = x
+        r.edf = best + (len(r.waiting) + r.b + 2) ** bias / r.weight
+        return r
+
+    def shares() -> list[float]:
+        tot = float(sum(x.weight for x in routable))
+        return [x.weight / tot for x in routable]
+
+    def pick_cache_aware(i: int, t: float) -> _Replica:
+        ids = hid[i] if hid is not None else ()
+        if lb == LB_PREFIX:
+            if not ids:
+                return pick_least_request()
+            ml = route_state["maglev"]
+            if ml is None:
+                key = tuple((x.rid, x.weight) for x in routable)
+                ml = maglev_cache.get(key)
+                if ml is None:
+                    ml = maglev_cache[key] = Maglev([f"replica-{x.rid}" for x in routable],
+                                                    [float(x.weight) for x in routable], rp.maglev_table_size)
+                route_state["maglev"] = ml
+            h = prefix_key(ids, rp.prefix_blocks)
+            first = ml.lookup(h)  # type: ignore[attr-defined]
+            if balance <= 0 or len(routable) == 1:
+                return routable[first]
+            act = [len(x.waiting) + x.b for x in routable]
+            return routable[bounded_pick(first, h, act, shares(), balance)]
+        if lb == LB_ORACLE:
+            act = [len(x.waiting) + x.b for x in routable]
+            overall = sum(act)
+            ws = shares()
+            best: _Replica | None = None
+            best_key: tuple[float, ...] = ()
+            least: _Replica = routable[0]
+            least_f = math.inf
+            for x, a, wsh in zip(routable, act, ws, strict=True):
+                f = a / host_slots(overall, wsh, balance) if balance > 0 else 0.0
+                if f < least_f:
+                    least, least_f = x, f
+                if f > 1.0:
+                    continue
+                g, hb = x.cache.match(ids, inp_l[i]) if (x.cache is not None and ids) else (0, 0)
+                k = (float(g + hb), float(g), -float(a))
+                if best is None or k > best_key:
+                    best, best_key = x, k
+            return best if best is not None else least
+        # GIE endpoint picker, default profile
+        if t >= gie_snap_t[0] + rp.gie_metrics_refresh_s:
+            gie_snap.clear()
+            gie_snap_t[0] = t
+        waiting: list[int] = []
+        usage: list[float] = []
+        for x in routable:
+            sn = gie_snap.get(x.rid)
+            if sn is None:
+                u = x.cache.usage if x.cache is not None else x.kv_used / kvcap
+                sn = gie_snap[x.rid] = (len(x.waiting), u)
+            waiting.append(sn[0])
+            usage.append(sn[1])
+        total_g = min(inp_l[i] // rp.gie_block_tokens, rp.gie_max_prefix_blocks) if ids else 0
+        per = gie_index.per_block
+        gids = ids[: -(-total_g // per)] if total_g else ()
+        matched = gie_index.match(gids, total_g) if total_g else {}
+        scores = gie_scores(matched, total_g, [x.rid for x in routable], waiting, usage, rp)
+        top = max(scores)
+        ties = [k for k, sc in enumerate(scores) if sc == top]
+        r = routable[ties[int(gie_rng.integers(len(ties)))] if len(ties) > 1 else ties[0]]
+        if total_g:
+            gie_index.add(gids, r.rid)
+        return r
+
     def route(i: int, t: float) -> None:
-        nonlocal rr_next, upos, ubuf
+        nonlocal rr_next
         nr = len(routable)
         if nr == 0:
             lose(i, _REJ, None)
             return
-        if inp_l[i] + out_l[i] > kvcap:
+        if inp_l[i] + out_l[i] > kvcap or (cache_on and -(-(inp_l[i] + out_l[i]) // p.kv_block_tokens) > cache_blocks):
             lose(i, _REJ, None)
             return
-        if nr == 1:
+        if lb in CACHE_AWARE_LBS:
+            r = pick_cache_aware(i, t)
+        elif nr == 1:
             r = routable[0]
         elif lb == LB_ROUND_ROBIN:
             r = routable[rr_next % nr]
             rr_next += 1
         else:
-            if upos + 2 >= len(ubuf):
-                ubuf = rng.random(65536).tolist()
-                upos = 0
-            if eq_weights:
-                a = routable[int(ubuf[upos] * nr)]
-                c = routable[int(ubuf[upos + 1] * nr)]
-                upos += 2
-                r = a if len(a.waiting) + a.b <= len(c.waiting) + c.b else c
-            else:
-                # Envoy's EDF scheduler over weight / (active + 1) ** bias, the effective weight
-                # being computed when a host is (re)inserted, i.e. right after it is picked.
-                r = routable[0]
-                best = r.edf
-                for x in routable:
-                    if x.edf < best:
-                        best = x.edf
-                        r = x
-                r.edf = best + (len(r.waiting) + r.b + 2) ** bias / r.weight
+            r = pick_least_request()
         r.routed += 1
         served[i] = r.rid
         if len(r.waiting) >= qbound:
@@ -441,6 +585,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             _, i = heapq.heappop(run)
             r.b -= 1
             r.kv_used -= inp_l[i] + out_l[i]
+            if r.cache is not None:
+                r.cache.release(hid[i], inp_l[i], inp_l[i] + out_l[i])  # type: ignore[index]
             fin[i] = t
             status[i] = _OK
             completions.append(i)
@@ -470,6 +616,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         r.waiting.clear()
         r.b = 0
         r.kv_used = 0
+        if r.cache is not None:
+            r.cache.clear()
         rebuild_routable()
         retry.sort(key=lambda i: arr_l[i])
         for i in retry:
@@ -680,7 +828,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     weight=r.weight,
                     running=r.b,
                     waiting=len(r.waiting),
-                    kv_util=r.kv_used / kvcap,
+                    kv_util=r.kv_used / kvcap if r.cache is None else r.cache.usage,
                     gpu_util=gu,
                     routed=r.routed,
                     ttft_p99_s=_p99(r.ttfts),
@@ -789,5 +937,11 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         energy_j=energy_j,
         sample_s=cfg.sample_s,
         end_t=end_t,
+        cached_tokens=np.array(ctok, dtype=np.int64) if cache_on else None,
+        host_cached_tokens=np.array(htok, dtype=np.int64) if cache_on else None,
+        replica_cache={
+            r.rid: (r.cache.queries_tokens, r.cache.hits_tokens, r.cache.host_hits_tokens)
+            for r in replicas if r.cache is not None
+        },
     )
     return res

@@ -20,18 +20,20 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.load_balancing_policies.common.v3 import common_pb2 as lb_common_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_control.core.traffic import (
@@ -41,8 +43,10 @@ from xds_control.core.traffic import (
     ListenerPlan,
     Locality,
     PoolPlan,
+    PrefixRoutingPlan,
     ServicePlan,
 )
+from xds_control.snapshot import prefix_filter
 
 
 def _dur(seconds: float) -> duration_pb2.Duration:
@@ -98,7 +102,22 @@ def build_cluster(pool: PoolPlan) -> cluster_pb2.Cluster:
             ),
             min_weight_percent=percent_pb2.Percent(value=pool.slow_start_min_weight_percent),
         )
-    if pool.lb_policy is LbPolicy.LEAST_REQUEST:
+    if pool.prefix_routing is not None:
+        # Prefix affinity: Maglev on the route's hash (the prompt-prefix header), bounded loads; endpoint and
+        # locality weights scale each host's share of the table. No slow start in Maglev (config rejects it).
+        mg = maglev_pb2.Maglev(
+            consistent_hashing_lb_config=lb_common_pb2.ConsistentHashingLbConfig(
+                hash_balance_factor=wrappers_pb2.UInt32Value(value=pool.prefix_routing.hash_balance_factor)
+            )
+        )
+        if locality_cfg is not None:
+            mg.locality_weighted_lb_config.CopyFrom(locality_cfg.locality_weighted_lb_config)
+        c.load_balancing_policy.policies.add(
+            typed_extension_config=extension_pb2.TypedExtensionConfig(
+                name="envoy.load_balancing_policies.maglev", typed_config=_pack(mg)
+            )
+        )
+    elif pool.lb_policy is LbPolicy.LEAST_REQUEST:
         policy = least_request_pb2.LeastRequest(choice_count=wrappers_pb2.UInt32Value(value=2))
         name = "envoy.load_balancing_policies.least_request"
     elif pool.lb_policy is LbPolicy.RANDOM:
@@ -107,13 +126,14 @@ def build_cluster(pool: PoolPlan) -> cluster_pb2.Cluster:
     else:
         policy = round_robin_pb2.RoundRobin()
         name = "envoy.load_balancing_policies.round_robin"
-    if locality_cfg is not None:
-        policy.locality_lb_config.CopyFrom(locality_cfg)
-    if slow_start is not None and pool.lb_policy is not LbPolicy.RANDOM:
-        policy.slow_start_config.CopyFrom(slow_start)
-    c.load_balancing_policy.policies.add(
-        typed_extension_config=extension_pb2.TypedExtensionConfig(name=name, typed_config=_pack(policy))
-    )
+    if pool.prefix_routing is None:
+        if locality_cfg is not None:
+            policy.locality_lb_config.CopyFrom(locality_cfg)
+        if slow_start is not None and pool.lb_policy is not LbPolicy.RANDOM:
+            policy.slow_start_config.CopyFrom(slow_start)
+        c.load_balancing_policy.policies.add(
+            typed_extension_config=extension_pb2.TypedExtensionConfig(name=name, typed_config=_pack(policy))
+        )
     if pool.http2:
         opts = http_protocol_options_pb2.HttpProtocolOptions(
             explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -237,8 +257,25 @@ def build_route_configuration(
             )
             rp.host_selection_retry_max_attempts = 3
             action.retry_policy.CopyFrom(rp)
-        vh.routes.add(name=svc.name, match=match, route=action)
+        route = vh.routes.add(name=svc.name, match=match, route=action)
+        if svc.prefix_routing is not None:
+            _prefix_route(route, svc.prefix_routing)
     return rc
+
+
+def _prefix_route(route: route_components_pb2.Route, pr: PrefixRoutingPlan) -> None:
+    """Enable the listener's prefix-key Lua filter on ``route`` and hash on the key it sets.
+
+    A request without the header (no body, not JSON, no prompt, too long) gets no hash from this
+    policy, and Envoy's hashing balancers then pick a random hash: the plain bounded-load choice.
+    """
+    route.route.hash_policy.add(
+        header=route_components_pb2.RouteAction.HashPolicy.Header(header_name=prefix_filter.PREFIX_HEADER)
+    )
+    ctx = struct_pb2.Struct()
+    ctx.update({"prefix_bytes": pr.prefix_bytes, "max_body_bytes": pr.max_body_bytes, "extract": pr.extract})
+    per_route = lua_pb2.LuaPerRoute(name=prefix_filter.SCRIPT_NAME, filter_context=ctx)
+    route.typed_per_filter_config[prefix_filter.LUA_FILTER].CopyFrom(_pack(per_route))
 
 
 def _previous_hosts() -> Message:
@@ -255,6 +292,12 @@ def build_listener(lst: ListenerPlan) -> listener_pb2.Listener:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=_ads_source(), route_config_name=lst.name),
     )
+    if lst.prefix_filter:
+        # Disabled unless a route enables it (the routes of prefix-routed services do): other routes pay nothing.
+        lua = lua_pb2.Lua(source_codes={
+            prefix_filter.SCRIPT_NAME: base_pb2.DataSource(inline_string=prefix_filter.SCRIPT)
+        })
+        hcm.http_filters.add(name=prefix_filter.LUA_FILTER, typed_config=_pack(lua), disabled=True)
     hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
     lis = listener_pb2.Listener(
         name=lst.name,

@@ -1,0 +1,135 @@
+"""The Envoy Lua script behind prefix-cache affinity routing (``routing: prefix``).
+
+The listener carries one Lua HTTP filter, disabled by default; a route whose pools
+route on the prompt prefix enables it with a ``LuaPerRoute`` naming the script and
+passing its settings as the filter context. Per request the script:
+
+1. drops any ``x-prefix-hash`` the client sent (the key is ours alone);
+2. gives up at once (no header: the cluster's hash policy then falls back to a
+   random hash, i.e. the plain bounded-load balancer) unless the request has a
+   ``content-length`` of 1..``max_body_bytes`` (a body without a length, i.e. chunked,
+   is never buffered; the content type is not checked: curl sends JSON as a form);
+3. buffers the body (Envoy does, within the connection's buffer limit) and reads
+   the prompt: ``prompt`` for completions, the ``content`` (or content-part ``text``)
+   strings of ``messages`` concatenated for chat (``extract: auto`` picks by path);
+   strings are taken as their raw JSON encoding, not unescaped;
+4. hashes the first ``prefix_bytes`` bytes of that (32-bit FNV-1a, LuaJIT ``bit``)
+   into ``x-prefix-hash``, which the route's ``hash_policy`` feeds to Maglev.
+
+Anything unexpected (not JSON, no prompt, an empty prompt) ends in step 2's fallback,
+never an error: the script has no ``error()`` path and every lookup is guarded.
+"""
+
+from __future__ import annotations
+
+#: Request header carrying the prefix key (set by the script, hashed by the route's hash policy).
+PREFIX_HEADER = "x-prefix-hash"
+#: Name of the script in the Lua filter's ``source_codes``.
+SCRIPT_NAME = "xds-control-prefix-hash"
+#: The HTTP filter's name (also the ``typed_per_filter_config`` key on routes).
+LUA_FILTER = "envoy.filters.http.lua"
+
+SCRIPT = r"""
+-- xds-control: prompt-prefix key for consistent hashing (see xds_control/snapshot/prefix_filter.py)
+local bit = require("bit")
+local bxor, lshift, tobit, tohex = bit.bxor, bit.lshift, bit.tobit, bit.tohex
+local sbyte, sfind, ssub = string.byte, string.find, string.sub
+local HEADER = "x-prefix-hash"
+
+-- Raw bytes of the JSON string literal whose opening quote is at s[q]; nil if unterminated.
+local function jstring(s, q)
+  local i = q + 1
+  while true do
+    local j = sfind(s, '["\\]', i)
+    if j == nil then return nil end
+    if sbyte(s, j) == 34 then return ssub(s, q + 1, j - 1), j + 1 end
+    i = j + 2
+  end
+end
+
+local function value_at(s, pat, from)
+  local _, e = sfind(s, pat, from)
+  if e == nil then return nil end
+  return e
+end
+
+-- completions: "prompt": "..." (or a list: its raw bytes)
+local function from_prompt(s, want)
+  local e = value_at(s, '"prompt"%s*:%s*', 1)
+  if e == nil then return nil end
+  local c = sbyte(s, e + 1)
+  if c == 34 then return (jstring(s, e + 1)) end
+  if c == 91 then return ssub(s, e + 1, e + want) end
+  return nil
+end
+
+-- chat: the content strings of messages, concatenated until want bytes
+local function from_messages(s, want)
+  local e = value_at(s, '"messages"%s*:%s*%[', 1)
+  if e == nil then return nil end
+  local parts, got, pos = {}, 0, e + 1
+  while got < want do
+    local a = value_at(s, '"content"%s*:%s*"', pos)
+    local b = value_at(s, '"text"%s*:%s*"', pos)
+    local q = a
+    if q == nil or (b ~= nil and b < q) then q = b end
+    if q == nil then break end
+    local str, nxt = jstring(s, q)
+    if str == nil then break end
+    parts[#parts + 1] = str
+    got = got + #str
+    pos = nxt
+  end
+  if got == 0 then return nil end
+  return table.concat(parts, "\n")
+end
+
+local function fnv1a(s, n)
+  local h = tobit(2166136261)
+  for i = 1, n do
+    h = bxor(h, sbyte(s, i))
+    -- h * 16777619 (= 2^24 + 2^8 + 147) mod 2^32; every term is exact in a double
+    h = tobit(lshift(h, 24) + lshift(h, 8) + h * 147)
+  end
+  return tohex(h)
+end
+
+function envoy_on_request(h)
+  local headers = h:headers()
+  headers:remove(HEADER)
+  -- the context is a userdata that only pairs() can read (no indexing)
+  local ctx = {}
+  for k, v in pairs(h:filterContext()) do ctx[k] = v end
+  local limit = tonumber(ctx["max_body_bytes"]) or 262144
+  local want = tonumber(ctx["prefix_bytes"]) or 4096
+  local mode = ctx["extract"] or "auto"
+  local len = tonumber(headers:get("content-length") or "")
+  if len == nil or len < 1 or len > limit then return end
+  local chat = sfind(headers:get(":path") or "", "chat/completions", 1, true) ~= nil
+  -- body() yields until the whole body is in: handles taken before it (headers) are stale after
+  local body = h:body()
+  if body == nil then return end
+  local n = body:length()
+  if n < 1 or n > limit then return end
+  local s = body:getBytes(0, n)
+  if sfind(s, "^%s*{") == nil then return end
+  local p
+  if mode == "prompt" then
+    p = from_prompt(s, want)
+  elseif mode == "messages" then
+    p = from_messages(s, want)
+  else
+    if chat then
+      p = from_messages(s, want) or from_prompt(s, want)
+    else
+      p = from_prompt(s, want) or from_messages(s, want)
+    end
+  end
+  if p == nil or #p == 0 then return end
+  local k = #p
+  if k > want then k = want end
+  h:headers():add(HEADER, fnv1a(p, k))
+end
+"""
+
+__all__ = ["LUA_FILTER", "PREFIX_HEADER", "SCRIPT", "SCRIPT_NAME"]
