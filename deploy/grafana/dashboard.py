@@ -84,6 +84,12 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
              f"[{RI}])))", "{{pool}} p99"),
             (f"xds_control_slo_ttft_target_seconds{{{P}}}", "{{pool}} target"),
         ], "Each endpoint's mean time to first token per reading, and the policy's TTFT target."),
+        ("TPOT seen through the replicas", "timeseries", "s", [
+            (f"histogram_quantile(0.5, sum by (pool, le) (rate(xds_control_replica_tpot_seconds_bucket{{{P}}}"
+             f"[{RI}])))", "{{pool}} p50"),
+            (f"histogram_quantile(0.99, sum by (pool, le) (rate(xds_control_replica_tpot_seconds_bucket{{{P}}}"
+             f"[{RI}])))", "{{pool}} p99"),
+        ], "Each endpoint's mean time per output token per reading (vllm:request_time_per_output_token_seconds)."),
         ("SLO attainment (last minute)", "timeseries", "percentunit", [
             (f"xds_control_slo_attainment_ratio{{{P}}}", "{{pool}}"),
         ], "Share of completed requests whose endpoint's mean TTFT met the target (an estimate from means)."),

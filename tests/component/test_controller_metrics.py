@@ -148,10 +148,12 @@ def test_controller_metrics_follow_the_fleet() -> None:
             traffic = Traffic(listener)
             m = wait_metrics(port, lambda m: (value(m, "xds_control_gateway_request_rate", **POOL) or 0) > 1
                              and (value(m, "xds_control_replica_ttft_seconds_count", **POOL) or 0) >= 3
+                             and (value(m, "xds_control_replica_tpot_seconds_count", **POOL) or 0) >= 1
                              and value(m, "xds_control_slo_attainment_ratio", **POOL) is not None,
-                             "request rate, TTFT observations and SLO attainment")
+                             "request rate, TTFT and TPOT observations and SLO attainment")
             assert 0 <= value(m, "xds_control_slo_attainment_ratio", **POOL) <= 1
             assert value(m, "xds_control_replica_ttft_seconds_sum", **POOL) > 0
+            assert value(m, "xds_control_replica_tpot_seconds_sum", **POOL) > 0  # multi-token answers
             assert value(m, "xds_control_replica_ttft_seconds_bucket", **POOL, le="+Inf") == \
                 value(m, "xds_control_replica_ttft_seconds_count", **POOL)
 

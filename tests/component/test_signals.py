@@ -148,3 +148,12 @@ async def test_prometheus_source_real_server(start_replica, start_prometheus) ->
     finally:
         await load.__aexit__()
         await src.close()
+
+
+def test_interval_mean_of_a_histogram_between_two_scrapes() -> None:
+    from xds_control.signals.scrape import interval_mean
+
+    assert interval_mean(3.0, 12.0, 1.0, 2.0) == 0.2  # 2 s over 10 new observations
+    assert interval_mean(1.0, 2.0, 1.0, 2.0) is None  # nothing new
+    assert interval_mean(0.5, 1.0, 1.0, 2.0) is None  # a counter reset (the replica restarted)
+    assert interval_mean(None, 2.0, 1.0, 1.0) is None

@@ -34,8 +34,14 @@ metric                                             meaning
                                                    replicas' completion rates; an estimate from means)
 =================================================  ==============================================================
 
-Series of endpoints and pools that went away are removed. TPOT is not exported: the signal readings carry one
-latency per endpoint (TTFT in the shipped sources) and no token counts, and no second scrape is made for it.
+``xds_control_replica_tpot_seconds{service,pool}`` histogram: each endpoint's mean time per output token over the
+                                                   interval (``vllm:request_time_per_output_token_seconds``
+                                                   sum/count, from the scrape source's report), one observation
+                                                   per endpoint per tick with completions
+
+Series of endpoints and pools that went away are removed. The SLO attainment estimate counts an endpoint's
+interval as met when its mean TTFT is within the target and, where its mean TPOT is known, that is within
+``SLO_TPOT_S`` (100 ms, the evaluation's default).
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ log = logging.getLogger(__name__)
 #: vLLM's TTFT buckets, cut at 80 s (``vllm:time_to_first_token_seconds``).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
                 40.0, 80.0)
+#: vLLM's buckets of ``vllm:request_time_per_output_token_seconds``.
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: The TPOT bound of the SLO attainment estimate (the evaluation's default SLO).
+SLO_TPOT_S = 0.1
 #: The event kinds counted as scaling actions.
 ACTIONS = ("scale_up", "scale_down", "replica_failed")
 #: SLO attainment is computed over this many seconds of readings.
@@ -153,6 +163,10 @@ class ControllerMetrics:
         self.ttft = Histogram("xds_control_replica_ttft_seconds",
                               "Each endpoint's mean time to first token over the interval its reading covers "
                               "(one observation per endpoint per tick)", sp, buckets=TTFT_BUCKETS, registry=r)
+        self.tpot = Histogram("xds_control_replica_tpot_seconds",
+                              "Each endpoint's mean time per output token over the interval its reading covers "
+                              "(one observation per endpoint per tick with completions)", sp,
+                              buckets=TPOT_BUCKETS, registry=r)
         self.slo_target = Gauge("xds_control_slo_ttft_target_seconds",
                                 "TTFT target of the pool (the policy's load_index.latency_target_s)", sp, registry=r)
         self.slo_attainment = Gauge("xds_control_slo_attainment_ratio",
@@ -240,9 +254,13 @@ class ControllerMetrics:
         window = self._slo_window.setdefault(pool, deque())
         signals: dict[str, EndpointSignals] = {}
         total = weighted = 0.0
+        tpots = report.extra.get("tpot_s", {}) if report is not None else {}
         for key, s in (report.samples() if report is not None else {}).items():
             if s is None:
                 continue
+            tpot = _finite(tpots.get(key)) if isinstance(tpots, Mapping) else None
+            if tpot is not None:
+                self.tpot.labels(svc, pool).observe(tpot)
             lat = _finite(s.latency_s)
             signals[key] = EndpointSignals(_finite(s.kv_cache), lat, _finite(s.waiting))
             if lat is None:
@@ -253,7 +271,7 @@ class ControllerMetrics:
             total += w
             weighted += w * lat
             if target is not None:
-                window.append((wall, w, lat <= target))
+                window.append((wall, w, lat <= target and (tpot is None or tpot <= SLO_TPOT_S)))
         # an endpoint not read this tick keeps its last reading while it is in the plan
         old = self.signals.get(pool, {})
         self.signals[pool] = {k: signals.get(k) or old[k] for k in keys if k in signals or k in old}

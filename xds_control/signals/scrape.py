@@ -56,6 +56,8 @@ class RawMetrics:
     ttft_count: float | None = None
     e2e_sum: float | None = None
     e2e_count: float | None = None
+    tpot_sum: float | None = None
+    tpot_count: float | None = None
 
 
 _SUM = {
@@ -69,6 +71,8 @@ _SUM = {
     "vllm:time_to_first_token_seconds_count": "ttft_count",
     "vllm:e2e_request_latency_seconds_sum": "e2e_sum",
     "vllm:e2e_request_latency_seconds_count": "e2e_count",
+    "vllm:request_time_per_output_token_seconds_sum": "tpot_sum",
+    "vllm:request_time_per_output_token_seconds_count": "tpot_count",
 }
 _MEAN = {
     "vllm:kv_cache_usage_perc": "kv_cache",
@@ -129,6 +133,15 @@ def _rate(cur: float | None, prev: float | None, dt: float) -> float | None:
         return None
     r = (cur - prev) / dt
     return r if math.isfinite(r) else None
+
+
+def interval_mean(s_cur: float | None, c_cur: float | None, s_prev: float | None, c_prev: float | None
+                  ) -> float | None:
+    """Mean of a histogram's observations between two scrapes (None when none, or a counter reset)."""
+    if s_cur is None or c_cur is None or s_prev is None or c_prev is None:
+        return None
+    dc, ds = c_cur - c_prev, s_cur - s_prev
+    return ds / dc if dc > 0 and ds >= 0 and math.isfinite(ds / dc) else None
 
 
 def derive_sample(
@@ -207,6 +220,8 @@ class ScrapeSource:
         self._own_session = session is None
         # key -> (monotonic time of the scrape, raw metrics)
         self._prev: dict[str, tuple[float, RawMetrics]] = {}
+        #: Per endpoint: mean TPOT over the last interval with completions (``SignalReport.extra["tpot_s"]``).
+        self._tpot: dict[str, float] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -235,6 +250,13 @@ class ScrapeSource:
             return EndpointReading(key, None, error=f"unparsable metrics from {url}: {e}")
         prev = self._prev.get(key)
         self._prev[key] = (t, raw)
+        if prev is not None:
+            p = prev[1]
+            tpot = interval_mean(raw.tpot_sum, raw.tpot_count, p.tpot_sum, p.tpot_count)
+            if tpot is not None:
+                self._tpot[key] = tpot
+            else:
+                self._tpot.pop(key, None)
         sample = derive_sample(
             raw,
             prev[1] if prev else None,
@@ -251,11 +273,15 @@ class ScrapeSource:
         results = await asyncio.gather(*(self._one(k, now, t_call) for k in keys))
         for k in set(self._prev) - set(keys):
             del self._prev[k]
+        tpot = {k: self._tpot[k] for k in keys if k in self._tpot}
+        self._tpot = tpot
         return SignalReport(
             source=self.name,
             now=now,
             readings={r.key: r for r in results},
             elapsed_s=time.monotonic() - t_call,
+            # not a policy input: the mean TPOT per endpoint over the interval, for the controller's metrics
+            extra={"tpot_s": tpot},
         )
 
     async def close(self) -> None:

@@ -7,10 +7,13 @@ vLLM (V1 engine) names and meanings used here:
 
 * ``vllm:num_requests_running`` / ``vllm:num_requests_waiting`` — gauges;
 * ``vllm:kv_cache_usage_perc`` — gauge, a *fraction* 0..1 despite the name;
-* ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds`` —
+* ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds``,
+  ``vllm:request_time_per_output_token_seconds`` (per request: time after the first token / (tokens - 1)) —
   histograms with vLLM's buckets;
 * ``vllm:request_success_total{finished_reason}`` — counter;
-* ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total`` — counters.
+* ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total`` — counters;
+* ``vllm:prefix_cache_queries_total``, ``vllm:prefix_cache_hits_total`` — counters, in tokens: prompt
+  tokens looked up in the prefix cache at admission, and those found (hit rate = hits / queries).
 
 dcgm-exporter: ``DCGM_FI_DEV_GPU_UTIL`` (gauge, percent 0..100; the cost model's
 utilisation estimate averaged over the last second, not "a kernel was running"),
@@ -31,6 +34,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 if TYPE_CHECKING:
     from xds_control.fleet.replica.engine import Engine, GenRequest
@@ -38,6 +42,10 @@ if TYPE_CHECKING:
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
     2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+#: vLLM's buckets of ``vllm:request_time_per_output_token_seconds``.
+TPOT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
 )  # fmt: skip
 E2E_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
@@ -70,6 +78,11 @@ class ReplicaMetrics:
         self.e2e = Histogram(
             "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", ln,
             buckets=E2E_BUCKETS, registry=reg,
+        ).labels(**labels)  # fmt: skip
+        self.tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.", ln,
+            buckets=TPOT_BUCKETS, registry=reg,
         ).labels(**labels)  # fmt: skip
         self.queue_time = Histogram(
             "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", ln,
@@ -105,12 +118,15 @@ class ReplicaMetrics:
                     registry=reg)
         lag.set_function(lambda: engine.lag_s)
         self.ready = Gauge("xds_replica_ready", "1 once the emulated model is loaded.", registry=reg)
+        reg.register(_PrefixCacheCollector(engine, labels))
 
     def observe_finished(self, r: GenRequest) -> None:
         assert r.finished_at is not None
         self.e2e.observe(r.finished_at - r.arrived)
         if r.first_token_at is not None:
             self.ttft.observe(r.first_token_at - r.arrived)
+            if r.generated > 1:  # mean time per output token after the first (the SLO's TPOT)
+                self.tpot.observe((r.finished_at - r.first_token_at) / (r.generated - 1))
         if r.admitted_at is not None:
             self.queue_time.observe(r.admitted_at - r.arrived)
         self.success.inc()
@@ -119,3 +135,27 @@ class ReplicaMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector:
+    """vLLM's prefix-cache counters, read from the engine's cache at scrape time."""
+
+    def __init__(self, engine: Engine, labels: dict[str, str]) -> None:
+        self._engine = engine
+        self._labels = labels
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return self.collect()
+
+    def collect(self) -> list[CounterMetricFamily]:
+        pc = self._engine.prefix_cache
+        out = []
+        for name, doc, value in (
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
+             pc.queried_tokens),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", pc.hit_tokens),
+        ):
+            fam = CounterMetricFamily(name, doc, labels=list(self._labels))
+            fam.add_metric(list(self._labels.values()), value)
+            out.append(fam)
+        return out
