@@ -50,7 +50,7 @@ BLOCK_TOKENS = 512
 def _open_text(path: str) -> io.TextIOBase:
     """Open a trace for reading as text; ``.gz`` files are decompressed."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")  # noqa: SIM115
 
 

@@ -35,6 +35,17 @@ Routing (the data plane)
   being computed when the host is (re)inserted after a pick, as Envoy's EDF scheduler does.
 * ``round_robin``: plain round robin over ready replicas, ignoring weights and load (a Kubernetes
   Service).
+* ``prefix``, ``gie``, ``oracle``: prefix-cache-aware routings, see :mod:`xds_control.sim.routing`
+  (settings in ``SimConfig.routing``).
+
+Prefix cache
+------------
+When the trace has ``hash_ids`` (and ``profile.prefix_caching``), every replica keeps a
+:class:`~xds_control.fleet.prefixcache.PrefixCache` of ``gpu_cache_blocks(profile)`` blocks (plus the
+optional host tier); admission then reserves KV *blocks* in it instead of tokens (shared prefix blocks
+are pinned once), and a request's prefill covers only its uncached tokens plus the host-tier loads.
+``SimResult.cached_tokens`` / ``host_cached_tokens`` / ``replica_cache`` carry the counts
+(:mod:`xds_control.sim.cache_metrics`). Without ``hash_ids`` the model is exactly the one above.
 
 Fleet (nodes and localities)
 ----------------------------

@@ -1,0 +1,95 @@
+"""Prefix-cache routing side by side in the simulator (EVALUATION.md, "Prefix-cache routing").
+
+Every run uses the comprehensive preset's controller (``make_controller("comprehensive")``) and overrides
+only the proxy's routing (``SimConfig(lb=...)``): round robin, least request, ``prefix`` (hash of the
+first blocks -> Maglev with bounded load), ``gie`` (the Inference Extension picker's default scorers)
+and ``oracle`` (exact cache knowledge, same load bound).
+
+Workloads: Mooncake w0 and w1 (rows before 1,800 s of ``mooncake_conv_prefix_blocks.csv.gz``), GPU
+cache only and with a host tier; a generated shared-prefix workload; Azure conv w0 (no ``hash_ids``).
+
+    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from xds_control.fleet import costmodel as cm
+from xds_control.fleet.trace import SharedPrefixShape, Trace, load_trace, shared_prefix
+from xds_control.sim.cache_metrics import compute_cache_metrics
+from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.metrics import compute_metrics
+from xds_control.sim.policies import make_controller
+
+LBS = ("round_robin", "least_request", "prefix", "gie", "oracle")
+#: Host tier of the "+host" runs: 2,048 blocks of 64 MiB = 128 GiB of host memory per GPU.
+HOST_BLOCKS = 2048
+KEYS = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "hotspot_ratio_p99", "gpu_hours",
+        "slo_attainment", "task_loss_rate")
+
+
+def workloads(traces: str, quick: bool) -> list[tuple[str, Trace, cm.ReplicaProfile]]:
+    moon = load_trace(os.path.join(traces, "mooncake_conv_prefix_blocks.csv.gz"))
+    gpu = cm.DEFAULT_PROFILE
+    host = gpu.with_(host_kv_blocks=HOST_BLOCKS)
+    out = []
+    for k in (0,) if quick else (0, 1):
+        w = moon.window(900.0 * k, 900.0 * (k + 1))
+        out.append((f"mooncake w{k}", w, gpu))
+        out.append((f"mooncake w{k} +host", w, host))
+    sp = shared_prefix(SharedPrefixShape(groups=256, prefix_blocks=8, zipf_s=1.0, question_tokens=256,
+                                         output_tokens=128, rate_rps=10.0, duration_s=300.0 if quick else 600.0),
+                       seed=1)
+    out.append(("shared-prefix g256 p8 z1", sp, gpu))
+    out.append(("azure conv w0", load_trace(os.path.join(traces, "azure2023_conv_w0.csv")), gpu))
+    return out
+
+
+def run(trace: Trace, profile: cm.ReplicaProfile, lb: str) -> dict[str, Any]:
+    res = simulate(trace, make_controller("comprehensive"), SimConfig(lb=lb, profile=profile))
+    m = compute_metrics(res)
+    m.update(compute_cache_metrics(res))
+    return {k: m.get(k) for k in KEYS}
+
+
+def fmt(v: Any, key: str) -> str:
+    if v is None:
+        return "–"
+    if key.endswith("_ms"):
+        return f"{v:,.0f}"
+    if key == "prefix_cache_hit_rate" or key == "slo_attainment" or key == "task_loss_rate":
+        return f"{100 * v:.1f} %"
+    return f"{v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--traces", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces"))
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--quick", action="store_true", help="w0 only and a shorter generated workload")
+    a = ap.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    head = ("workload", "routing", "hit rate", "TTFT p50 ms", "p90 ms", "p99 ms", "hotspot p99", "GPU-h", "SLO",
+            "loss")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|")
+    for name, tr, prof in workloads(a.traces, a.quick):
+        for lb in LBS:
+            t0 = time.perf_counter()
+            m = run(tr, prof, lb)
+            rows.append({"workload": name, "lb": lb, "sim_s": round(time.perf_counter() - t0, 2), **m})
+            print("| " + " | ".join([name, lb] + [fmt(m[k], k) for k in KEYS]) + " |", flush=True)
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
