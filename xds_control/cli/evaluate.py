@@ -41,8 +41,8 @@ def evaluate_cmd(
     trace: str = typer.Option(..., "--trace", metavar="FILE", help="CSV with header timestamp_s,input_tokens,output_tokens."),
     policy: str = typer.Option(
         "all", "--policy", metavar="NAME,...|all",
-        help="threshold, predictive, comprehensive, hpa, kpa, apa, sla, fixed, or all; NAME@rr / NAME@lr force round robin / "
-        "least request. With --config: the alternatives compared with each pool's own policy.",
+        help="threshold, predictive, comprehensive, hpa, kpa, apa, sla, fixed, or all; NAME@rr / NAME@lr / NAME@prefix / NAME@gie / NAME@oracle choose the routing (round robin, least request, prefix affinity, the GIE picker, an oracle). "
+        "With --config: the alternatives compared with each pool's own policy.",
     ),
     speedup: float = typer.Option(1.0, "--speedup", metavar="X", help="Divide the time axis by X (X > 1 turns the trace into a surge)."),
     failure_at: float | None = typer.Option(

@@ -95,6 +95,7 @@ from typing import Any
 import numpy as np
 
 from xds_control.fleet import costmodel as cm
+from xds_control.sim.cache_metrics import compute_cache_metrics
 from xds_control.sim.controller import WAIT_SLO_S
 from xds_control.sim.engine import STATUS, SimResult
 
@@ -330,7 +331,7 @@ def compute_metrics(res: SimResult, slo: Slo = DEFAULT_SLO) -> dict[str, Any]:
     nmet = int(np.count_nonzero(rs.met))
     gpu_h = res.gpu_seconds / 3600.0
     tpot = rs.tpot_s[~np.isnan(rs.tpot_s)]
-    return {
+    out: dict[str, Any] = {
         "trigger_delay_s_mean": td_mean,
         "trigger_delay_s_max": td_max,
         "latency_p50_ms": _ms(_pct(lat, 50)),
@@ -369,3 +370,5 @@ def compute_metrics(res: SimResult, slo: Slo = DEFAULT_SLO) -> dict[str, Any]:
         "slo_ttft_slack_s": slo.ttft_slack_s,
         "slo_tpot_ms": slo.tpot_ms,
     }
+    out.update(compute_cache_metrics(res))  # prefix-cache keys, all null when the trace has no hash_ids
+    return out

@@ -16,6 +16,7 @@ from xds_control.config.schema import ControllerConfig
 from xds_control.policies import POLICIES, PolicySpec
 from xds_control.sim.adapter import StepController
 from xds_control.sim.controller import LB_LEAST_REQUEST, LB_ROUND_ROBIN, Controller, FixedController
+from xds_control.sim.routing import LB_GIE, LB_ORACLE, LB_PREFIX
 
 __all__ = ["POLICY_NAMES", "DEFAULT_LB", "TICK_S", "parse_policy_list", "make_controller", "preset_spec"]
 
@@ -25,7 +26,9 @@ POLICY_NAMES: tuple[str, ...] = (*POLICIES, "fixed")
 #: Routing each policy's plan asks Envoy for. The baselines keep Envoy's/Kubernetes' round robin;
 #: the comprehensive method is the one with mesh-level traffic optimisation (weighted least request).
 DEFAULT_LB = {name: LB_ROUND_ROBIN for name in POLICY_NAMES} | {"comprehensive": LB_LEAST_REQUEST}
-_LB_SUFFIX = {"rr": LB_ROUND_ROBIN, "lr": LB_LEAST_REQUEST}
+#: ``NAME@SUFFIX`` routings: round robin, least request, and the prefix-cache-aware ones of
+#: :mod:`xds_control.sim.routing` (prefix affinity with a load bound, the GIE endpoint picker, an oracle).
+_LB_SUFFIX = {"rr": LB_ROUND_ROBIN, "lr": LB_LEAST_REQUEST, "prefix": LB_PREFIX, "gie": LB_GIE, "oracle": LB_ORACLE}
 
 #: Seconds between two control steps: the live loop's default ``controller.tick_s``.
 TICK_S: float = float(ControllerConfig().tick_s)
@@ -44,7 +47,7 @@ def parse_policy_list(text: str) -> list[str]:
         if base not in POLICY_NAMES or (suffix and suffix not in _LB_SUFFIX):
             raise ValueError(
                 f"unknown policy {n!r}; known: {', '.join(POLICY_NAMES)} or all "
-                f"(optionally NAME@rr / NAME@lr to force round robin / least request)"
+                f"(optionally NAME@rr / NAME@lr / NAME@prefix / NAME@gie / NAME@oracle to choose the routing)"
             )
     if len(set(names)) != len(names):
         raise ValueError(f"policy listed twice in {text!r}")

@@ -40,6 +40,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("TPOT p50 (ms)", "tpot_p50_ms", "f1"),
     ("TPOT p99 (ms)", "tpot_p99_ms", "f1"),
 )
+#: Rows shown only when some run has a value (the prefix cache exists only for traces with hash_ids).
+OPTIONAL_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("Prefix-cache hit rate (%)", "prefix_cache_hit_rate", "pct"),
+)
 
 
 def _fmt(v: Any, how: str) -> str:
@@ -95,6 +99,9 @@ def render_table(title: str, metrics: Mapping[str, Mapping[str, Any]], console: 
         table.add_column(name, justify="right")
     for label, key, how in ROWS:
         table.add_row(label, *(_fmt(m.get(key), how) for m in metrics.values()))
+    for label, key, how in OPTIONAL_ROWS:
+        if any(m.get(key) is not None for m in metrics.values()):
+            table.add_row(label, *(_fmt(m.get(key), how) for m in metrics.values()))
     console.print(table)
 
 
