@@ -38,11 +38,12 @@ def main() -> int:
     ap.add_argument("--speedup", type=float, default=1.0)
     ap.add_argument("--budget", type=float, default=10.0, help="seconds allowed for all policies (median)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--policies", default="", help="comma list (default: every policy of --policy all)")
     args = ap.parse_args()
     if not os.path.isfile(args.trace):
         print(f"trace {args.trace} not found (see ../shared/traces/README.md)", file=sys.stderr)
         return 2
-    names = list(POLICY_NAMES)
+    names = [n for n in args.policies.split(",") if n] or list(POLICY_NAMES)
     t0 = time.perf_counter()
     trace = load_trace(args.trace).sped_up(args.speedup)
     load_s = time.perf_counter() - t0
