@@ -114,7 +114,8 @@ class SignalFrame:
         """running + waiting per endpoint (NaN when both are missing; a missing half counts 0)."""
         both_missing = np.isnan(self.running) & np.isnan(self.waiting)
         with np.errstate(over="ignore"):  # two huge counts sum to inf, which is what they mean
-            out: np.ndarray = np.nan_to_num(self.running) + np.nan_to_num(self.waiting)
+            r, w = self.running, self.waiting  # NaN counts 0 (np.where: nan_to_num is slow per call)
+            out: np.ndarray = np.where(np.isnan(r), 0.0, r) + np.where(np.isnan(w), 0.0, w)
         out[both_missing] = np.nan
         return out
 

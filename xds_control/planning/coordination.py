@@ -30,6 +30,17 @@ import numpy as np
 from xds_control.core.model import EndpointPhase as P
 from xds_control.policies.specs import TrafficSpec
 
+
+class _P:
+    """:class:`EndpointPhase` values as plain ints: enum member lookups are slow on the per-tick hot path."""
+
+    PENDING = int(P.PENDING)
+    WARMING = int(P.WARMING)
+    RAMPING = int(P.RAMPING)
+    SERVING = int(P.SERVING)
+    DRAINING = int(P.DRAINING)
+    REMOVABLE = int(P.REMOVABLE)
+
 __all__ = ["ALLOWED", "CoordinationTable", "Transition", "advance", "select_drains", "ramp_fraction"]
 
 #: Every transition :func:`advance` may make.
@@ -93,7 +104,7 @@ class CoordinationTable:
         ``acked_at``/``since`` are ``-inf`` for adopted SERVING endpoints: they are already in Envoy.
         """
         n = len(keys)
-        phase = np.where(ready, P.SERVING, P.PENDING).astype(np.int8)
+        phase = np.where(ready, _P.SERVING, _P.PENDING).astype(np.int8)
         since = np.where(ready, -math.inf, now)
         return cls(tuple(keys), _ro(phase), _ro(since.astype(float)), _ro(np.full(n, -math.inf)))
 
@@ -111,7 +122,7 @@ class CoordinationTable:
         idx = np.fromiter((pos.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         known = idx >= 0
         src = np.where(known, idx, 0)
-        phase = np.where(known, self.phase[src] if len(self) else P.PENDING, P.PENDING).astype(np.int8)
+        phase = np.where(known, self.phase[src] if len(self) else _P.PENDING, _P.PENDING).astype(np.int8)
         since = np.where(known, self.since[src] if len(self) else now, now)
         acked = np.where(known, self.acked_at[src] if len(self) else np.nan, np.nan)
         keyset = set(keys)
@@ -149,7 +160,7 @@ def select_drains(
     n = len(table)
     drain = np.zeros(n, dtype=bool)
     undrain = np.zeros(n, dtype=bool)
-    live = phase <= P.SERVING
+    live = phase <= _P.SERVING
     excess = int(np.count_nonzero(live)) - int(target)
     if excess > 0:
         cand = np.flatnonzero(live)
@@ -157,7 +168,7 @@ def select_drains(
         order = np.lexsort((cand, fl, phase[cand]))  # last key is primary
         drain[cand[order[:excess]]] = True
     elif excess < 0:
-        cand = np.flatnonzero((phase == P.DRAINING) & ready)
+        cand = np.flatnonzero((phase == _P.DRAINING) & ready)
         undrain[cand[: -excess]] = True
     return drain, undrain
 
@@ -184,7 +195,7 @@ def advance(
     known = ack >= since  # Envoy has the endpoint's current phase
     reason = np.empty(n, dtype=object)
 
-    def move(mask: np.ndarray, dst: P, why: str) -> None:
+    def move(mask: np.ndarray, dst: int, why: str) -> None:
         if not mask.any():
             return
         phase[mask] = dst
@@ -193,31 +204,32 @@ def advance(
         reason[mask] = why
 
     # record first sight of the ACK for phases whose clock depends on it
-    first_ack = known & np.isnan(acked_at) & ((phase0 == P.RAMPING) | (phase0 == P.DRAINING))
+    first_ack = known & np.isnan(acked_at) & ((phase0 == _P.RAMPING) | (phase0 == _P.DRAINING))
     acked_at[first_ack] = now
 
-    pend, warm, ramp, serv, drn = (phase0 == p for p in (P.PENDING, P.WARMING, P.RAMPING, P.SERVING, P.DRAINING))
+    pend, warm, ramp, serv, drn = (phase0 == p for p in (_P.PENDING, _P.WARMING, _P.RAMPING, _P.SERVING, _P.DRAINING))
     out_of_eds = pend | warm
     # drains first: they win over readiness moves
-    idle = np.nan_to_num(in_flight, nan=0.0) <= 0.0
-    move(out_of_eds & drain & known & idle, P.REMOVABLE, "never served; removed")
-    move((ramp | serv) & drain, P.DRAINING, "scale-down: draining")
+    unknown = np.isnan(in_flight)
+    idle = unknown | (in_flight <= 0.0)  # unknown in-flight counts as idle here, as busy for the drain below
+    move(out_of_eds & drain & known & idle, _P.REMOVABLE, "never served; removed")
+    move((ramp | serv) & drain, _P.DRAINING, "scale-down: draining")
     rest = ~drain
-    move(pend & ready & rest, P.WARMING, "ready")
-    move((warm | ramp | serv) & ~ready & rest, P.PENDING, "not ready")
-    move(warm & ready & rest & (now - table.since >= spec.warmup_s), P.RAMPING, "warm-up done: ramping")
+    move(pend & ready & rest, _P.WARMING, "ready")
+    move((warm | ramp | serv) & ~ready & rest, _P.PENDING, "not ready")
+    move(warm & ready & rest & (now - table.since >= spec.warmup_s), _P.RAMPING, "warm-up done: ramping")
     ramp_done = ramp & ready & rest & ~np.isnan(acked_at) & (now - acked_at >= spec.ramp_window_s)
-    move(ramp_done, P.SERVING, "ramp complete")
-    move(drn & undrain & ready, P.SERVING, "undrained for scale-up")
+    move(ramp_done, _P.SERVING, "ramp complete")
+    move(drn & undrain & ready, _P.SERVING, "undrained for scale-up")
     drained_now = drn & ~undrain & ~np.isnan(acked_at) & (
-        (np.nan_to_num(in_flight, nan=1.0) <= 0.0)
+        (~unknown & (in_flight <= 0.0))
         | (
             (now - acked_at >= spec.drain_timeout_s)
             if spec.drain_timeout_s is not None
             else np.zeros(n, dtype=bool)
         )
     )
-    move(drained_now, P.REMOVABLE, "drained")
+    move(drained_now, _P.REMOVABLE, "drained")
 
     changed = np.flatnonzero(phase != phase0)
     transitions = tuple(Transition(table.keys[i], P(int(phase0[i])), P(int(phase[i])), reason[i]) for i in changed)

@@ -26,7 +26,7 @@ import numpy as np
 from xds_control.core.model import Decision, ServiceSignals
 from xds_control.core.model import EndpointPhase as P
 from xds_control.core.traffic import EndpointPlan, HealthStatus, Locality, OutlierDetectionPlan, PoolPlan
-from xds_control.planning.coordination import CoordinationTable, Transition, advance, ramp_fraction, select_drains
+from xds_control.planning.coordination import _P, CoordinationTable, Transition, advance, ramp_fraction, select_drains
 from xds_control.planning.weights import capped_allocation, headroom, largest_remainder
 from xds_control.policies.specs import OutlierSpec, TrafficSpec
 
@@ -70,7 +70,7 @@ class ServicePlanResult:
 
     @property
     def in_eds(self) -> np.ndarray:
-        out: np.ndarray = (self.phase == P.RAMPING) | (self.phase == P.SERVING) | (self.phase == P.DRAINING)
+        out: np.ndarray = (self.phase == _P.RAMPING) | (self.phase == _P.SERVING) | (self.phase == _P.DRAINING)
         return out
 
 
@@ -89,7 +89,7 @@ def endpoint_weights(
     """
     n = phase.size
     out = np.zeros(n, dtype=np.int64)
-    rot = ready & ((phase == P.RAMPING) | (phase == P.SERVING))
+    rot = ready & ((phase == _P.RAMPING) | (phase == _P.SERVING))
     idx = np.flatnonzero(rot)
     m = idx.size
     if m == 0:
@@ -101,7 +101,7 @@ def endpoint_weights(
         full = capped_allocation(h, float(scale * m), 1.0, float(hi))
     else:
         full = np.full(m, float(scale))
-    ramping = phase[idx] == P.RAMPING
+    ramping = phase[idx] == _P.RAMPING
     if ramping.any():
         frac = ramp_fraction(ramp_elapsed[idx], spec)
         full = np.where(ramping, full * frac, full)
@@ -199,7 +199,7 @@ def plan_service(
     table, vanished = table.align(keys, now)
     in_flight = frame.in_flight
     if force_drain:
-        forced = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys)) & (table.phase <= P.SERVING)
+        forced = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys)) & (table.phase <= _P.SERVING)
         live_target = decision.target_replicas + int(np.count_nonzero(forced))
         drain, undrain = select_drains(table, live_target, in_flight, frame.ready)
         forced_all = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys))
@@ -218,9 +218,9 @@ def plan_service(
     loc_load = {k: v for k, v, _ in rep.locality} if rep is not None and hasattr(rep, "locality") else {}
     lw, lp = locality_plan(frame.locality, frame.localities, weight, loc_load, spec)
     n_rot = int(np.count_nonzero(weight))
-    removable_idx = np.flatnonzero(phase == P.REMOVABLE)
+    removable_idx = np.flatnonzero(phase == _P.REMOVABLE)
     removable = tuple(keys[i] for i in removable_idx)
-    n_draining = int(np.count_nonzero(phase == P.DRAINING))
+    n_draining = int(np.count_nonzero(phase == _P.DRAINING))
     counts = np.bincount(phase, minlength=6)
     expl = (
         f"{decision.service}: target {decision.target_replicas}; "
@@ -269,7 +269,7 @@ def apply_to_pool(pool: PoolPlan, result: ServicePlanResult) -> PoolPlan:
     healthy, draining_h = HealthStatus.HEALTHY, HealthStatus.DRAINING
     keys = result.keys
     phase, weight, loc_idx = result.phase.tolist(), result.weight.tolist(), result.locality_index.tolist()
-    draining_code = int(P.DRAINING)
+    draining_code = int(_P.DRAINING)
     eps = []
     for i in np.flatnonzero(result.in_eds).tolist():
         key = keys[i]
