@@ -199,10 +199,10 @@ def plan_service(
     table, vanished = table.align(keys, now)
     in_flight = frame.in_flight
     if force_drain:
-        forced = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys)) & (table.phase <= _P.SERVING)
+        forced_all = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys))
+        forced = forced_all & (table.phase <= _P.SERVING)
         live_target = decision.target_replicas + int(np.count_nonzero(forced))
         drain, undrain = select_drains(table, live_target, in_flight, frame.ready)
-        forced_all = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys))
         drain, undrain = drain | forced, undrain & ~forced_all
     else:
         drain, undrain = select_drains(table, decision.target_replicas, in_flight, frame.ready)
