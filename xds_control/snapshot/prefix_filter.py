@@ -12,7 +12,8 @@ passing its settings as the filter context. Per request the script:
 3. buffers the body (Envoy does, within the connection's buffer limit) and reads
    the prompt: ``prompt`` for completions, the ``content`` (or content-part ``text``)
    strings of ``messages`` concatenated for chat (``extract: auto`` picks by path);
-   strings are taken as their raw JSON encoding, not unescaped;
+   strings are taken as their raw JSON encoding, not unescaped; only the head of the body
+   (``4 * prefix_bytes + 4 KiB``) is copied into Lua unless the prompt is not in it;
 4. hashes the first ``prefix_bytes`` bytes of that (32-bit FNV-1a, LuaJIT ``bit``)
    into ``x-prefix-hash``, which the route's ``hash_policy`` feeds to Maglev.
 
@@ -36,12 +37,16 @@ local bxor, lshift, tobit, tohex = bit.bxor, bit.lshift, bit.tobit, bit.tohex
 local sbyte, sfind, ssub = string.byte, string.find, string.sub
 local HEADER = "x-prefix-hash"
 
--- Raw bytes of the JSON string literal whose opening quote is at s[q]; nil if unterminated.
-local function jstring(s, q)
+-- Raw bytes of the JSON string literal whose opening quote is at s[q], at most want of them (a long
+-- string is not scanned to its end); nil if it ends unterminated before want bytes.
+local function jstring(s, q, want)
   local i = q + 1
   while true do
     local j = sfind(s, '["\\]', i)
-    if j == nil then return nil end
+    if j == nil or j - q > want then
+      if #s - q >= want then return ssub(s, q + 1, q + want), q + want + 1 end
+      return nil
+    end
     if sbyte(s, j) == 34 then return ssub(s, q + 1, j - 1), j + 1 end
     i = j + 2
   end
@@ -58,7 +63,7 @@ local function from_prompt(s, want)
   local e = value_at(s, '"prompt"%s*:%s*', 1)
   if e == nil then return nil end
   local c = sbyte(s, e + 1)
-  if c == 34 then return (jstring(s, e + 1)) end
+  if c == 34 then return (jstring(s, e + 1, want)) end
   if c == 91 then return ssub(s, e + 1, e + want) end
   return nil
 end
@@ -74,7 +79,7 @@ local function from_messages(s, want)
     local q = a
     if q == nil or (b ~= nil and b < q) then q = b end
     if q == nil then break end
-    local str, nxt = jstring(s, q)
+    local str, nxt = jstring(s, q, want - got)
     if str == nil then break end
     parts[#parts + 1] = str
     got = got + #str
@@ -111,19 +116,25 @@ function envoy_on_request(h)
   if body == nil then return end
   local n = body:length()
   if n < 1 or n > limit then return end
-  local s = body:getBytes(0, n)
-  if sfind(s, "^%s*{") == nil then return end
-  local p
-  if mode == "prompt" then
-    p = from_prompt(s, want)
-  elseif mode == "messages" then
-    p = from_messages(s, want)
-  else
-    if chat then
+  -- Copy only the head of the body into Lua (the prompt key comes early in the bodies clients send);
+  -- the whole body only when the head has no prompt.
+  local head = want * 4 + 4096
+  if head > n then head = n end
+  local p = nil
+  while true do
+    local s = body:getBytes(0, head)
+    if sfind(s, "^%s*{") == nil then return end
+    if mode == "prompt" then
+      p = from_prompt(s, want)
+    elseif mode == "messages" then
+      p = from_messages(s, want)
+    elseif chat then
       p = from_messages(s, want) or from_prompt(s, want)
     else
       p = from_prompt(s, want) or from_messages(s, want)
     end
+    if p ~= nil or head >= n then break end
+    head = n
   end
   if p == nil or #p == 0 then return end
   local k = #p

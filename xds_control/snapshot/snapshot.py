@@ -187,7 +187,7 @@ def build_snapshot(
         rp = retry.get(pool.name)
         csrc = (pool.name, pool.lb_policy, pool.locality_weights, pool.outlier_detection, pool.slow_start_window_s,
                 pool.slow_start_aggression, pool.slow_start_min_weight_percent, pool.connect_timeout_s, pool.http2,
-                pool.health_check_path, pool.health_check_interval_s, pool.max_requests, rp)
+                pool.health_check_path, pool.health_check_interval_s, pool.max_requests, rp, pool.prefix_routing)
         r = _reuse(prev_of(T.CLUSTER), pool.name, csrc)
         if r is None:
             msg = build.build_cluster(pool)
@@ -205,10 +205,10 @@ def build_snapshot(
     listeners: dict[str, Resource] = {}
     routes: dict[str, Resource] = {}
     for lst in plan.listeners:
-        r = _reuse(prev_of(T.LISTENER), lst.name, (lst.name, lst.address, lst.port))
+        lsrc = (lst.name, lst.address, lst.port, lst.prefix_filter)
+        r = _reuse(prev_of(T.LISTENER), lst.name, lsrc)
         if r is None:
-            r = make_resource(T.LISTENER, lst.name, build.build_listener(lst), refs=(lst.name,),
-                              source=(lst.name, lst.address, lst.port))
+            r = make_resource(T.LISTENER, lst.name, build.build_listener(lst), refs=(lst.name,), source=lsrc)
         listeners[lst.name] = r
         svcs = [svc_by_name[s] for s in lst.services]
         rsrc = (lst.name, tuple(svcs))

@@ -17,6 +17,13 @@ GPU replaced by ``asyncio.sleep``:
   its first token (prefill produces it, as in the cost model: TTFT = queueing +
   prefill); requests that reached their ``max_tokens`` leave the batch. A lone
   request therefore takes exactly :func:`xds_control.fleet.costmodel.isolated_latency_s`.
+* **prefix cache** (vLLM's automatic prefix caching): a request may carry the chained hashes of
+  its full prompt blocks (``kv_block_tokens`` tokens each, :class:`PrefixCache`); at admission
+  its leading blocks already cached are hits and skip prefill (at least one token is always
+  computed), and all its blocks are pinned until it finishes. Free cached blocks are evicted least
+  recently used first whenever the reservations of the running requests need the room: the cache
+  holds at most ``kv_capacity_tokens // kv_block_tokens`` blocks minus those reserved. Queried and
+  hit tokens are counted like vLLM's ``prefix_cache_queries`` / ``prefix_cache_hits``.
 * GPU utilisation is the cost model's :func:`~xds_control.fleet.costmodel.gpu_utilization`
   of each step, averaged over the last ``busy_window_s`` seconds (idle counts 0).
 
@@ -55,6 +62,10 @@ class GenRequest:
     max_tokens: int
     arrived: float
     id: int = 0
+    #: Chained hashes of the prompt's full KV blocks (the prefix cache's keys); empty = nothing to reuse.
+    block_hashes: tuple[int, ...] = ()
+    #: Prompt tokens found in the prefix cache at admission (they skip prefill).
+    cached_tokens: int = 0
     generated: int = 0
     admitted_at: float | None = None
     first_token_at: float | None = None
@@ -81,10 +92,82 @@ class EngineLimits:
     max_queue: int = 128
     kv_capacity_tokens: int = 180_000
     slow_factor: float = 1.0
+    #: Tokens per prefix-cache block (the profile's ``kv_block_tokens``).
+    kv_block_tokens: int = 512
+    #: Automatic prefix caching on (the profile's ``prefix_caching``).
+    prefix_caching: bool = True
 
     @classmethod
     def from_profile(cls, p: ReplicaProfile, slow_factor: float = 1.0) -> EngineLimits:
-        return cls(p.max_batch, p.queue_bound, p.kv_capacity_tokens, slow_factor)
+        return cls(p.max_batch, p.queue_bound, p.kv_capacity_tokens, slow_factor,
+                   p.kv_block_tokens, p.prefix_caching)  # fmt: skip
+
+
+class PrefixCache:
+    """KV blocks by chained prefix hash: LRU order, pin counts of the running requests that use them."""
+
+    def __init__(self, capacity_blocks: int) -> None:
+        self.capacity_blocks = max(0, int(capacity_blocks))
+        #: hash -> number of running requests using the block; insertion order = LRU order (oldest first).
+        self._blocks: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._pinned = 0
+        self.queried_tokens = 0
+        self.hit_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __contains__(self, h: int) -> bool:
+        return h in self._blocks
+
+    def admit(self, hashes: tuple[int, ...], block_tokens: int, input_tokens: int) -> int:
+        """Count the leading cached blocks, pin all of ``hashes`` (new ones enter the cache) and return the
+        cached prompt tokens (at most ``input_tokens - 1``: the last token is always computed)."""
+        blocks = self._blocks
+        hits = 0
+        for h in hashes:
+            if h not in blocks:
+                break
+            hits += 1
+        for h in hashes:
+            n = blocks.pop(h, 0)
+            blocks[h] = n + 1  # most recently used
+            if n == 0:
+                self._pinned += 1
+        cached = max(0, min(hits * block_tokens, input_tokens - 1))
+        self.queried_tokens += input_tokens
+        self.hit_tokens += cached
+        return cached
+
+    def release(self, hashes: tuple[int, ...]) -> None:
+        """A request that pinned ``hashes`` left: its blocks stay cached, free to evict."""
+        blocks = self._blocks
+        for h in hashes:
+            n = blocks.get(h)
+            if n is None:
+                continue
+            if n <= 1:
+                blocks[h] = 0
+                self._pinned -= 1
+            else:
+                blocks[h] = n - 1
+
+    def evict(self, reserved_blocks: int) -> int:
+        """Drop least recently used free blocks until free cached blocks fit beside ``reserved_blocks``;
+        returns how many were dropped."""
+        room = self.capacity_blocks - max(reserved_blocks, self._pinned)
+        excess = (len(self._blocks) - self._pinned) - max(0, room)
+        if excess <= 0:
+            return 0
+        victims = []
+        for h, n in self._blocks.items():
+            if n == 0:
+                victims.append(h)
+                if len(victims) >= excess:
+                    break
+        for h in victims:
+            del self._blocks[h]
+        return len(victims)
 
 
 class Engine:
@@ -112,6 +195,9 @@ class Engine:
         self._busy: collections.deque[tuple[float, float, float]] = collections.deque()
         self.steps = 0
         self.lag_s = 0.0  # total time steps ended later than their deadline
+        self.prefix_cache = PrefixCache(
+            limits.kv_capacity_tokens // limits.kv_block_tokens if limits.prefix_caching else 0
+        )
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -131,8 +217,9 @@ class Engine:
                 r.done.cancel()
 
     # -- requests ------------------------------------------------------------
-    def submit(self, input_tokens: int, max_tokens: int) -> GenRequest:
-        """Queue a request; raises :class:`QueueFull` or :class:`TooLarge`."""
+    def submit(self, input_tokens: int, max_tokens: int, block_hashes: tuple[int, ...] = ()) -> GenRequest:
+        """Queue a request (``block_hashes``: chained hashes of its full prompt blocks, see
+        :func:`block_hashes`); raises :class:`QueueFull` or :class:`TooLarge`."""
         input_tokens = max(1, int(input_tokens))
         max_tokens = max(1, int(max_tokens))
         if input_tokens + max_tokens > self.limits.kv_capacity_tokens:
@@ -143,7 +230,12 @@ class Engine:
         if len(self.waiting) >= self.limits.max_queue:
             raise QueueFull(f"{len(self.waiting)} requests waiting (max_queue={self.limits.max_queue})")
         loop = asyncio.get_running_loop()
-        r = GenRequest(input_tokens=input_tokens, max_tokens=max_tokens, arrived=time.monotonic(), id=next(self._ids))
+        if not self.limits.prefix_caching:
+            block_hashes = ()
+        # Only the prompt's full blocks can be cached.
+        block_hashes = tuple(block_hashes[: input_tokens // self.limits.kv_block_tokens])
+        r = GenRequest(input_tokens=input_tokens, max_tokens=max_tokens, arrived=time.monotonic(), id=next(self._ids),
+                       block_hashes=block_hashes)
         r.done = loop.create_future()
         self.waiting.append(r)
         self._wake.set()
@@ -205,10 +297,16 @@ class Engine:
             self._kv_reserved += r.kv_tokens_reserved
             r.admitted_at = now
             self.running.append(r)
-            prefill += r.input_tokens
+            if lim.prefix_caching:
+                r.cached_tokens = self.prefix_cache.admit(r.block_hashes, lim.kv_block_tokens, r.input_tokens)
+            prefill += r.input_tokens - r.cached_tokens
+        if prefill and lim.prefix_caching:
+            self.prefix_cache.evict(-(-self._kv_reserved // lim.kv_block_tokens))
         return prefill
 
     def _finish(self, r: GenRequest, now: float) -> None:
+        if r.admitted_at is not None and r.block_hashes:
+            self.prefix_cache.release(r.block_hashes)
         r.finished_at = now
         r.progress.set()
         if r.done is not None and not r.done.done():
@@ -279,3 +377,15 @@ class Engine:
         lo = end - self._busy_window_s
         while b and b[0][1] < lo:
             b.popleft()
+
+
+def block_hashes(text: str, block_tokens: int, chars_per_token: int = 4) -> tuple[int, ...]:
+    """Chained hashes of the full ``block_tokens``-token blocks of ``text`` (``chars_per_token`` characters
+    per token, the replica's length estimate): equal hashes mean equal text up to the end of that block."""
+    size = block_tokens * chars_per_token
+    out = []
+    h = 0
+    for i in range(len(text) // size):
+        h = hash((h, text[i * size:(i + 1) * size]))
+        out.append(h)
+    return tuple(out)

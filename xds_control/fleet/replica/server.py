@@ -15,6 +15,12 @@ exactly: ``xds_input_tokens`` (prompt length; otherwise estimated as one token
 per four characters) and ``max_tokens`` (the output length: the emulator never
 stops early, as with vLLM's ``ignore_eos``).
 
+Prefix cache: the prompt text (``prompt``, or the ``content`` of ``messages`` joined by newlines)
+is cut into blocks of the profile's ``kv_block_tokens`` tokens at four characters per token; the
+chained hashes of the full blocks are the engine's prefix-cache keys (see
+:class:`~xds_control.fleet.replica.engine.PrefixCache`), so requests whose texts share a prefix of
+whole blocks reuse each other's KV blocks on the same replica.
+
 Answers: 200; 400 for malformed bodies; 500 for injected failures
 (``fail_rate``); 503 before ready and when the waiting queue is full. Every
 response carries ``x-xds-replica: <name>`` so tests can count traffic shares.
@@ -33,7 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
-from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge
+from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge, block_hashes
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 
 REPLICA_HEADER = "x-xds-replica"
@@ -98,6 +104,8 @@ class ReplicaConfig:
                 kv_capacity_tokens=(base.kv_capacity_tokens if self.kv_capacity_tokens is None
                                     else self.kv_capacity_tokens),
                 slow_factor=self.slow_factor,
+                kv_block_tokens=base.kv_block_tokens,
+                prefix_caching=base.prefix_caching,
             ),
             fail_rate=self.fail_rate,
         )
@@ -125,6 +133,24 @@ def _prompt_tokens(prompt: Any) -> int:
             return max(1, len(prompt))
         return sum(_prompt_tokens(p) for p in prompt)
     raise ValueError("prompt must be a string, a list of strings or a list of token ids")
+
+
+def prompt_text(body: dict[str, Any], chat: bool) -> str:
+    """The prompt as text for the prefix cache ('' when it is token ids or malformed)."""
+    if chat:
+        parts = []
+        for m in body.get("messages") or ():
+            if not isinstance(m, dict):
+                return ""
+            c = m.get("content", "")
+            if isinstance(c, list):
+                c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+            parts.append(str(c))
+        return "\n".join(parts)
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and all(isinstance(x, str) for x in prompt):
+        return "".join(prompt)
+    return prompt if isinstance(prompt, str) else ""
 
 
 def _message_tokens(messages: Any) -> int:
@@ -242,6 +268,7 @@ class ReplicaServer:
             if n_out < 1:
                 raise ValueError("max_tokens must be >= 1")
             stream = bool(body.get("stream", False))
+            hashes = block_hashes(prompt_text(body, chat), self.rc.limits.kv_block_tokens)
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             self.metrics.rejected.labels(reason="bad_request").inc()
             return self._error(400, str(e), "invalid_request_error")
@@ -249,7 +276,7 @@ class ReplicaServer:
             self.metrics.rejected.labels(reason="injected_failure").inc()
             return self._error(500, "injected failure (--fail-rate)", "internal_error")
         try:
-            r = self.engine.submit(n_in, n_out)
+            r = self.engine.submit(n_in, n_out, hashes)
         except QueueFull as e:
             self.metrics.rejected.labels(reason="queue_full").inc()
             return self._error(503, f"queue full: {e}", "service_unavailable")

@@ -1,0 +1,318 @@
+"""Prefix-cache affinity (``routing: prefix``) end to end with a real Envoy.
+
+The control plane pushes a Lua filter (prompt prefix -> ``x-prefix-hash``), a route hash policy on
+that header and a Maglev cluster with bounded loads; Envoy decides alone per request. Checked here:
+
+* requests sharing a prompt prefix land on one replica; different prefixes spread out;
+* under concurrency the hot replica takes requests only up to the bound, then they spill;
+* bodies that are not JSON, empty, too large, chunked or without a prompt all succeed (plain
+  bounded-load balancing), and a client cannot choose the key;
+* adding a replica moves about 1/(N+1) of the keys; a DRAINING replica gets no new request; an
+  endpoint weight scales the share of keys; zero failed requests through all of it;
+* with the emulated replicas, the affinity shows as prefix-cache hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http.server
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from support.envoy import Envoy
+from support.ports import free_port
+
+from xds_control.config import parse_config
+from xds_control.core.traffic import HealthStatus, TrafficPlan
+from xds_control.runtime.app import ControlPlane
+
+pytestmark = pytest.mark.envoy
+
+
+class Replica:
+    """An HTTP upstream that records the prefix key it saw and how many requests it held at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.delay_s = 0.0
+        self.keys: list[str] = []
+        self.inflight = 0
+        self.max_inflight = 0
+        self._lock = threading.Lock()
+        up = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        self.rfile.read(size + 2)
+                        if size == 0:
+                            break
+                with up._lock:
+                    up.inflight += 1
+                    up.max_inflight = max(up.max_inflight, up.inflight)
+                    up.keys.append(self.headers.get("x-prefix-hash", ""))
+                try:
+                    if up.delay_s:
+                        time.sleep(up.delay_s)
+                    body = up.name.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with up._lock:
+                        up.inflight -= 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256  # bursts of new connections from Envoy
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def replicas():  # type: ignore[no-untyped-def]
+    rs = [Replica(f"r{i}") for i in range(6)]
+    yield rs
+    for r in rs:
+        r.stop()
+
+
+def config(replicas: list[Replica], port: int, **prefix: Any) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "ingress", "address": "127.0.0.1", "port": port}],
+        "services": [{
+            "name": "llm",
+            "retry": {"num_retries": 2},
+            "pools": [{
+                "name": "llm",
+                "routing": "prefix",
+                "prefix_routing": {"prefix_bytes": 64, "max_body_bytes": 8192, **prefix},
+                "endpoints": [{"address": "127.0.0.1", "port": r.port} for r in replicas],
+            }],
+        }],
+        "xds": {"debounce_ms": 0, "max_delay_ms": 0, "ack_timeout_s": 2},
+    }
+
+
+async def post(s: aiohttp.ClientSession, port: int, data: bytes | None = None, json: Any = None,
+               path: str = "/v1/completions", **kw: Any) -> tuple[int, str]:
+    async with s.post(f"http://127.0.0.1:{port}{path}", data=data, json=json, **kw) as r:
+        return r.status, await r.text()
+
+
+def fnv1a(data: bytes) -> str:
+    h = 2166136261
+    for c in data:
+        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+    return f"{h:08x}"
+
+
+def prompt(prefix: str, i: int) -> dict[str, Any]:
+    return {"model": "m", "prompt": (prefix * 64)[:64] + f" question {i}", "max_tokens": 1}
+
+
+async def owners(s: aiohttp.ClientSession, port: int, keys: int) -> list[str]:
+    """Which replica serves each of ``keys`` distinct prefixes (one request each, no concurrency)."""
+    out = []
+    for k in range(keys):
+        status, body = await post(s, port, json=prompt(f"key-{k:05d}-", 0))
+        assert status == 200, body
+        out.append(body)
+    return out
+
+
+def healthy_hosts(envoy: Envoy) -> dict[str, str]:
+    """``port -> health_flags`` of the llm cluster's hosts, from Envoy's /clusters."""
+    out = {}
+    for line in envoy.admin("/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "llm" and parts[2] == "health_flags":
+            out[parts[1].rsplit(":", 1)[1]] = parts[3]
+    return out
+
+
+async def start(replicas: list[Replica], **prefix: Any) -> tuple[ControlPlane, Envoy, int]:
+    port = free_port()
+    cp = ControlPlane(parse_config(config(replicas, port, **prefix)), xds_port=0, metrics_port=None,
+                      admin_port=None)
+    await cp.start()
+    envoy = Envoy("prefix-1", cp.ports.xds).start()
+    await asyncio.to_thread(envoy.wait_for, lambda: envoy.listener_ready("ingress"), 20, "listener")
+    await asyncio.to_thread(envoy.wait_for, lambda: len(healthy_hosts(envoy)) == len(replicas), 20, "endpoints")
+    return cp, envoy, port
+
+
+async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_succeed(replicas) -> None:  # type: ignore[no-untyped-def]
+    reps = replicas[:4]
+    cp, envoy, port = await start(reps)
+    try:
+        async with aiohttp.ClientSession() as s:
+            # One prefix, one replica (whatever the suffix); and chat bodies are keyed too.
+            served = collections.Counter([(await post(s, port, json=prompt("shared-", i)))[1] for i in range(20)])
+            assert len(served) == 1, served
+            chat = {"messages": [{"role": "system", "content": "S" * 64}, {"role": "user", "content": "hi"}]}
+            chat_served = {(await post(s, port, json=chat, path="/v1/chat/completions"))[1] for _ in range(10)}
+            assert len(chat_served) == 1, chat_served
+            # Many prefixes spread over all replicas.
+            spread = collections.Counter(await owners(s, port, 80))
+            assert len(spread) == 4 and min(spread.values()) >= 8, spread
+            assert all(k for r in reps for k in r.keys), "a well-formed request reached a replica without a key"
+            # The key is the 32-bit FNV-1a of the first prefix_bytes (64) of the prompt, as hex.
+            hot_keys = {k for r in reps if r.name in served for k in r.keys[:20]}
+            assert hot_keys == {fnv1a(prompt("shared-", 0)["prompt"].encode()[:64])}, hot_keys
+
+            # Concurrency: 40 requests with one prefix, each held 0.6 s. The hot replica is kept at the bound
+            # (1.25 x the mean outstanding, i.e. about 12.5 of 40 over 4), the rest spill.
+            for r in reps:
+                r.delay_s = 0.6
+                r.max_inflight = 0
+            hot = next(iter(served))
+            # Envoy counts a request toward a host's load once it has a connection (requests waiting for a
+            # new connection are "pending", not "active"): warm the connection pools first, as steady traffic
+            # does, and let arrivals be 10 ms apart rather than all in one instant.
+            await asyncio.gather(*(post(s, port, json=prompt(f"warm-{i}-", i)) for i in range(60)))
+            for r in reps:
+                r.max_inflight = 0
+
+            async def later(i: int) -> tuple[int, str]:
+                await asyncio.sleep(0.01 * i)
+                return await post(s, port, json=prompt("shared-", 100 + i))
+
+            results = await asyncio.gather(*(later(i) for i in range(40)))
+            for r in reps:
+                r.delay_s = 0.0
+            assert all(st == 200 for st, _ in results), [r for r in results if r[0] != 200][:3]
+            burst = collections.Counter(b for _, b in results)
+            # The hot replica filled up to the bound (ceil(1.25 x 41 / 4) = 13 at the peak) and no further.
+            assert 8 <= burst[hot] <= 14, burst
+            assert len(burst) >= 3, burst
+            hot_rep = next(r for r in reps if r.name == hot)
+            assert hot_rep.max_inflight <= 14, hot_rep.max_inflight
+
+            # Bad input: every kind falls back to the balancer (no key) and succeeds.
+            for r in reps:
+                r.keys.clear()
+            bad: list[tuple[str, dict[str, Any]]] = [
+                ("not json", {"data": b"this is not json"}),
+                ("empty body", {"data": b""}),
+                ("no prompt", {"json": {"model": "m", "max_tokens": 1}}),
+                ("empty prompt", {"json": {"prompt": ""}}),
+                ("too large", {"json": {"prompt": "x" * 20_000}}),
+                ("truncated json", {"data": b'{"prompt": "never closed'}),
+                ("client key", {"data": b"not json", "headers": {"x-prefix-hash": "mine"}}),
+            ]
+            for what, kw in bad:
+                got = collections.Counter()
+                for _ in range(12):
+                    st, body = await post(s, port, **kw)
+                    assert st == 200, (what, st, body)
+                    got[body] += 1
+                assert len(got) >= 2, (what, got)  # random, not pinned to one replica
+            # Chunked upload (no content-length): not buffered by the filter, still served.
+            async def gen():  # type: ignore[no-untyped-def]
+                yield b'{"prompt": "'
+                yield b"chunked " * 20 + b'"}'
+            st, _ = await post(s, port, data=gen())
+            assert st == 200
+            assert all(k == "" for r in reps for k in r.keys), "a bad body reached a replica with a key"
+        stats = envoy.stats()
+        assert int(stats.get("cluster.llm.upstream_rq_5xx", "0")) == 0
+    finally:
+        envoy.stop()
+        await cp.stop(grace=0)
+
+
+async def test_scale_up_drain_and_weights_move_few_keys_with_zero_failures(replicas) -> None:  # type: ignore[no-untyped-def]
+    base, extra = replicas[:4], replicas[4]
+    cp, envoy, port = await start(base)
+    failures: list[str] = []
+    sent = 0
+    stop = asyncio.Event()
+
+    async def background(s: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        i = 0
+        while not stop.is_set():
+            batch = [post(s, port, json=prompt(f"bg-{(i + j) % 50}-", i + j)) for j in range(8)]
+            for st, body in await asyncio.gather(*batch, return_exceptions=True):  # type: ignore[misc]
+                sent += 1
+                if isinstance(st, BaseException) or st != 200:
+                    failures.append(repr(st) + str(body)[:80])
+            i += 8
+
+    def publish(plan: TrafficPlan) -> None:
+        cp.publisher.publish_now(plan, reason="test")
+
+    try:
+        async with aiohttp.ClientSession() as s:
+            bg = asyncio.create_task(background(s))
+            keys = 300
+            before = await owners(s, port, keys)
+            assert collections.Counter(before).keys() == {r.name for r in base}
+            plan = cp.publisher.cache.snapshot.plan  # type: ignore[union-attr]
+            pool = plan.pools[0]
+            # Scale-up: a fifth replica.
+            ep_extra = replace(pool.endpoints[0], port=extra.port)
+            up_pool = replace(pool, endpoints=(*pool.endpoints, ep_extra))
+            publish(replace(plan, pools=(up_pool,)))
+            await asyncio.to_thread(envoy.wait_for, lambda: len(healthy_hosts(envoy)) == 5, 10, "5 hosts")
+            after = await owners(s, port, keys)
+            moved = sum(a != b for a, b in zip(before, after, strict=True)) / keys
+            # Consistent hashing: ideally 1/5 of the keys move (to the new replica); Maglev is close to that.
+            to_new = sum(a == extra.name for a in after) / keys
+            assert 0.1 <= to_new <= 0.32 and moved <= to_new + 0.08, (moved, to_new)
+
+            # Drain one of the original replicas: it gets no new request; only its keys move.
+            drained = base[1]
+            eps = tuple(replace(e, health=HealthStatus.DRAINING) if e.port == drained.port else e
+                        for e in up_pool.endpoints)
+            publish(replace(plan, pools=(replace(up_pool, endpoints=eps),)))
+            await asyncio.to_thread(envoy.wait_for,
+                                    lambda: "healthy" not in healthy_hosts(envoy).get(str(drained.port), "healthy"),
+                                    10, "drained host")
+            n_drained = len(drained.keys)
+            drained_view = await owners(s, port, keys)
+            assert drained.name not in drained_view
+            assert len(drained.keys) == n_drained, "a DRAINING replica got new requests"
+            kept = [a == b for a, b in zip(after, drained_view, strict=True) if a != drained.name]
+            assert sum(kept) / len(kept) >= 0.9, sum(kept) / len(kept)
+
+            # Weights still apply: weight 4 on one of four healthy replicas -> about 4/7 of the keys.
+            heavy = base[0]
+            eps_w = tuple(replace(e, weight=4) if e.port == heavy.port else e for e in eps)
+            publish(replace(plan, pools=(replace(up_pool, endpoints=eps_w),)))
+            await asyncio.sleep(0.5)
+            weighted = collections.Counter(await owners(s, port, keys))
+            assert 0.45 <= weighted[heavy.name] / keys <= 0.7, weighted
+            stop.set()
+            await bg
+        assert sent > 100
+        assert failures == [], failures[:5]
+    finally:
+        stop.set()
+        envoy.stop()
+        await cp.stop(grace=0)

@@ -1,0 +1,114 @@
+"""``routing: prefix`` in the config: validation naming key, value and range, and the Envoy resources it becomes.
+
+Other pools' resources are untouched (the snapshot tests check them byte for byte); here: the affinity pool gets
+Maglev with the bound, its route the hash policy and the per-route Lua settings, its listener the disabled filter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
+
+from xds_control.config import parse_config, to_traffic_plan
+from xds_control.core.errors import ConfigError
+from xds_control.snapshot import build_snapshot
+from xds_control.snapshot import types as T
+from xds_control.snapshot.prefix_filter import LUA_FILTER, PREFIX_HEADER, SCRIPT_NAME
+
+
+def msg(snap: Any, t: str, name: str) -> Any:
+    cls = {T.CLUSTER: cluster_pb2.Cluster, T.ROUTE: route_pb2.RouteConfiguration, T.LISTENER: listener_pb2.Listener}[t]
+    return cls.FromString(snap.resources[t][name].body)
+
+
+def cfg(**pool: Any) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "ingress", "port": 10000}],
+        "services": [{"name": "llm", "pools": [
+            {"name": "aff", "endpoints": [{"address": "127.0.0.1", "port": 18101}], **pool},
+            {"name": "plain", "endpoints": [{"address": "127.0.0.1", "port": 18102}]},
+        ]}],
+    }
+
+
+@pytest.mark.parametrize(("pool", "needle"), [
+    ({"routing": "prefix", "prefix_routing": {"hash_balance_factor": 99}}, "hash_balance_factor: 99 is invalid"),
+    ({"routing": "prefix", "prefix_routing": {"prefix_bytes": 8}}, "prefix_bytes: 8 is invalid"),
+    ({"routing": "prefix", "prefix_routing": {"max_body_bytes": 2_000_000}}, "less than or equal to 1048576"),
+    ({"routing": "prefix", "prefix_routing": {"prefix_bytes": 8192, "max_body_bytes": 4096}},
+     "prefix_bytes (8192) must be <= max_body_bytes (4096)"),
+    ({"routing": "prefix", "prefix_routing": {"extract": "body"}}, "extract: 'body' is invalid"),
+    ({"routing": "sticky"}, "routing: 'sticky' is invalid"),
+    ({"routing": "prefix", "lb_policy": "least_request"}, "lb_policy: 'least_request' cannot be combined"),
+    ({"routing": "prefix", "slow_start": {"window_s": 10}}, "slow_start: not supported with routing: 'prefix'"),
+    ({"prefix_routing": {"prefix_bytes": 1024}}, "prefix_routing: only used with routing: 'prefix'"),
+])
+def test_bad_settings_name_key_and_value(pool: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg(**pool))
+    assert "services[0].pools[0]" in str(e.value) and needle in str(e.value), str(e.value)
+
+
+def test_resources_of_an_affinity_pool() -> None:
+    plan = to_traffic_plan(parse_config(cfg(routing="prefix", prefix_routing={"prefix_bytes": 2048,
+                                                                               "hash_balance_factor": 150})))
+    snap = build_snapshot(plan, 1)
+    aff = msg(snap, T.CLUSTER, "aff")
+    pol = aff.load_balancing_policy.policies[0].typed_extension_config
+    assert pol.name == "envoy.load_balancing_policies.maglev"
+    mg = maglev_pb2.Maglev()
+    pol.typed_config.Unpack(mg)
+    assert mg.consistent_hashing_lb_config.hash_balance_factor.value == 150
+    plain = msg(snap, T.CLUSTER, "plain")
+    assert plain.load_balancing_policy.policies[0].typed_extension_config.name.endswith("round_robin")
+
+    route = msg(snap, T.ROUTE, "ingress").virtual_hosts[0].routes[0]
+    assert [h.header.header_name for h in route.route.hash_policy] == [PREFIX_HEADER]
+    per_route = lua_pb2.LuaPerRoute()
+    route.typed_per_filter_config[LUA_FILTER].Unpack(per_route)
+    assert per_route.name == SCRIPT_NAME
+    assert dict(per_route.filter_context) == {"prefix_bytes": 2048, "max_body_bytes": 262144, "extract": "auto"}
+
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+    lis = msg(snap, T.LISTENER, "ingress")
+    hcm = hcm_pb2.HttpConnectionManager()
+    lis.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    filters = [(f.name, f.disabled) for f in hcm.http_filters]
+    assert filters == [(LUA_FILTER, True), ("envoy.filters.http.router", False)]
+    lua = lua_pb2.Lua()
+    hcm.http_filters[0].typed_config.Unpack(lua)
+    assert "envoy_on_request" in lua.source_codes[SCRIPT_NAME].inline_string
+
+
+def test_without_prefix_routing_nothing_changes() -> None:
+    a = build_snapshot(to_traffic_plan(parse_config(cfg())), 1)
+    lis = msg(a, T.LISTENER, "ingress")
+    assert LUA_FILTER.encode() not in lis.SerializeToString()
+    route = msg(a, T.ROUTE, "ingress").virtual_hosts[0].routes[0]
+    assert not route.route.hash_policy and not route.typed_per_filter_config
+
+
+def test_a_reload_that_only_turns_prefix_routing_on_rebuilds_cluster_and_listener() -> None:
+    """Snapshot reuse keys include the prefix settings: a changed ``routing`` is not served from the old version."""
+    from xds_control.config import parse_config, to_traffic_plan
+    from xds_control.snapshot import build_snapshot
+    from xds_control.snapshot import types as T
+
+    def cfg(routing: str) -> dict:  # type: ignore[type-arg]
+        return {"listeners": [{"name": "ingress", "address": "127.0.0.1", "port": 10000}],
+                "services": [{"name": "llm", "pools": [{"name": "p", "routing": routing,
+                                                         "endpoints": [{"address": "127.0.0.1", "port": 9001},
+                                                                       {"address": "127.0.0.1", "port": 9002}]}]}]}
+
+    v1 = build_snapshot(to_traffic_plan(parse_config(cfg("default"))), 1, None)
+    v2 = build_snapshot(to_traffic_plan(parse_config(cfg("prefix"))), 2, v1)
+    assert v2.of(T.CLUSTER)["p"].version != v1.of(T.CLUSTER)["p"].version
+    assert v2.of(T.LISTENER)["ingress"].version != v1.of(T.LISTENER)["ingress"].version
+    assert v2.of(T.CLUSTER)["p"].body != v1.of(T.CLUSTER)["p"].body

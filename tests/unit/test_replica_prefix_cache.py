@@ -1,0 +1,82 @@
+"""The emulated replica's prefix cache (vLLM automatic prefix caching), without a process.
+
+Leading cached blocks are hits, the last prompt token is always computed, blocks of running
+requests are pinned, free blocks go least recently used first, and the load generator's text
+for a trace row makes equal block ids equal text (so equal chained hashes) and nothing else.
+"""
+
+from __future__ import annotations
+
+from xds_control.fleet import costmodel
+from xds_control.fleet.loadgen import CHARS_PER_TOKEN, block_text, prompt_for
+from xds_control.fleet.replica.engine import Engine, EngineLimits, PrefixCache, block_hashes
+
+B = 512
+
+
+def test_leading_hits_only_and_last_token_always_computed() -> None:
+    pc = PrefixCache(10)
+    assert pc.admit((1, 2, 3), B, 3 * B) == 0
+    pc.release((1, 2, 3))
+    # Same first two blocks, a different third: two blocks hit.
+    assert pc.admit((1, 2, 9), B, 3 * B + 100) == 2 * B
+    pc.release((1, 2, 9))
+    # A hit that is not leading does not count (the chain broke at block 0).
+    assert pc.admit((7, 2), B, 2 * B) == 0
+    pc.release((7, 2))
+    # Whole prompt cached: all but the last token.
+    assert pc.admit((1, 2, 3), B, 3 * B) == 3 * B - 1
+    assert pc.queried_tokens == 3 * B + (3 * B + 100) + 2 * B + 3 * B
+    assert pc.hit_tokens == 2 * B + 3 * B - 1
+
+
+def test_lru_eviction_spares_pinned_blocks() -> None:
+    pc = PrefixCache(4)
+    pc.admit((1, 2), B, 2 * B)          # running: pinned
+    pc.admit((3, 4), B, 2 * B)
+    pc.release((3, 4))                  # free, cached
+    pc.admit((5,), B, B)
+    pc.release((5,))                    # free, most recent
+    # 5 blocks cached, 2 pinned; 2 blocks reserved by running requests leave room for 2 free ones.
+    assert pc.evict(reserved_blocks=2) == 1
+    assert 3 not in pc and {1, 2, 4, 5} <= {h for h in (1, 2, 3, 4, 5) if h in pc}
+    # Reservations growing to the whole cache evict every free block but never a pinned one.
+    assert pc.evict(reserved_blocks=4) == 2
+    assert 1 in pc and 2 in pc and len(pc) == 2
+    pc.release((1, 2))
+    assert pc.admit((1, 2), B, 2 * B + 1) == 2 * B
+
+
+def test_loadgen_text_equal_ids_equal_blocks() -> None:
+    assert block_text(42) == block_text(42) and block_text(42) != block_text(43)
+    assert len(block_text(42)) == B * CHARS_PER_TOKEN
+    a = block_hashes(prompt_for((0, 1, 2, 3), 4 * B), B)
+    b = block_hashes(prompt_for((0, 1, 5), 3 * B), B)
+    assert len(a) == 4 and len(b) == 3
+    assert a[:2] == b[:2] and a[2] != b[2]
+    # The last block is cut at the row's token count: a partial block is never a cache key.
+    assert len(block_hashes(prompt_for((0, 1, 2), 2 * B + 100), B)) == 2
+    assert len(prompt_for((0, 1, 2), 2 * B + 100)) == (2 * B + 100) * CHARS_PER_TOKEN
+
+
+async def test_engine_skips_prefill_of_cached_tokens() -> None:
+    p = costmodel.get_profile("tiny")
+    eng = Engine(p, EngineLimits.from_profile(p))
+    eng.start()
+    try:
+        hashes = block_hashes(prompt_for((10, 11, 12, 13), 4 * B), B)
+        ttfts = []
+        for _ in range(2):
+            r = eng.submit(4 * B, 1, hashes)
+            assert r.done is not None
+            await r.done
+            assert r.first_token_at is not None
+            ttfts.append(r.first_token_at - r.arrived)
+        cold, warm = ttfts
+        # Cold: 2,048 tokens of prefill (2.05 s on the tiny profile); warm: one token.
+        assert cold > 0.9 * costmodel.prefill_time_s(p, 4 * B)
+        assert warm < 0.1 * cold, ttfts
+        assert eng.prefix_cache.hit_tokens == 4 * B - 1
+        assert eng.prefix_cache.queried_tokens == 8 * B
+    finally:
+        await eng.stop()
