@@ -243,4 +243,5 @@ def test_demo_command_short_mode(tmp_path: Path) -> None:
     assert summary["requests"] > 10 and summary["failed"] == 0
     # the live loop read the gateway arrival rate from the demo Envoy's statistics (as the simulator gives it)
     assert summary["request_rate_max"] is not None and summary["request_rate_max"] > 0.5
+    assert 0.0 <= summary["slo_attainment"] <= 1.0 and summary["gpu_seconds"] > 2 * 15  # >= 2 replicas for 15 s
     assert (tmp_path / "demo.png").exists()

@@ -283,3 +283,4 @@ def test_request_rate_reaches_the_policy() -> None:
     obs2.pools["gpu"].samples.update({r.key: replace(sample(0.5), rps=1.0) for r in fleet})
     without = control_step(obs2, ControlState(), spec_for(pred)).pools[0].decision
     assert with_rate.target_replicas > without.target_replicas
+

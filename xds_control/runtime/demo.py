@@ -153,6 +153,35 @@ def hotspot_ratios(ticks: list[TickRecord]) -> list[float]:
     return out
 
 
+def slo_attainment(records: list[RequestRecord], profile: str = "llama3-8b-48gb", ttft_slack_s: float = 1.0,
+                   tpot_s: float = 0.1) -> float | None:
+    """Share of requests that met the SLO ``evaluate`` uses: TTFT <= the prompt's own uncached prefill time +
+    ``ttft_slack_s`` and TPOT ((latency - TTFT) / (output tokens - 1)) <= ``tpot_s``; failed requests are misses."""
+    from xds_control.fleet import costmodel as cm
+
+    if not records:
+        return None
+    prof = cm.get_profile(profile)
+    met = 0
+    for r in records:
+        if not r.ok or r.ttft_s is None or r.latency_s is None:
+            continue
+        if r.ttft_s > float(cm.prefill_time_s(prof, float(r.input_tokens))) + ttft_slack_s:
+            continue
+        if r.output_tokens > 1 and (r.latency_s - r.ttft_s) / (r.output_tokens - 1) > tpot_s:
+            continue
+        met += 1
+    return met / len(records)
+
+
+def gpu_seconds(ticks: list[TickRecord]) -> float:
+    """Replica-seconds (one GPU each) of every replica the controller ran, starting and draining included."""
+    total = 0.0
+    for a, b in zip(ticks, ticks[1:], strict=False):
+        total += sum(1 for e in a.endpoints if e.state != "gone") * max(0.0, b.now - a.now)
+    return total
+
+
 def summarize(run: DemoRun, scale_ups: int, scale_downs: int, policy: str, duration_s: float) -> dict[str, Any]:
     lat = [r.latency_s * 1000 for r in run.records if r.ok and r.latency_s is not None]
     ttft = [r.ttft_s * 1000 for r in run.records if r.ok and r.ttft_s is not None]
@@ -172,6 +201,9 @@ def summarize(run: DemoRun, scale_ups: int, scale_downs: int, policy: str, durat
         "replicas_max": max(replicas, default=0),
         "replicas_final": replicas[-1] if replicas else 0,
         "hotspot_ratio_p99": _round(_pct(hs, 0.99), 2),
+        # The SLO of `xds-control evaluate` (TTFT <= own prefill + 1 s, TPOT <= 100 ms; failures are misses).
+        "slo_attainment": _round(slo_attainment(run.records), 4),
+        "gpu_seconds": _round(gpu_seconds(run.ticks), 0),
         # The gateway arrival rate the controller read from Envoy's statistics (requests/s).
         "request_rate_max": _round(max((t.request_rate for t in run.ticks if t.request_rate is not None),
                                        default=None), 2),
@@ -201,7 +233,10 @@ def plot(run: DemoRun, path: Path) -> None:
     xs = sorted(bins)
     axes[0].plot([x * 2 for x in xs], [bins[x] / 2 for x in xs], color="tab:blue")
     axes[0].set_ylabel("offered req/s")
-    axes[0].set_title("xds-control demo: surge through a real Envoy")
+    slo = slo_attainment(run.records)
+    axes[0].set_title("xds-control demo: surge through a real Envoy"
+                      + (f" (SLO attainment {100 * slo:.1f} %, {gpu_seconds(run.ticks):.0f} GPU-seconds)"
+                         if slo is not None else ""))
     # 2. replicas
     tt = [t.now - t0 for t in run.ticks]
     axes[1].step(tt, [t.ready for t in run.ticks], where="post", label="ready")
