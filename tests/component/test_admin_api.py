@@ -384,12 +384,18 @@ def test_status_shows_a_proxys_nack_and_the_event_feed_carries_it() -> None:
 
         client = sv.call(nack())
         try:
-            st_ = sv.stub.GetStatus(pb.GetStatusRequest(), metadata=md("a-viewer"))
+            st_ = sv.stub.GetStatus(pb.GetStatusRequest(), metadata=md("root"))
             px = next(p for p in st_.proxies if p.node_id == "nacker")
             assert px.protocol == "sotw" and {t.type: t.state for t in px.types}["CDS"] == "ERROR"
             assert (px.last_nack.type, px.last_nack.message) == ("CDS", "cluster p1: bad outlier detection")
-            evs = list(sv.stub.WatchEvents(pb.WatchEventsRequest(kinds=["nack"]), metadata=md("a-viewer")))
+            evs = list(sv.stub.WatchEvents(pb.WatchEventsRequest(kinds=["nack"]), metadata=md("root")))
             assert [(e.kind, e.message) for e in evs] == [("nack", "cluster p1: bad outlier detection")]
+            # The first CDS carries both tenants' clusters: team-a learns of the NACK, not its text.
+            st_ = sv.stub.GetStatus(pb.GetStatusRequest(), metadata=md("a-viewer"))
+            px = next(p for p in st_.proxies if p.node_id == "nacker")
+            assert px.last_nack.type == "CDS" and "withheld" in px.last_nack.message
+            evs = list(sv.stub.WatchEvents(pb.WatchEventsRequest(kinds=["nack"]), metadata=md("a-viewer")))
+            assert [e.kind for e in evs] == ["nack"] and "withheld" in evs[0].message
         finally:
             sv.call(client.close())
 

@@ -280,6 +280,8 @@ class LocalScaler:
         return info
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:  # never open a session that close() would not close
+            raise aiohttp.ClientError("the scaler is closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=1.0),
@@ -300,7 +302,7 @@ class LocalScaler:
         deadline = time.monotonic() + self.ready_timeout_s
         url = f"{info.url}/health"
         try:
-            while True:
+            while not self._closed:
                 code = proc.poll()
                 if code is not None:
                     _CHILDREN.pop(proc.pid, None)

@@ -32,6 +32,8 @@ class TypeSyncView:
     error: str
     sent_version: int | None
     acked_version: int | None
+    #: The version ``error`` rejected (None without an error): matches a :class:`NackView`.
+    error_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class NackView:
     version: int
     message: str
     at: float
+    #: Resources of ``type`` the rejected version changed for the proxy, and the services they serve; the
+    #: admin shows a tenant-scoped caller only rejections of its own services (``attributed`` False: none).
+    resources: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    attributed: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ class ControlPlanePort(Protocol):
 
     def subscribe_events(self, listener: EventListener) -> Callable[[], None]:
         """Call ``listener`` with each event dict (controller events, pushes, ACKs, NACKs), starting with the
-        controller events still buffered; returns the function that unsubscribes. The listener owns the dict."""
+        controller events still buffered; returns the function that unsubscribes. The listener owns the dict.
+        ACK and NACK events carry ``resources`` and ``services`` (what the change concerns) and ``attributed``."""
 
     # -- operator commands --------------------------------------------------------------------------
     def set_weight_override(self, pool: str, endpoint: str, weight: int) -> None: ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ _TYPES = {
     "rds": T.ROUTE, "routes": T.ROUTE, "route": T.ROUTE,
 }
 _MAX_TEXT = 500
+#: What a tenant-scoped caller reads instead of a NACK's text when the change also concerns other tenants.
+_WITHHELD = "a proxy rejected a change that includes services outside yours (details withheld)"
 
 
 class ApiError(Exception):
@@ -243,12 +246,39 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
                 return s
         return None
 
+    def _scope(self, p: Principal, attributed: bool, services: Any, type_: str, resources: Any) -> str:
+        """How much of an ACK/NACK a caller sees: ``all``; ``withheld`` (it concerns the caller's services and
+        others': no text); ``hidden`` (none of the caller's services, or not attributable)."""
+        if p.all_tenants:
+            return "all"
+        if not attributed:
+            return "hidden"
+        names = {str(x) for x in services or ()}
+        if type_ in ("CDS", "EDS"):
+            names.update(s.name for r in resources or () if (s := self._service_of_pool(str(r))) is not None)
+        tenants = {s.tenant for s in self.cp.config.services if s.name in names}
+        if len(tenants) < 1 or names - {s.name for s in self.cp.config.services}:
+            tenants.add("\0unknown")  # a service the config no longer has: not the caller's
+        mine = {t for t in tenants if p.sees(t)}
+        if not mine:
+            return "hidden"
+        return "all" if mine == tenants else "withheld"
+
+    def _own_text(self, p: Principal, text: str) -> str:
+        """``text`` (a refused publish) for ``p``: shown to a tenant-scoped caller only when every name it
+        quotes is one of the caller's services or pools; else nothing."""
+        if not text or p.all_tenants:
+            return text
+        mine = {n for s in self._services(p) for n in (s.name, *(pc.name for pc in s.pools))}
+        quoted = set(re.findall(r"'([^']*)'", text))
+        return text if quoted and quoted <= mine else ""
+
     # -- Read ---------------------------------------------------------------------------------------
     @rpc("viewer")
     def GetStatus(self, p: Principal, req: Any) -> Any:
         st = self.cp.xds_status()
         out = pb.Status(version=st.version, last_good_version=st.last_good_version, leader=self.cp.is_leader(),
-                        instance=self.cp.instance(), last_error=st.last_error, caller=str(p))
+                        instance=self.cp.instance(), last_error=self._own_text(p, st.last_error), caller=str(p))
         alerts = self.cp.signal_alerts()
         for svc in self._services(p):
             for pc in svc.pools:
@@ -258,18 +288,30 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
                 if pv is not None:
                     out.policies.add(service=svc.name, pool=pc.name, policy=pv.spec.policy, paused=pv.paused,
                                      min_replicas=pv.spec.min_replicas, max_replicas=pv.spec.max_replicas)
-        last_nack = {n.node: n for n in st.rejections}
+        # A tenant-scoped caller sees only rejections of its own services; text naming others' is withheld.
+        scoped = [(n, self._scope(p, n.attributed, n.services, n.type, n.resources)) for n in st.rejections]
+        by_version: dict[tuple[str, str, int | None], str] = {(n.node, n.type, n.version): sc for n, sc in scoped}
+        last_nack = {n.node: (n, sc) for n, sc in scoped if sc != "hidden"}
         for px in st.proxies:
             pr = out.proxies.add(node_id=px.node, cluster=px.cluster, protocol=px.protocol, peer=px.peer)
             for ty in px.types:
-                ts = pr.types.add(type=ty.type, state=ty.state, nonce=ty.nonce, error=ty.error)
+                state, error = ty.state, ty.error
+                if error and not p.all_tenants:
+                    sc = by_version.get((px.node, ty.type, ty.error_version), "hidden")
+                    if sc == "hidden":  # not the caller's change: the proxy just has not taken the newest yet
+                        state, error = ("STALE" if state == "ERROR" else state), ""
+                    elif sc == "withheld":
+                        error = _WITHHELD
+                ts = pr.types.add(type=ty.type, state=state, nonce=ty.nonce, error=error)
                 if ty.sent_version is not None:
                     ts.sent_version = ty.sent_version
                 if ty.acked_version is not None:
                     ts.acked_version = ty.acked_version
-            n = last_nack.get(px.node)
-            if n is not None:
-                pr.last_nack.CopyFrom(pb.Nack(type=n.type, version=n.version, message=n.message, at=n.at))
+            hit = last_nack.get(px.node)
+            if hit is not None:
+                n, sc = hit
+                pr.last_nack.CopyFrom(pb.Nack(type=n.type, version=n.version,
+                                              message=n.message if sc == "all" else _WITHHELD, at=n.at))
         return out
 
     @rpc("viewer")
@@ -563,6 +605,12 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
 
     # -- Watch --------------------------------------------------------------------------------------
     def _event_visible(self, p: Principal, ev: Mapping[str, Any], req: Any) -> bool:
+        if ev.get("kind") in ("ack", "nack"):
+            if self._xds_scope(p, ev) == "hidden":
+                return False
+            if req.kinds and ev.get("kind") not in req.kinds:
+                return False
+            return not req.service or req.service in (ev.get("services") or ())
         svc_name = ev.get("service")
         if not svc_name and ev.get("pool"):
             s = self._service_of_pool(str(ev["pool"]))
@@ -575,6 +623,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
             return False
         return not (req.service and svc_name != req.service)
 
+    def _xds_scope(self, p: Principal, ev: Mapping[str, Any]) -> str:
+        return self._scope(p, bool(ev.get("attributed")), ev.get("services"), str(ev.get("type") or ""),
+                           ev.get("resources"))
+
     def _event_pb(self, p: Principal, ev: Mapping[str, Any]) -> Any:
         svc = ev.get("service") or ""
         if not svc and ev.get("pool"):
@@ -585,6 +637,16 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
             message = f"v{ev.get('version')}"  # a push's reason may carry other tenants' decisions
         skip = {"seq", "at", "kind", "service", "pool", "endpoint", "actor", "message"}
         detail = {k: v for k, v in ev.items() if k not in skip and not (k == "reason" and ev.get("kind") == "push")}
+        if ev.get("kind") in ("ack", "nack") and not p.all_tenants:
+            own = {x.name for x in self._services(p)}
+            svcs = [x for x in detail.get("services") or () if x in own]
+            detail["services"] = svcs
+            if len(svcs) == 1:
+                svc = svcs[0]
+            if self._xds_scope(p, ev) != "all":
+                detail.pop("resources", None)
+                if ev.get("kind") == "nack":
+                    message = _WITHHELD
         return pb.Event(seq=int(ev["seq"]), at=float(ev.get("at", 0.0)), kind=str(ev.get("kind", "")), service=svc,
                         pool=str(ev.get("pool") or ""), endpoint=str(ev.get("endpoint") or ""),
                         actor=str(ev.get("actor") or ""), message=message, detail=_struct(detail))

@@ -69,7 +69,8 @@ class RuntimeAdminPort:
         for px in self.cp.tracker.syncz():
             types = tuple(
                 TypeSyncView(type=str(t), state=str(st["state"]), nonce=str(st["nonce"] or ""),
-                             error=str(st["error"] or ""), sent_version=st["sent"], acked_version=st["acked"])
+                             error=str(st["error"] or ""), sent_version=st["sent"], acked_version=st["acked"],
+                             error_version=st["error_version"] if st["error"] else None)
                 for t, st in px["types"].items()  # type: ignore[attr-defined]  # syncz() rows are loosely typed dicts
             )
             proxies.append(ProxyView(node=str(px["node"]), cluster=str(px["cluster"]), protocol=str(px["protocol"]),
@@ -78,7 +79,8 @@ class RuntimeAdminPort:
             version=snap.version if snap is not None else 0,
             last_good_version=pub.last_good.version if pub.last_good is not None else 0,
             last_error=pub.last_error or "",
-            rejections=tuple(NackView(r.node, r.type, r.version, r.message, r.at) for r in pub.rejections),
+            rejections=tuple(NackView(r.node, r.type, r.version, r.message, r.at, r.resources, r.services,
+                                      r.attributed) for r in pub.rejections),
             proxies=tuple(proxies),
         )
 
@@ -106,7 +108,7 @@ class RuntimeAdminPort:
                        actual_replica_seconds=ss.actual_replica_seconds, mode=d.mode)
             for name, ss in (rt.shadow_states or {}).items()
             if name in configured and (d := ss.last_decision) is not None)
-        return PoolView(service=rt.service, pool=rt.pool, spec=rt.spec, paused=bool(rt.paused),
+        return PoolView(service=rt.service, pool=rt.pool, spec=rt.spec, paused=rt.pool in c.operator.paused,
                         phases=MappingProxyType(phases),
                         planned_replicas=res.target_replicas if res is not None else None,
                         plan_explanation=res.explanation if res is not None else "", last_tick=tick,
@@ -145,14 +147,28 @@ class RuntimeAdminPort:
             send({"kind": "push", "version": snap.version, "reason": snap.reason,
                   "message": f"v{snap.version}: {snap.reason}", "resources": snap.summary()})
 
+        pub = self.cp.publisher
+
         def on_ack(proxy: Any, type_url: str, version: int) -> None:
             t = T.SHORT.get(type_url, type_url)
+            st = proxy.types.get(type_url)
+            c = pub.concerns(type_url, st.prev_acked_version if st is not None else None, version)
             send({"kind": "ack", "node": proxy.node_id, "type": t, "version": version,
-                  "message": f"{proxy.node_id} ACKed {t} v{version}"})
+                  "message": f"{proxy.node_id} ACKed {t} v{version}", "resources": list(c.resources),
+                  "services": list(c.services), "attributed": c.known})
 
         def on_nack(proxy: Any, type_url: str, version: int, message: str) -> None:
+            # the publisher heard it first (its listener is older): its rejection says what the change concerns
+            r = pub.rejections[-1] if pub.rejections else None
+            if r is None or r.node != proxy.node_id or r.version != version:
+                st = proxy.types.get(type_url)
+                c = pub.concerns(type_url, st.acked_version if st is not None else None, version)
+                resources, services, known = c.resources, c.services, c.known
+            else:
+                resources, services, known = r.resources, r.services, r.attributed
             send({"kind": "nack", "node": proxy.node_id, "type": T.SHORT.get(type_url, type_url),
-                  "version": version, "message": message})
+                  "version": version, "message": message, "resources": list(resources),
+                  "services": list(services), "attributed": known})
 
         unsub_push = self.cp.cache.subscribe(on_push)
         self.cp.tracker.on_ack_event(on_ack)  # the tracker keeps its listeners; ``live`` silences them

@@ -66,6 +66,9 @@ class ControlPlane:
     rate_source: Any = None
     #: Admin API port on ``config.admin.address`` (0 = any free one); None = no admin API.
     admin_port: int | None = None
+    #: Where operator state (pins, drains, pauses, policies) is kept across restarts; None = beside the config
+    #: (``<config>.operator-state.json``), or nowhere without a config file.
+    operator_state_path: Path | None = None
 
     def __post_init__(self) -> None:
         x = self.config.xds
@@ -88,7 +91,8 @@ class ControlPlane:
         self.controller: Any = None
         #: The controller's metrics and the dashboard's history (runtime/metrics.py); None without autoscaling.
         self.controller_metrics: Any = None
-        #: Operator weight overrides, drains and policies (admin API); shared with the controller.
+        #: Operator weight overrides, drains, pauses and policies (admin API); shared with the controller and
+        #: persisted in the operator state store (see ``_restore_operator_state``).
         self.operator = OperatorState()
         self.admin: Any = None
         self._owns_scaler = self.scaler is None
@@ -97,16 +101,20 @@ class ControlPlane:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        # Operator state is back before anything is published or scaled: a drained endpoint stays drained.
+        self._restore_operator_state()
         # The first snapshot exists before any proxy can connect: never serve an empty config first.
         if autoscaled(self.config):
             await self._start_controller()
         else:
-            self.publisher.publish_now(to_traffic_plan(self.config), reason="initial config")
+            self.publisher.publish_now(self.operator.apply(to_traffic_plan(self.config)), reason="initial config")
         if self.config_path is not None:
             self._config_digest = hashlib.sha256(self.config_path.read_bytes()).digest()
         server = grpc.aio.server(options=[
             ("grpc.max_send_message_length", 256 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # A request is a list of names (capped per stream by AdsServer) or an ACK/NACK: gRPC's default 4 MiB
+            # bounds what one in-flight request can cost (a 16 MiB one cost ~70 MiB of RSS to receive and parse).
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ])
@@ -140,6 +148,47 @@ class ControlPlane:
             self._spawn("config-watcher", self._watch_config)
         log.info("xDS (ADS, SotW and Delta) on %s:%d%s", self.host, self.ports.xds,
                  f", metrics on http://{self.host}:{self.ports.metrics}/metrics" if self.ports.metrics else "")
+
+    def _state_store(self) -> Any:
+        from xds_control.runtime.operator_store import FileStateStore, default_state_path
+
+        if self.operator_state_path is not None:
+            return FileStateStore(self.operator_state_path)
+        return FileStateStore(default_state_path(self.config_path)) if self.config_path is not None else None
+
+    def _restore_operator_state(self) -> None:
+        """Load the operator state kept by the last run (a missing, unreadable or corrupt one is logged and
+        ignored: the config is the truth then), and keep it up to date on every change from now on."""
+        from xds_control.control.operator import load_state
+
+        store = self._state_store()
+        if store is None:
+            return
+        try:
+            data = store.load()
+            if data is not None:
+                pools = {p.name: p.autoscale is not None for s in self.config.services for p in s.pools}
+                st, dropped = load_state(data, pools)
+                for why in dropped:
+                    log.warning("operator state %s: dropped %s", store, why)
+                op = self.operator
+                op.weights, op.drains, op.specs, op.paused = st.weights, st.drains, st.specs, st.paused
+                log.info("operator state restored from %s: %d pins, %d drains, %d paused pools, %d policies",
+                         store, len(op.weights), len(op.drains), len(op.paused), len(op.specs))
+        except (OSError, ValueError) as e:
+            log.error("operator state %s ignored, it cannot be read: %s", store,
+                      getattr(e, "strerror", None) or e)
+
+        def save() -> None:
+            from xds_control.control.operator import dump_state
+
+            try:
+                store.save(dump_state(self.operator))
+            except OSError as e:
+                log.error("cannot save the operator state to %s: %s; the change holds until a restart",
+                          store, e.strerror or e)
+
+        self.operator.on_change = save
 
     async def _set_health(self, service: str, status: int) -> None:
         r = self.health.set(service, status)
@@ -196,8 +245,7 @@ class ControlPlane:
 
             self.rate_source = make_rate_source(self.config.controller.signals)
         self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source,
-                                     rates=self.rate_source)
-        self.controller.operator = self.operator
+                                     rates=self.rate_source, operator=self.operator)
         from xds_control.runtime.metrics import ControllerMetrics
 
         # replicas, decisions, weights, load and latency on /metrics (and the dashboard's history)

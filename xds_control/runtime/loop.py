@@ -67,6 +67,7 @@ class PoolRuntime:
     template: ReplicaTemplateConfig
     state: Any = None
     table: CoordinationTable | None = None
+    #: A copy of ``pool in operator.paused`` for views (the step reads the operator state).
     paused: bool = False
     last_decision: Decision | None = None
     last_result: ServicePlanResult | None = None
@@ -109,6 +110,7 @@ class Controller:
         *,
         rates: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        operator: OperatorState | None = None,
     ) -> None:
         self.publisher = publisher
         self.tracker = tracker
@@ -130,8 +132,9 @@ class Controller:
         self._stopping: set[str] = set()
         self._zone_of: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Operator weight overrides, drains and policy specs (the admin API writes it; the app may share one).
-        self.operator = OperatorState()
+        #: Operator weight overrides, drains, pauses and policy specs (the admin API writes it; the app shares its
+        #: own, restored from the operator state store before the first tick).
+        self.operator = operator if operator is not None else OperatorState()
         #: Nothing is published until every replica started (or found) at start-up is ready or failed, or
         #: this many seconds passed: a restarted control plane must not push a plan with fewer endpoints
         #: than the proxies hold; while it waits, reconnecting proxies get no response and keep their config.
@@ -160,8 +163,9 @@ class Controller:
                 spec = self.operator.specs.get(pool.name) or pool.autoscale.spec
                 old = self.runtimes.get(pool.name)
                 rt = PoolRuntime(svc.name, pool.name, spec, pool.autoscale.replica, shadows=pool.autoscale.shadows)
+                rt.paused = pool.name in self.operator.paused
                 if old is not None:
-                    rt.table, rt.paused, rt.state = old.table, old.paused, old.state
+                    rt.table, rt.state = old.table, old.state
                     rt.shadow_states = old.shadow_states
                     rt.last_decision, rt.last_result, rt.last_report = old.last_decision, old.last_result, \
                         old.last_report
@@ -177,12 +181,13 @@ class Controller:
         return ControlSpec(pools, self.base_plan, initial_hold_s=self.initial_hold_s)
 
     def set_paused(self, pool: str, paused: bool) -> None:
-        """Pause (hold the count of) or resume autoscaling of ``pool``."""
-        self.runtimes[pool].paused = paused
+        """Pause (hold the count of) or resume autoscaling of ``pool`` (kept in the operator state)."""
+        self.operator.set_paused(pool, paused)
+        self.runtimes[pool].paused = paused  # the view's copy; the step reads the operator state
 
     def set_spec(self, pool: str, spec: PolicySpec) -> None:
-        """Run ``pool`` with ``spec`` from the next tick on (kept over config reloads until a restart)."""
-        self.operator.specs[pool] = spec
+        """Run ``pool`` with ``spec`` from the next tick on (kept over config reloads and in the operator state)."""
+        self.operator.set_spec(pool, spec)
         self.runtimes[pool].spec = spec
 
     def add_event_listener(self, fn: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
@@ -274,7 +279,7 @@ class Controller:
                                      request_rate=rates.get(rt.pool))
         drains = frozenset(self.operator.drains)
         obs = Observation(now, pools, acked_through=self.acked_through, is_leader=bool(self.is_leader()),
-                          paused=frozenset(p for p, rt in self.runtimes.items() if rt.paused),
+                          paused=frozenset(p for p in self.operator.paused if p in self.runtimes),
                           pins=dict(self.operator.weights), drains=drains)
         return obs, reports
 

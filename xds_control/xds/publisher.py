@@ -13,6 +13,14 @@ The publisher is the only writer of the :class:`SnapshotCache`.
   plan is marked bad and the last version every proxy ACKed is published again
   (as a new version). A proxy that rejects everything does not trigger rollbacks:
   it is reported in the sync status and left on its last good config.
+* A rejected listener or route change is remembered by content: the services (and listeners) whose plan
+  changed in the rejected version are kept at their last good content in every later plan while the
+  rejected content persists (an autoscaled pool's controller publishes a new plan every time the fleet
+  changes; those endpoint changes go through, the rejected route is never sent again). A changed service
+  plan (the config was fixed) is published as usual.
+* Every snapshot keeps a small digest (resource versions, which services each resource serves), so an
+  ACK or NACK can be told which resources and services it concerns (:meth:`Publisher.concerns`): the admin
+  API shows tenants only what concerns their services.
 """
 
 from __future__ import annotations
@@ -20,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from xds_control.core.errors import InconsistentSnapshot
-from xds_control.core.traffic import PoolPlan, TrafficPlan
+from xds_control.core.traffic import ListenerPlan, PoolPlan, ServicePlan, TrafficPlan
 from xds_control.snapshot import Snapshot, build_snapshot
 from xds_control.snapshot import types as T
 from xds_control.xds.cache import SnapshotCache
@@ -44,12 +52,60 @@ class PublishEvent:
 
 
 @dataclass(frozen=True)
+class Concern:
+    """What an ACK or NACK of one type concerns: the resources of that type that changed since the version the
+    proxy held, and the services they serve. ``known`` is False when the versions are no longer remembered."""
+
+    resources: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    known: bool = True
+
+
+@dataclass(frozen=True)
 class Rejection:
     node: str
     type: str
     version: int
     message: str
     at: float
+    #: Resources of ``type`` the rejected version changed (for the proxy), and the services they serve.
+    resources: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    #: False when the rejected change could not be attributed (then only all-tenant callers see the message).
+    attributed: bool = False
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """Per snapshot version: resource content versions and which services each resource serves."""
+
+    versions: dict[str, dict[str, str]]
+    #: service -> its plan (for telling which services of a shared route configuration changed)
+    services: dict[str, ServicePlan]
+    on_listener: dict[str, tuple[str, ...]]
+    routed_by: dict[str, tuple[str, ...]]
+    pools: frozenset[str] = field(default=frozenset())
+
+
+def _digest(snap: Snapshot) -> _Digest:
+    plan = snap.plan or TrafficPlan()
+    routed: dict[str, list[str]] = {}
+    for s in plan.services:
+        for pool, _w in s.pools:
+            routed.setdefault(pool, []).append(s.name)
+    return _Digest(
+        versions={t: {n: r.version for n, r in snap.of(t).items()} for t in T.ORDER},
+        services={s.name: s for s in plan.services},
+        on_listener={lst.name: tuple(lst.services) for lst in plan.listeners},
+        routed_by={p: tuple(v) for p, v in routed.items()},
+        pools=frozenset(p.name for p in plan.pools),
+    )
+
+
+#: Snapshot digests remembered for attributing ACKs and NACKs (a proxy further behind is attributed to nothing).
+DIGESTS_KEPT = 64
+#: Rejected service/listener contents remembered (oldest forgotten first).
+BAD_KEPT = 100
 
 
 class Publisher:
@@ -85,6 +141,11 @@ class Publisher:
         self.rejections: deque[Rejection] = deque(maxlen=100)
         self.history: deque[PublishEvent] = deque(maxlen=200)
         self.last_error: str | None = None
+        self._digests: OrderedDict[int, _Digest] = OrderedDict()
+        self._recent: deque[Snapshot] = deque(maxlen=4)
+        #: name -> (rejected content, last good content or None when the last good version had none)
+        self.bad_services: OrderedDict[str, tuple[ServicePlan, ServicePlan | None]] = OrderedDict()
+        self.bad_listeners: OrderedDict[str, tuple[ListenerPlan, ListenerPlan | None]] = OrderedDict()
         tracker.on_nack_event(self._on_nack)
 
     # -- input ----------------------------------------------------------------------------------
@@ -135,6 +196,7 @@ class Publisher:
         serialize), so ADS streams, ACKs and the admin API keep being served meanwhile. If another snapshot
         was set while it was built (``publish_now``), it is built again on the loop against that one."""
         prev = self.cache.snapshot
+        plan = self.without_rejected(plan)
         extra = self._extra_pools(plan, prev)
         try:
             snap = await asyncio.to_thread(build_snapshot, plan, self._next_version(), prev, reason=reason,
@@ -162,6 +224,7 @@ class Publisher:
 
     def _apply(self, plan: TrafficPlan, reason: str) -> Snapshot:
         prev = self.cache.snapshot
+        plan = self.without_rejected(plan)
         extra = self._extra_pools(plan, prev)
         try:
             snap = build_snapshot(plan, self._next_version(), prev, reason=reason, extra_pools=extra)
@@ -176,6 +239,10 @@ class Publisher:
         return snap
 
     def _set(self, snap: Snapshot) -> None:
+        self._digests[snap.version] = _digest(snap)
+        while len(self._digests) > DIGESTS_KEPT:
+            self._digests.popitem(last=False)
+        self._recent.append(snap)
         self.cache.set_snapshot(snap)
         self.tracker.current_version = snap.version
         self.metrics.snapshot_version.set(snap.version)
@@ -194,7 +261,13 @@ class Publisher:
         if not self.tracker.proxies():
             return
         start = self._clock()
-        res = await self.tracker.wait_acked(snap.version, timeout=60)
+        deadline = start + 60
+        while True:
+            res = await self.tracker.wait_acked(snap.version, timeout=max(0.0, deadline - self._clock()))
+            # A proxy that asked for another type after the wait's ACK came in is pending again: wait on
+            # (while this snapshot is current), else the first snapshot is never "good" and cannot be rolled back to.
+            if res.complete or self._clock() >= deadline or self.cache.snapshot is not snap:
+                break
         if res.complete:
             self.metrics.push_time.observe(self._clock() - start)
         if res.ok and (self.last_good is None or self.last_good.version < snap.version):
@@ -225,15 +298,116 @@ class Publisher:
         if snap.plan is not None and not snap.retained:
             self.last_good = snap
 
+    def concerns(self, type_url: str, since: int | None, version: int) -> Concern:
+        """The resources of ``type_url`` that differ between snapshot ``since`` (what the proxy held; None:
+        nothing) and ``version``, and the services they serve. For a route configuration or listener shared by
+        several services, only the services whose plan changed (all of its services if the listener itself or
+        the set of clusters changed). Unknown (``known`` False) when ``version`` is no longer remembered."""
+        d = self._digests.get(version)
+        if d is None:
+            return Concern(known=False)
+        # ``since`` forgotten (or None): compare with nothing, everything of the type concerns the proxy
+        base = self._digests.get(since) if since is not None else None
+        cur, old = d.versions.get(type_url, {}), (base.versions.get(type_url, {}) if base is not None else {})
+        changed = sorted(n for n in set(cur) | set(old) if cur.get(n) != old.get(n))
+        services: set[str] = set()
+        for n in changed:
+            if type_url in (T.CLUSTER, T.ENDPOINT):
+                services.update(d.routed_by.get(n, ()))
+                if base is not None:
+                    services.update(base.routed_by.get(n, ()))
+                continue
+            on = set(d.on_listener.get(n, ())) | (set(base.on_listener.get(n, ())) if base is not None else set())
+            if base is None or type_url == T.LISTENER or d.on_listener.get(n) != base.on_listener.get(n):
+                services.update(on)
+                continue
+            diff = {sv for sv in on if d.services.get(sv) != base.services.get(sv)}
+            if not diff:  # the route changed with the set of clusters: the services routing to those pools
+                moved = d.pools ^ base.pools
+                diff = {sv for sv in on for x in (d.services.get(sv), base.services.get(sv)) if x is not None
+                        for p, _w in x.pools if p in moved}
+            services.update(diff or on)
+        return Concern(tuple(changed), tuple(sorted(services)))
+
+    def without_rejected(self, plan: TrafficPlan) -> TrafficPlan:
+        """``plan`` with every service and listener whose content proxies rejected put back to its last good
+        content (dropped when it had none); ``plan`` itself when none is there."""
+        if not self.bad_services and not self.bad_listeners:
+            return plan
+        services: list[ServicePlan] = []
+        dropped: set[str] = set()
+        changed = False
+        for sv in plan.services:
+            bad = self.bad_services.get(sv.name)
+            if bad is not None and bad[0] == sv:
+                changed = True
+                if bad[1] is None:
+                    dropped.add(sv.name)
+                    continue
+                sv = bad[1]
+            services.append(sv)
+        listeners: list[ListenerPlan] = []
+        for lst in plan.listeners:
+            badl = self.bad_listeners.get(lst.name)
+            if badl is not None and badl[0] == lst:
+                changed = True
+                if badl[1] is None:
+                    continue
+                lst = badl[1]
+            if dropped and any(x in dropped for x in lst.services):
+                lst = replace(lst, services=tuple(x for x in lst.services if x not in dropped))
+            listeners.append(lst)
+        if not changed:
+            return plan
+        return replace(plan, services=tuple(services), listeners=tuple(listeners))
+
+    def _remember_rejected(self, bad: TrafficPlan, good: TrafficPlan, type_url: str,
+                           resources: Iterable[str]) -> bool:
+        """Remember the services/listeners of ``bad`` behind the rejected ``resources`` (listener names) that
+        differ from ``good``. Returns whether anything was remembered."""
+        names = set(resources)
+        good_s = {s.name: s for s in good.services}
+        good_l = {x.name: x for x in good.listeners}
+        added = False
+        for lst in bad.listeners:
+            if lst.name not in names:
+                continue
+            if type_url == T.LISTENER and good_l.get(lst.name) != lst:
+                self.bad_listeners[lst.name] = (lst, good_l.get(lst.name))
+                added = True
+            for sv in bad.services:
+                if sv.name in lst.services and good_s.get(sv.name) != sv:
+                    self.bad_services[sv.name] = (sv, good_s.get(sv.name))
+                    added = True
+        for d in (self.bad_services, self.bad_listeners):
+            while len(d) > BAD_KEPT:
+                d.popitem(last=False)
+        return added
+
     def _on_nack(self, proxy: ProxyStatus, type_url: str, version: int, message: str) -> None:
-        self.rejections.append(Rejection(proxy.node_id, T.SHORT.get(type_url, type_url), version, message,
-                                         time.time()))
         st = proxy.types.get(type_url)
+        concern = self.concerns(type_url, st.acked_version if st is not None else None, version)
+        self.rejections.append(Rejection(proxy.node_id, T.SHORT.get(type_url, type_url), version, message,
+                                         time.time(), concern.resources, concern.services, concern.known))
         accepted_before = st is not None and st.acked_version is not None and st.acked_version < version
         snap = self.cache.snapshot
-        if not self.rollback_on_nack or not accepted_before or snap is None or snap.version != version:
+        if not self.rollback_on_nack or not accepted_before or snap is None:
             return
+        rejected = next((x for x in self._recent if x.version == version), None)
         good = self.last_good
+        if (type_url in (T.LISTENER, T.ROUTE) and rejected is not None and rejected.plan is not None
+                and good is not None and good.plan is not None
+                and self._remember_rejected(rejected.plan, good.plan, type_url, concern.resources)):
+            # Keep the rejected route out of this and every later plan; the rest (endpoints) goes through.
+            if snap.plan is not None and self.without_rejected(snap.plan) is not snap.plan:
+                self.bad_plans.append(snap.plan)
+                if self._rollback_task is None or self._rollback_task.done():
+                    self._rollback_task = asyncio.get_running_loop().create_task(
+                        self._rollback(snap, good, proxy.node_id, type_url, version, message,
+                                       resources=concern.resources, whole=False), name="xds-rollback")
+            return
+        if snap.version != version:
+            return
         if good is None or good.plan is None or good.plan == snap.plan:
             log.error("%s rejected v%d (%s) and there is no earlier good version to roll back to",
                       proxy.node_id, version, message)
@@ -242,14 +416,23 @@ class Publisher:
             self.bad_plans.append(snap.plan)
         if self._rollback_task is None or self._rollback_task.done():
             self._rollback_task = asyncio.get_running_loop().create_task(
-                self._rollback(good, proxy.node_id, type_url, version, message), name="xds-rollback"
+                self._rollback(good, good, proxy.node_id, type_url, version, message), name="xds-rollback"
             )
 
-    async def _rollback(self, good: Snapshot, node: str, type_url: str, version: int, message: str) -> None:
-        assert good.plan is not None
-        reason = (f"rollback to the content of v{good.version}: {node} rejected {T.SHORT.get(type_url, type_url)} "
-                  f"v{version}: {message}")
+    async def _rollback(self, base: Snapshot, good: Snapshot, node: str, type_url: str, version: int, message: str,
+                        resources: tuple[str, ...] = (), whole: bool = True) -> None:
+        """Publish ``base``'s plan without the rejected content (``base`` is ``good`` for a whole-plan rollback)."""
+        what = f"{T.SHORT.get(type_url, type_url)} {', '.join(resources)}" if resources else "the content"
+        reason = (f"rollback of {what} to the content of v{good.version}: {node} rejected "
+                  f"{T.SHORT.get(type_url, type_url)} v{version}: {message}")
         log.error(reason)
         self.metrics.rollbacks.inc()
-        self._pending = None
-        self._apply(good.plan, reason)
+        if not whole:  # the newest plan, which may be newer than the one rejected
+            cur = self.cache.snapshot
+            if cur is None or cur.plan is None or self.without_rejected(cur.plan) is cur.plan:
+                return  # a newer plan was already published without the rejected content
+            base = cur
+        assert base.plan is not None
+        if whole:
+            self._pending = None  # a plan still waiting is as new as the rejected one
+        self._apply(base.plan, reason)

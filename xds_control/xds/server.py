@@ -23,7 +23,15 @@ document:
   keeps them warming until its 15 s initial_fetch_timeout);
 * one response per type in flight per stream: a slow proxy is sent only the
   latest state when it catches up (pending pushes merge);
-* at most ``max_concurrent_pushes`` responses are written at once, server-wide.
+* at most ``max_concurrent_pushes`` responses are written at once, server-wide;
+* the state a client can make a stream hold is capped: at most ``max_names_per_stream`` resource names
+  (10,000) and ``max_name_bytes_per_stream`` bytes of them (4 MiB), counted over every type of the stream,
+  subscribed names and Delta ``initial_resource_versions`` entries (names and versions) alike. A request that
+  would go over either limit is not applied: the stream ends with ``RESOURCE_EXHAUSTED`` and a message naming
+  the limit, the type and the count (the proxy's last accepted config stays in force; it reconnects like after
+  any stream error). Requests for unknown type URLs are ignored (logged once per stream) and hold no state;
+  stale, random or future nonces are ignored as the protocol says (SotW: the request is stale; Delta: its
+  subscription changes apply, nothing is ACKed).
 
 Responses are concatenations of bytes serialized once per resource version
 (see :mod:`xds_control.snapshot.wire`); SotW bodies are also shared between
@@ -66,12 +74,16 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+class StreamLimitExceeded(Exception):
+    """A request would make its stream hold more resource names than the server allows."""
+
+
 class _Sub:
     """Per-stream, per-type protocol state (both variants)."""
 
     __slots__ = ("type_url", "requested", "legacy_wildcard", "explicit_wildcard", "names", "sent_key",
                  "inflight_nonce", "inflight_since", "expired", "last_nonce", "force", "known", "must_resend",
-                 "first_pending", "slot", "slot_timer", "recent_nonces")
+                 "first_pending", "slot", "slot_timer", "recent_nonces", "charge")
 
     def __init__(self, type_url: str) -> None:
         self.type_url = type_url
@@ -102,6 +114,9 @@ class _Sub:
         self.slot_timer: asyncio.TimerHandle | None = None
         #: SotW: the last nonces sent for this type (shared nonces must not repeat on one stream).
         self.recent_nonces: deque[str] = deque(maxlen=8)
+        #: What the client made this type hold: (names, bytes) of its subscribed names and Delta
+        #: initial_resource_versions (counted against the per-stream caps).
+        self.charge = (0, 0)
 
     def awaiting(self, now: float, timeout: float) -> bool:
         """An answer to the in-flight response is still expected (and so it gates later types)."""
@@ -134,6 +149,7 @@ class _Stream:
         #: A response to this proxy went unanswered for ack_timeout_s: until it answers again, its responses
         #: take no push slot, so a proxy that stopped reading cannot hold up the pushes to the others.
         self.slow = False
+        self.unknown_logged = False
 
     def next_nonce(self) -> str:
         self.nonce += 1
@@ -153,6 +169,8 @@ class AdsServer:
         ack_timeout_s: float = 5.0,
         max_concurrent_pushes: int = 100,
         slot_hold_s: float = 1.0,
+        max_names_per_stream: int = 10_000,
+        max_name_bytes_per_stream: int = 4 * 1024 * 1024,
     ) -> None:
         self.cache = cache
         self.tracker = tracker
@@ -162,6 +180,8 @@ class AdsServer:
         #: ACK up to ack_timeout_s): proxies that are slow to read delay the others by at most this.
         self.slot_hold_s = min(slot_hold_s, ack_timeout_s)
         self._push_slots = asyncio.Semaphore(max_concurrent_pushes)
+        self.max_names_per_stream = max_names_per_stream
+        self.max_name_bytes_per_stream = max_name_bytes_per_stream
         #: SotW responses shared by streams: key -> (body without nonce, body with nonce, nonce).
         self._bodies: OrderedDict[tuple[Any, ...], tuple[bytes, bytes, str]] = OrderedDict()
         self._nonces = itertools.count(1)
@@ -212,6 +232,11 @@ class AdsServer:
         try:
             while True:
                 if st.closed:
+                    if isinstance(st.error, StreamLimitExceeded):
+                        log.warning("ending the stream of %s: %s", st.peer, st.error)
+                        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                        context.set_details(str(st.error))
+                        return
                     if st.error is not None and not isinstance(st.error, asyncio.CancelledError):
                         log.debug("stream %s ended: %r", st.peer, st.error)
                     return
@@ -270,6 +295,33 @@ class AdsServer:
         finally:
             st.closed = True
             st.wake.set()
+
+    def _unknown_type(self, st: _Stream, type_url: str) -> None:
+        if not st.unknown_logged:
+            st.unknown_logged = True
+            log.info("ignoring requests for unsupported type %.200r from %s (logged once per stream)", type_url,
+                     st.peer)
+
+    def _precheck(self, st: _Stream, type_url: str, count: int) -> None:
+        """Reject a request whose name list alone is over the cap, before building anything from it."""
+        if count > self.max_names_per_stream:
+            raise StreamLimitExceeded(
+                f"a {T.SHORT[type_url]} request lists {count} resource names; max_names_per_stream is "
+                f"{self.max_names_per_stream}")
+
+    def _charge(self, st: _Stream, sub: _Sub, n: int, b: int) -> None:
+        """Check the stream's caps with ``sub`` holding ``n`` names of ``b`` bytes; raise before applying."""
+        total_n = n + sum(o.charge[0] for o in st.subs.values() if o is not sub)
+        total_b = b + sum(o.charge[1] for o in st.subs.values() if o is not sub)
+        if total_n > self.max_names_per_stream:
+            raise StreamLimitExceeded(
+                f"{T.SHORT[sub.type_url]} would make the stream hold {total_n} resource names; "
+                f"max_names_per_stream is {self.max_names_per_stream}")
+        if total_b > self.max_name_bytes_per_stream:
+            raise StreamLimitExceeded(
+                f"{T.SHORT[sub.type_url]} would make the stream hold {total_b} bytes of resource names; "
+                f"max_name_bytes_per_stream is {self.max_name_bytes_per_stream}")
+        sub.charge = (n, b)
 
     def _connect(self, st: _Stream, node: Any) -> None:
         if st.proxy is None:
@@ -360,14 +412,16 @@ class AdsServer:
         self._connect(st, req.node)
         sub = st.subs.get(req.type_url)
         if sub is None:
-            log.info("ignoring request for unsupported type %s from %s", req.type_url, st.peer)
+            self._unknown_type(st, req.type_url)
             return
+        self._precheck(st, sub.type_url, len(req.resource_names))
         nonce = req.response_nonce
         if sub.requested and nonce != sub.last_nonce:
             # Stale: a request answering an older response; a newer one is on its way.
             self.metrics.stale_nonces.labels(T.SHORT[sub.type_url]).inc()
             return
         names = set(req.resource_names)
+        self._charge(st, sub, len(names), sum(map(len, names)))
         if not sub.requested:
             sub.legacy_wildcard = sub.type_url in T.WILDCARD_TYPES and not names
         elif names and "*" not in names:
@@ -435,10 +489,21 @@ class AdsServer:
         self._connect(st, req.node)
         sub = st.subs.get(req.type_url)
         if sub is None:
-            log.info("ignoring delta request for unsupported type %s from %s", req.type_url, st.peer)
+            self._unknown_type(st, req.type_url)
             return
+        first = not sub.requested
+        self._precheck(st, sub.type_url,
+                       len(req.resource_names_subscribe) + (len(req.initial_resource_versions) if first else 0))
         subscribe = set(req.resource_names_subscribe)
         unsubscribe = set(req.resource_names_unsubscribe)
+        added = subscribe - unsubscribe - sub.names - {"*"}
+        dropped = unsubscribe & sub.names
+        n = sub.charge[0] + len(added) - len(dropped)
+        b = sub.charge[1] + sum(map(len, added)) - sum(map(len, dropped))
+        if first:
+            n += len(req.initial_resource_versions)
+            b += sum(len(k) + len(v) for k, v in req.initial_resource_versions.items())
+        self._charge(st, sub, n, b)
         if not sub.requested:
             sub.requested = True
             sub.first_pending = True

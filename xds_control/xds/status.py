@@ -37,6 +37,8 @@ class TypeStatus:
     sent_at: float | None = None
     acked_version: int | None = None
     acked_at: float | None = None
+    #: The version ACKed before the last ACK (what the proxy held when it accepted ``acked_version``).
+    prev_acked_version: int | None = None
     #: The error_detail message of the last NACK, cleared by the next ACK.
     last_error: str | None = None
     error_version: int | None = None
@@ -189,6 +191,7 @@ class SyncTracker:
 
     def acked(self, proxy: ProxyStatus, type_url: str) -> None:
         st = self.type_status(proxy, type_url)
+        st.prev_acked_version = st.acked_version
         st.acked_version, st.acked_at = st.sent_version, self._clock()
         st.acks += 1
         st.last_error = None
