@@ -78,6 +78,12 @@ DEFAULT_RATE_QUERY = (
 _FIELDS = tuple(f.name for f in fields(EndpointSample) if f.name != "taken_at")
 
 
+def _unreachable(e: BaseException) -> bool:
+    import requests
+
+    return isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
 class PrometheusSource:
     """Reads samples from Prometheus.
 
@@ -150,7 +156,9 @@ class PrometheusSource:
                 result = client.custom_query(q)
             except Exception as e:  # requests / API errors
                 errors[f] = f"{type(e).__name__}: {e}"[:300]
-                if f == "_up":  # nothing else will work either
+                # Unreachable or hung (a timeout): nothing else will work either, and going on would cost a
+                # timeout per query per tick (a Prometheus that stopped answering stalled ticks for ~20 s).
+                if f == "_up" or _unreachable(e):
                     raise
                 continue
             vals: dict[str, tuple[float, float]] = {}
