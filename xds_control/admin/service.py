@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,14 @@ _TYPES = {
 }
 _MAX_TEXT = 500
 #: What a tenant-scoped caller reads instead of a NACK's text when the change also concerns other tenants.
+class _NoFilter:
+    """A WatchEvents request with no kinds/service filter (for the per-tenant visibility check)."""
+
+    kinds: tuple[str, ...] = ()
+    service = ""
+
+
+_NO_FILTER = _NoFilter()
 _WITHHELD = "a proxy rejected a change that includes services outside yours (details withheld)"
 
 
@@ -175,6 +184,10 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
     def __init__(self, cp: ControlPlanePort, events: EventLog) -> None:
         self.cp = cp
         self.events = events
+        #: (event seq, tenant) -> (visible to that tenant, its message or None). Every watcher of one tenant
+        #: gets the same event message, so it is built once, not once per watcher (200 watchers of one event
+        #: each building it held ACK processing up for tens of milliseconds).
+        self._event_cache: OrderedDict[tuple[int, str], tuple[bool, Any]] = OrderedDict()
 
     # -- lookups ------------------------------------------------------------------------------------
     def _services(self, p: Principal) -> list[ServiceConfig]:
@@ -604,6 +617,30 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
         return pb.ActionResult(event_seq=seq, message=msg)
 
     # -- Watch --------------------------------------------------------------------------------------
+    def _tenant_view(self, p: Principal, ev: Mapping[str, Any]) -> tuple[bool, Any]:
+        """Whether ``p``'s tenant may see ``ev``, and the message it gets (cached per event and tenant)."""
+        key = (int(ev["seq"]), p.tenant)
+        hit = self._event_cache.get(key)
+        if hit is not None:
+            return hit
+        visible = self._event_visible(p, ev, _NO_FILTER)
+        out = (visible, self._event_pb(p, ev) if visible else None)
+        self._event_cache[key] = out
+        while len(self._event_cache) > 4096:
+            self._event_cache.popitem(last=False)
+        return out
+
+    @staticmethod
+    def _event_wanted(ev: Mapping[str, Any], req: Any, msg: Any) -> bool:
+        """The request's own filters (kinds, service) on an event its tenant may see."""
+        if req.kinds and ev.get("kind") not in req.kinds:
+            return False
+        if not req.service:
+            return True
+        if ev.get("kind") in ("ack", "nack"):
+            return req.service in (ev.get("services") or ())
+        return bool(msg.service == req.service)
+
     def _event_visible(self, p: Principal, ev: Mapping[str, Any], req: Any) -> bool:
         if ev.get("kind") in ("ack", "nack"):
             if self._xds_scope(p, ev) == "hidden":
@@ -676,8 +713,9 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[name-defined]  # stu
                 after = first - 1
             for ev in self.events.after(after):
                 after = int(ev["seq"])
-                if self._event_visible(p, ev, req):
-                    yield self._event_pb(p, ev)
+                visible, msg = self._tenant_view(p, ev)
+                if visible and self._event_wanted(ev, req, msg):
+                    yield msg
             if not req.follow:
                 return
             await self.events.wait_beyond(after)
