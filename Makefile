@@ -57,6 +57,18 @@ helm-bin:
 	  && GOFLAGS=-mod=mod GOBIN=$(CURDIR)/.cache/bin go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION) \
 	  && echo $(HELM_VERSION) > $(HELM).version; }
 
+# A real Kubernetes control plane for tests/k8s: kube-apiserver, kube-controller-manager, kube-scheduler (from the
+# k8s.io/kubernetes module) and kwok (sigs.k8s.io/kwok) built into .cache/k8s/bin (git-ignored) at the versions pinned
+# in tests/k8s/build/go.mod, and Debian's etcd-server. The first build takes about 20 minutes on 2 cores.
+.PHONY: k8s-bin test-k8s
+k8s-bin:
+	@bash tests/k8s/build/build.sh
+
+# Builds what is missing, prints the versions, and runs tests/k8s in a private network namespace (tests/k8s/run.sh).
+# `make test` skips those tests (they say why) unless run this way.
+test-k8s: venv
+	@bash tests/k8s/run.sh $(PYTEST_ARGS)
+
 demo: venv
 	$(BIN)/xds-control demo
 
