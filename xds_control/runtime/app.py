@@ -69,6 +69,9 @@ class ControlPlane:
     #: Where operator state (pins, drains, pauses, policies) is kept across restarts; None = beside the config
     #: (``<config>.operator-state.json``), or nowhere without a config file.
     operator_state_path: Path | None = None
+    #: The local scaler's replica state file (replicas outlive a crash and are adopted on restart); None = beside
+    #: the config (``<config>.replicas.json``), or none without a config file (replicas then die with the process).
+    replica_state_path: Path | None = None
 
     def __post_init__(self) -> None:
         x = self.config.xds
@@ -236,8 +239,12 @@ class ControlPlane:
         if self.scaler is None:
             from xds_control.actuators.local import LocalScaler
 
-            # The app handles SIGINT/SIGTERM itself and closes the scaler on the way out.
-            self.scaler = LocalScaler(install_signal_handlers=False)
+            # The app handles SIGINT/SIGTERM itself and closes the scaler on the way out. Replicas a crashed
+            # predecessor left running are taken over before the controller counts what exists.
+            state = self.replica_state_path or (
+                self.config_path.with_name(self.config_path.name + ".replicas.json") if self.config_path else None)
+            self.scaler = LocalScaler(install_signal_handlers=False, state_path=state)
+            await self.scaler.adopt()
         if self.source is None:
             self.source = make_source(self.config)
         if self.rate_source is None:

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-queue", type=int, default=None, help="waiting queue bound (default: profile queue_bound)")
     ap.add_argument("--kv-capacity-tokens", type=int, default=None, help="KV cache tokens (default: profile)")
     ap.add_argument("--seed", type=int, default=None, help="seed for --fail-rate draws")
+    ap.add_argument("--orphan-grace-s", type=float, default=0.0,
+                    help="stop after this many seconds without control-plane contact (0: never)")
     ap.add_argument("--sock-fd", type=int, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -37,6 +39,7 @@ def config_from_args(argv: list[str] | None = None) -> ReplicaConfig:
         port=a.port, host=a.host, profile=a.profile, name=a.name, load_delay_s=a.load_delay,
         slow_factor=a.slow_factor, fail_rate=a.fail_rate, max_num_seqs=a.max_num_seqs,
         max_queue=a.max_queue, kv_capacity_tokens=a.kv_capacity_tokens, seed=a.seed, sock_fd=a.sock_fd,
+        orphan_grace_s=a.orphan_grace_s,
     )  # fmt: skip
     errs = cfg.validate()
     if errs:
@@ -45,7 +48,11 @@ def config_from_args(argv: list[str] | None = None) -> ReplicaConfig:
 
 
 def die_with_parent() -> None:
-    """Exit when the process that started us (a LocalScaler) dies, however it dies (Linux)."""
+    """Exit when the process that started us (a LocalScaler) dies, however it dies (Linux).
+
+    Only when the scaler asked for it (``XDS_CONTROL_PARENT_PID``); a scaler with a state file leaves it
+    unset, so its replicas outlive it and stop by themselves after ``--orphan-grace-s`` instead.
+    """
     parent = os.environ.get("XDS_CONTROL_PARENT_PID")
     if not parent or not sys.platform.startswith("linux"):
         return

@@ -24,6 +24,11 @@ whole blocks reuse each other's KV blocks on the same replica.
 Answers: 200; 400 for malformed bodies; 500 for injected failures
 (``fail_rate``); 503 before ready and when the waiting queue is full. Every
 response carries ``x-xds-replica: <name>`` so tests can count traffic shares.
+
+Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
+stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
+``GET /metrics`` carrying the ``x-xds-control-plane`` header (the local scaler's health checks); Envoy's and
+Prometheus's requests do not count, so a replica whose control plane died and was not restarted goes away.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, Q
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 
 REPLICA_HEADER = "x-xds-replica"
+#: Sent by a control plane (the local scaler's health checks): resets the replica's orphan timer.
+CONTROL_PLANE_HEADER = "x-xds-control-plane"
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class ReplicaConfig:
     seed: int | None = None
     #: An already-bound listening socket's file descriptor (the local scaler passes one).
     sock_fd: int | None = None
+    #: Stop by itself after this many seconds without control-plane contact; 0 = never.
+    orphan_grace_s: float = 0.0
 
     def validate(self) -> list[tuple[str, str]]:
         """Problems as ``(option, message)`` pairs; empty when valid."""
@@ -83,6 +92,8 @@ class ReplicaConfig:
             errs.append(("--load-delay", f"must be 0..3600 seconds, got {self.load_delay_s}"))
         if not 0 < self.slow_factor <= 1000:
             errs.append(("--slow-factor", f"must be > 0 and <= 1000, got {self.slow_factor}"))
+        if not 0 <= self.orphan_grace_s <= 86400:
+            errs.append(("--orphan-grace-s", f"must be 0..86400 seconds, got {self.orphan_grace_s}"))
         if not 0 <= self.fail_rate <= 1:
             errs.append(("--fail-rate", f"must be 0..1, got {self.fail_rate}"))
         for opt, v in (("--max-num-seqs", self.max_num_seqs), ("--max-queue", self.max_queue),
@@ -180,6 +191,8 @@ class ReplicaServer:
         self.metrics: ReplicaMetrics | None = None
         self.started_at = time.monotonic()
         self.ready = False
+        #: ``time.monotonic()`` of the last control-plane contact (see :data:`CONTROL_PLANE_HEADER`).
+        self.last_contact = time.monotonic()
         self._ready_task: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app.router.add_post("/v1/completions", self.completions)
@@ -224,12 +237,18 @@ class ReplicaServer:
         )
 
     # -- handlers ------------------------------------------------------------------
+    def _contact(self, request: web.Request) -> None:
+        if CONTROL_PLANE_HEADER in request.headers:
+            self.last_contact = time.monotonic()
+
     async def health(self, request: web.Request) -> web.Response:
+        self._contact(request)
         if not self.ready:
             return web.Response(status=503, text="loading model\n", headers=self._headers())
         return web.Response(status=200, text="ok\n", headers=self._headers())
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
+        self._contact(request)
         assert self.metrics is not None
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE, **self._headers()})
 
@@ -381,13 +400,29 @@ async def serve(cfg: ReplicaConfig, *, stop: asyncio.Event | None = None, shutdo
     if not server.name:
         server.name = f"{addr[0]}:{addr[1]}"
     print(f"listening on {addr[0]}:{addr[1]}", flush=True)
+    if stop is None:
+        stop = asyncio.Event()
+    guard = None
+    if cfg.orphan_grace_s > 0:
+        guard = asyncio.get_running_loop().create_task(_orphan_guard(server, cfg.orphan_grace_s, stop),
+                                                       name="replica-orphan-guard")
     try:
-        if stop is None:
-            await asyncio.Event().wait()
-        else:
-            await stop.wait()
+        await stop.wait()
     finally:
+        if guard is not None:
+            guard.cancel()
         await runner.cleanup()
+
+
+async def _orphan_guard(server: ReplicaServer, grace_s: float, stop: asyncio.Event) -> None:
+    """Set ``stop`` once no control plane has contacted ``server`` for ``grace_s`` seconds."""
+    while not stop.is_set():
+        idle = time.monotonic() - server.last_contact
+        if idle >= grace_s:
+            print(f"no control plane contact for {idle:.1f} s (--orphan-grace-s {grace_s:g}); stopping", flush=True)
+            stop.set()
+            return
+        await asyncio.sleep(min(1.0, max(0.05, grace_s - idle)))
 
 
 def run(cfg: ReplicaConfig) -> None:
