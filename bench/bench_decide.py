@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_decide.py [--n 10000] [--repeat 200] [--budget-ms 5] [--json]
 
-For each policy (threshold, predictive, comprehensive, hpa, kpa) it warms up for 60 simulated
+For each registered policy (``xds_control.policies.POLICIES``) it warms up for 60 simulated
 seconds, then times ``decide`` + ``plan_service`` per tick (2 simulated seconds apart, fresh
 samples each tick from a pool of pre-built frames, a scale-down and scale-up every few ticks so
 coordination has work to do). It reports the median and p99 per tick in milliseconds.

@@ -1,10 +1,10 @@
-"""Simulator benchmark: the full 1-hour Azure code trace through all six policies.
+"""Simulator benchmark: the full 1-hour Azure code trace through every policy of ``--policy all`` (or --policies).
 
     .venv/bin/python bench/bench_sim.py [--trace ../shared/traces/azure2023_code_full.csv]
                                        [--repeat 3] [--speedup 1] [--budget 10] [--json]
 
 Times what ``xds-control evaluate --policy all`` does after start-up: load the CSV, then for each
-policy simulate the fleet (real decide() and planning every 2 simulated seconds) and compute the
+policy simulate the fleet (the shipped preset through the control step every simulated second) and compute the
 metrics. Reports the per-policy and total wall time of each repeat (median and best), the number of
 requests per second of wall time, and whether the median total fits the budget (the issue's 10 s
 on this 2-core machine). Exits 1 when over budget, 2 when the trace is missing.

@@ -11,15 +11,16 @@ import typer
 
 
 def demo(
-    duration: Annotated[float, typer.Option("--duration", help="Seconds of load to replay (the run adds ~30 s for "
-                                            "scale-down).", min=5, max=3600)] = 120.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of load to replay (the run adds --settle "
+                                            "seconds for the scale-down).", min=5, max=3600)] = 120.0,
     trace: Annotated[Path | None, typer.Option("--trace", help="Replay this trace CSV "
-                     "(timestamp_s,input_tokens,output_tokens) instead of the built-in surge.")] = None,
+                     "(timestamp_s,input_tokens,output_tokens[,hash_ids]; with hash_ids the pool routes by prompt "
+                     "prefix) instead of the built-in surge.")] = None,
     speedup: Annotated[float, typer.Option("--speedup", help="Compress the trace's time axis by this factor.",
                                            min=0.001)] = 1.0,
     policy: Annotated[str, typer.Option("--policy", help="A preset (xds-control policy list) or a "
                                         "policy YAML file.")] = "comprehensive",
-    out: Annotated[Path, typer.Option("--out", help="Directory for demo.png.")] = Path("out"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for demo.png and demo.log.")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     live: Annotated[bool, typer.Option("--live/--no-live", help="Live terminal view (off when not a TTY).")] = True,
     settle: Annotated[float, typer.Option("--settle", help="Seconds to keep running after the load, to show "

@@ -1,7 +1,6 @@
 """Commands of the live path: ``xds-control replica`` and ``xds-control loadgen``.
 
-``cli.py`` calls :func:`register` when this module exists. The lead adds ``demo``
-here (or next to it) later.
+:mod:`xds_control.cli.main` calls :func:`register` at start-up.
 """
 
 from __future__ import annotations

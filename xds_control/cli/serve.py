@@ -28,11 +28,11 @@ def _setup_logging(level: str) -> None:
 
 def serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file (see README 'Configuration').")],
-    xds_port: Annotated[int, typer.Option("--xds-port", help="ADS gRPC port on 127.0.0.1 (0 = pick a free one).",
+    xds_port: Annotated[int, typer.Option("--xds-port", help="ADS gRPC port on --host (0 = pick a free one).",
                                           min=0, max=65535)] = 18000,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", help="HTTP port for /metrics and /debug/syncz "
-                                              "(0 = pick a free one).", min=0, max=65535)] = 9102,
-    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="HTTP port on --host for /metrics, the dashboard "
+                                              "(/) and /debug/syncz (0 = pick a free one).", min=0, max=65535)] = 9102,
+    host: Annotated[str, typer.Option("--host", help="Address the xDS and HTTP ports bind (loopback by default).")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     admin_port: Annotated[int | None, typer.Option("--admin-port", help="Admin API port on admin.address "
                                                       "(default: admin.port of the config, 18001; 0 = any free "
