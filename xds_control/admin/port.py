@@ -18,6 +18,7 @@ from xds_control.config import Config
 from xds_control.control.views import EndpointView
 from xds_control.policies import PolicySpec
 from xds_control.snapshot.snapshot import Snapshot
+from xds_control.xds.publisher import Rejection
 
 Key = tuple[str, str]  # (pool, host:port)
 
@@ -45,18 +46,9 @@ class ProxyView:
     types: tuple[TypeSyncView, ...]
 
 
-@dataclass(frozen=True)
-class NackView:
-    node: str
-    type: str
-    version: int
-    message: str
-    at: float
-    #: Resources of ``type`` the rejected version changed for the proxy, and the services they serve; the
-    #: admin shows a tenant-scoped caller only rejections of its own services (``attributed`` False: none).
-    resources: tuple[str, ...] = ()
-    services: tuple[str, ...] = ()
-    attributed: bool = False
+#: A proxy's NACK as the publisher records it (frozen): node, type, version, message, at, and the resources and
+#: services the rejected change concerns (``attributed`` False: it could not be attributed).
+NackView = Rejection
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from xds_control.admin.port import (
     DecisionView,
     EventListener,
-    NackView,
     OverridesView,
     PoolView,
     ProxyView,
@@ -79,8 +78,7 @@ class RuntimeAdminPort:
             version=snap.version if snap is not None else 0,
             last_good_version=pub.last_good.version if pub.last_good is not None else 0,
             last_error=pub.last_error or "",
-            rejections=tuple(NackView(r.node, r.type, r.version, r.message, r.at, r.resources, r.services,
-                                      r.attributed) for r in pub.rejections),
+            rejections=tuple(pub.rejections),  # Rejection values are frozen: shared, not copied
             proxies=tuple(proxies),
         )
 
