@@ -35,7 +35,8 @@ def kube_config(ns: str, kubeconfig: Path, **autoscale: Any) -> dict[str, Any]:
         "kubernetes": {
             "namespace": ns, "kubeconfig": str(kubeconfig), "watch_timeout_s": 5,
             "pools": {"llm": {"deployment": "llm", "service": "llm", "port": PORT}},
-            "leader_election": {"lease_duration_s": 1.5, "renew_deadline_s": 1.0, "retry_period_s": 0.1},
+            # generous lease timings: under load a 1 s renew deadline lapsed and leadership flapped mid-test
+            "leader_election": {"lease_duration_s": 6.0, "renew_deadline_s": 4.0, "retry_period_s": 0.2},
         },
     }
 
