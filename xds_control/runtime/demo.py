@@ -417,11 +417,11 @@ async def run_demo(
         handler.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if rates is not None:
-            await rates.close()
         if envoy is not None:
             envoy.stop()
         await cp.stop(grace=1)
+        if rates is not None:  # after the controller stopped: a tick in between would open a new session
+            await rates.close()
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ class EnvoyAdminRateSource:
         #: (admin url, pool, counter) -> samples
         self._windows: dict[tuple[str, str, str], CounterWindow] = {}
         self._session: Any = None
+        self._closed = False
         self.set_admin_urls(admin_urls)
 
     def set_admin_urls(self, admin_urls: Sequence[str]) -> None:
@@ -222,6 +223,8 @@ class EnvoyAdminRateSource:
     async def _get(self, url: str, pools: Sequence[str]) -> dict[str, float]:
         import aiohttp
 
+        if self._closed:  # never open a session that close() would not close
+            raise RuntimeError("the rate source is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         q = urllib.parse.urlencode({"format": "json", "filter": _stat_filter(pools)})
@@ -285,6 +288,7 @@ class EnvoyAdminRateSource:
         return RateReport(self.name, now, rates, reasons=reasons, elapsed_s=elapsed)
 
     async def close(self) -> None:
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()
