@@ -204,6 +204,41 @@ def host_flags(envoy: Envoy, cluster: str) -> dict[str, str]:
     return out
 
 
+class FlagWatch:
+    """Envoy's per-host health flags of one cluster every 20 ms, in a thread: (time, {host: flags})."""
+
+    def __init__(self, envoy: Envoy, cluster: str = "llm") -> None:
+        self.envoy, self.cluster = envoy, cluster
+        self.samples: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.samples.append((time.monotonic(), host_flags(self.envoy, self.cluster)))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> FlagWatch:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(5)
+
+    def out_of_rotation(self, key: str, after: float) -> tuple[float | None, str]:
+        """First time after ``after`` the host was ejected or gone, and which."""
+        for t, flags in self.samples:
+            if t < after:
+                continue
+            if key not in flags:
+                return t, "removed"
+            if "failed_outlier_check" in flags[key]:
+                return t, "ejected"
+        return None, ""
+
+
 class EdsWatch:
     """Polls what Envoy holds for one cluster every ``every`` s in a thread: ``(monotonic time, hosts)``."""
 

@@ -25,16 +25,14 @@ from __future__ import annotations
 import asyncio
 import http.client
 import sys
-import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netns import Netns, unavailable
 
-from harness import Background, eds_hosts, envoy_running, failures, host_flags, loss_pct, pick, record, until
+from harness import Background, FlagWatch, eds_hosts, envoy_running, failures, loss_pct, pick, record, until
 from support.ports import free_port
 from support.prometheus import PROMETHEUS, FileSdPrometheus
 
@@ -51,36 +49,6 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(pick(120,
 PER_TRY_S = 1.0
 TIMEOUT_S = 1.0  # controller.signals.timeout_s of the Prometheus scenario
 OUTLIER = {"consecutive_5xx": 3, "interval_s": 1, "base_ejection_time_s": 30, "max_ejection_percent": 50}
-
-
-class FlagWatch:
-    """Envoy's per-host health flags of cluster ``llm`` every 20 ms, in a thread."""
-
-    def __init__(self, envoy: Any) -> None:
-        self.envoy = envoy
-        self.samples: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with suppress(Exception):
-                self.samples.append((time.monotonic(), host_flags(self.envoy, "llm")))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> FlagWatch:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(5)
-
-    def ejected_at(self, key: str, after: float) -> float | None:
-        for t, flags in self.samples:
-            if t >= after and (key not in flags or "failed_outlier_check" in flags[key]):
-                return t
-        return None
 
 
 def _get(host: str, port: int, path: str) -> int:
@@ -128,7 +96,7 @@ async def test_partition_replica_silent_under_load(tmp_path: Path) -> None:
                     await asyncio.to_thread(ns.cut)
                     res = await load.result()
                     stats = envoy.stats()
-                t_out = flags.ejected_at(victim, t_cut)
+                t_out, _ = flags.out_of_rotation(victim, t_cut)
                 assert t_out is not None, "the silent replica was never taken out of rotation"
                 row = record("partition_replica", requests=res.summary.requests, failed=res.summary.failed,
                              loss_pct=loss_pct(res), out_of_rotation_s=t_out - t_cut, per_try_timeout_s=PER_TRY_S,

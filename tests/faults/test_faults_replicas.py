@@ -16,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from harness import Background, eds_hosts, envoy_running, failures, host_flags, loss_pct, pick, record, until
+from harness import Background, FlagWatch, eds_hosts, envoy_running, failures, loss_pct, pick, record, until
 from support.envoy import Envoy
 from support.ports import free_port
 
@@ -67,41 +66,6 @@ async def stack(replicas: int, retry: dict[str, Any]) -> AsyncIterator[tuple[Con
     finally:
         await cp.stop(grace=0)
         await scaler.close()
-
-
-class FlagWatch:
-    """Envoy's per-host health flags of cluster ``llm`` every 20 ms, in a thread: (time, {host: flags})."""
-
-    def __init__(self, envoy: Envoy) -> None:
-        self.envoy = envoy
-        self.samples: list[tuple[float, dict[str, str]]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with suppress(Exception):
-                self.samples.append((time.monotonic(), host_flags(self.envoy, "llm")))
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> FlagWatch:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(5)
-
-    def out_of_rotation(self, key: str, after: float) -> tuple[float | None, str]:
-        """First time after ``after`` the host was ejected or gone, and which."""
-        for t, flags in self.samples:
-            if t < after:
-                continue
-            if key not in flags:
-                return t, "removed"
-            if "failed_outlier_check" in flags[key]:
-                return t, "ejected"
-        return None, ""
 
 
 async def kill_and_recover(victims: int, replicas: int, rps: float, seconds: float, name: str,
