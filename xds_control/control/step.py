@@ -253,13 +253,13 @@ def control_step(obs: Observation, state: ControlState, spec: ControlSpec) -> St
     """One tick of the controller. See the module docstring for the contract."""
     now = obs.now
     first_at = state.first_at if state.first_at is not None else now
+    events: list[Event] = []
     if state.holding:
         waiting = _unsettled(obs, spec)
         if waiting and now - first_at < spec.initial_hold_s:
             return StepResult(replace(state, first_at=first_at), held=waiting)
-    events: list[Event] = []
-    if state.holding and _unsettled(obs, spec):
-        events.append(Event("hold_expired", {"after_s": now - first_at}))
+        if waiting:
+            events.append(Event("hold_expired", {"after_s": now - first_at}))
     pools_out: list[PoolActions] = []
     new_pools: dict[str, PoolState] = {}
     planned: dict[str, PoolPlan] = {}

@@ -295,14 +295,16 @@ class Controller:
         present = {(p.name, e.key) for p in result.plan.pools for e in p.endpoints}
         present.update((a.pool, k) for a in result.pools for k in a.plan.keys)
         self.operator.prune(present)
-        records = [replace(self._record(a, now, reports.get(a.pool)), request_rate=obs.pools[a.pool].request_rate)
-                   if a.pool in obs.pools else self._record(a, now, reports.get(a.pool)) for a in result.pools]
+        records = [self._record(a, now, reports.get(a.pool), obs.pools[a.pool].request_rate if a.pool in obs.pools
+                                else None) for a in result.pools]
         version = self._current_version()
         if result.changed or version is None:
             version = self._publish(result.plan, "; ".join(r.explanation for r in records)[:500], now)
-        else:
+        elif self._pending_acks and self._pending_acks[-1][0] == version:
             # The plan as of ``now`` is the one in force: once it is ACKed, so is ``now`` (the simulator's
-            # ACK-by-the-next-tick is this too).
+            # ACK-by-the-next-tick is this too). One entry per version, so a proxy that never ACKs grows nothing.
+            self._pending_acks[-1] = (version, now)
+        else:
             self._pending_acks.append((version, now))
         for rec in records:
             self.history.append(replace(rec, version=version))
@@ -448,7 +450,8 @@ class Controller:
                 self._pending_acks.popleft()
 
     # -- views --------------------------------------------------------------------------------------
-    def _record(self, a: PoolActions, now: float, report: SignalReport | None) -> TickRecord:
+    def _record(self, a: PoolActions, now: float, report: SignalReport | None,
+                request_rate: float | None = None) -> TickRecord:
         d, res, frame = a.decision, a.plan, a.frame
         rt = self.runtimes[a.pool]
         infos = {r.key: r for r in self.scaler.list() if r.pool == a.pool}
@@ -474,7 +477,8 @@ class Controller:
         return TickRecord(now=now, service=rt.service, pool=rt.pool, policy=d.policy, current=d.current_replicas,
                           target=d.target_replicas, ready=signals_ready(frame) if frame is not None else 0,
                           mode=d.mode, load_index=d.load_index, explanation=d.explanation, endpoints=tuple(views),
-                          version=None, failed_reads=len(report.failed) if report is not None else 0)
+                          version=None, failed_reads=len(report.failed) if report is not None else 0,
+                          request_rate=request_rate)
 
 
 _STATUS = {ReplicaState.STARTING: ReplicaStatus.STARTING, ReplicaState.READY: ReplicaStatus.READY,
