@@ -108,25 +108,12 @@ class DemoRun:
         return sum(v[1] for v in vals) / q if q > 0 else None
 
 
-async def read_prefix_cache(session: Any, run: DemoRun, keys: list[str]) -> None:
-    """Read ``vllm:prefix_cache_queries_total`` / ``_hits_total`` from each replica's /metrics into ``run.cache``
-    (a replica that does not answer keeps its last values)."""
-    import aiohttp
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async def one(key: str) -> None:
-        try:
-            async with session.get(f"http://{key}/metrics", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
-                text = await r.text()
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return
-        got = {"vllm:prefix_cache_queries": 0.0, "vllm:prefix_cache_hits": 0.0}
-        for fam in text_string_to_metric_families(text):
-            if fam.name in got:
-                got[fam.name] = sum(smp.value for smp in fam.samples if smp.name.endswith("_total"))
-        run.cache[key] = (got["vllm:prefix_cache_queries"], got["vllm:prefix_cache_hits"])
-
-    await asyncio.gather(*(one(k) for k in keys))
+def read_prefix_cache(run: DemoRun, reports: list[Any]) -> None:
+    """Take each replica's ``vllm:prefix_cache_queries_total`` / ``_hits_total`` from the controller's last signal
+    reports (the scrape source reads them with the rest: no second scrape) into ``run.cache``; a replica not read
+    keeps its last values."""
+    for rep in reports:
+        run.cache.update((rep.extra or {}).get("prefix_cache", {}) if rep is not None else {})
     run.cache_series.append((time.monotonic() - run.started, sum(v[0] for v in run.cache.values()),
                              sum(v[1] for v in run.cache.values())))
 
@@ -380,19 +367,15 @@ async def run_demo(
             from rich.live import Live
 
             live_ctx = Live(_live_table(None, run, 0.0), refresh_per_second=2, transient=False)
-        import aiohttp
-
         async with contextlib.AsyncExitStack() as closing:
-            metrics_session = await closing.enter_async_context(aiohttp.ClientSession())
             view = closing.enter_context(live_ctx)
             end_at = run.started + duration_s + settle_s
             while not stop.is_set():
                 ctl = cp.controller
                 last_now = run.ticks[-1].now if run.ticks else -math.inf
                 run.ticks.extend(r for r in (ctl.history if ctl is not None else ()) if r.now > last_now)
-                if run.ticks:
-                    await read_prefix_cache(metrics_session, run, [e.key for e in run.ticks[-1].endpoints
-                                                                   if e.state in ("ready", "stopping")])
+                if run.ticks and ctl is not None:
+                    read_prefix_cache(run, [rt.last_report for rt in ctl.runtimes.values()])
                 if view is not None:
                     view.update(_live_table(run.ticks[-1] if run.ticks else None, run,
                                             time.monotonic() - run.started))

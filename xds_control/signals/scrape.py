@@ -58,6 +58,8 @@ class RawMetrics:
     e2e_count: float | None = None
     tpot_sum: float | None = None
     tpot_count: float | None = None
+    prefix_queries: float | None = None
+    prefix_hits: float | None = None
 
 
 _SUM = {
@@ -73,6 +75,8 @@ _SUM = {
     "vllm:e2e_request_latency_seconds_count": "e2e_count",
     "vllm:request_time_per_output_token_seconds_sum": "tpot_sum",
     "vllm:request_time_per_output_token_seconds_count": "tpot_count",
+    "vllm:prefix_cache_queries_total": "prefix_queries",
+    "vllm:prefix_cache_hits_total": "prefix_hits",
 }
 _MEAN = {
     "vllm:kv_cache_usage_perc": "kv_cache",
@@ -222,6 +226,8 @@ class ScrapeSource:
         self._prev: dict[str, tuple[float, RawMetrics]] = {}
         #: Per endpoint: mean TPOT over the last interval with completions (``SignalReport.extra["tpot_s"]``).
         self._tpot: dict[str, float] = {}
+        #: Per endpoint: the prefix-cache counters (queries, hits), tokens (``SignalReport.extra["prefix_cache"]``).
+        self._prefix: dict[str, tuple[float, float]] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -250,6 +256,8 @@ class ScrapeSource:
             return EndpointReading(key, None, error=f"unparsable metrics from {url}: {e}")
         prev = self._prev.get(key)
         self._prev[key] = (t, raw)
+        if raw.prefix_queries is not None and raw.prefix_hits is not None:
+            self._prefix[key] = (raw.prefix_queries, raw.prefix_hits)
         if prev is not None:
             p = prev[1]
             tpot = interval_mean(raw.tpot_sum, raw.tpot_count, p.tpot_sum, p.tpot_count)
@@ -275,13 +283,15 @@ class ScrapeSource:
             del self._prev[k]
         tpot = {k: self._tpot[k] for k in keys if k in self._tpot}
         self._tpot = tpot
+        prefix = {k: self._prefix[k] for k in keys if k in self._prefix}
+        self._prefix = prefix
         return SignalReport(
             source=self.name,
             now=now,
             readings={r.key: r for r in results},
             elapsed_s=time.monotonic() - t_call,
             # not a policy input: the mean TPOT per endpoint over the interval, for the controller's metrics
-            extra={"tpot_s": tpot},
+            extra={"tpot_s": tpot, "prefix_cache": prefix},
         )
 
     async def close(self) -> None:
