@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 
 
 async def _pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -27,7 +28,11 @@ async def main(lh: str, lp: int, th: str, tp: int) -> None:
         except OSError:
             w.close()
             return
-        await asyncio.gather(_pipe(r, tw), _pipe(tr, w), return_exceptions=True)
+        t0 = time.monotonic()
+        ends = await asyncio.gather(_pipe(r, tw), _pipe(tr, w), return_exceptions=True)
+        # One line per connection, to stderr (the scenario's relay log): how long it lived and how each way ended.
+        print(f"{time.strftime('%H:%M:%S')} {lh}:{lp} -> {th}:{tp}: closed after {time.monotonic() - t0:.1f} s; "
+              f"in->out {ends[0]!r}, out->in {ends[1]!r}", file=sys.stderr, flush=True)
 
     server = await asyncio.start_server(handle, lh, lp, reuse_address=True)
     print("listening", flush=True)

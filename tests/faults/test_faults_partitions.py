@@ -28,6 +28,7 @@ import sys
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netns import Netns, unavailable
@@ -41,6 +42,7 @@ from xds_control.actuators.local import LocalScaler
 from xds_control.config import parse_config
 from xds_control.runtime.app import ControlPlane
 from xds_control.signals.prometheus import PrometheusSource
+from xds_control.snapshot import types as T
 
 WHY = unavailable()
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(pick(120, 400)),
@@ -197,6 +199,18 @@ async def test_partition_prometheus_hangs(tmp_path: Path) -> None:
         prom.close()
 
 
+def _xds_diagnosis(cp: ControlPlane, envoy: Any, node: str, relay_log: Path) -> str:
+    """What each side of the ADS stream believes, for a failure message."""
+    snap = cp.cache.snapshot
+    proxies = [(p.stream_id, p.peer, {T.SHORT[t]: (s.sent_version, s.acked_version) for t, s in p.types.items()})
+               for p in cp.tracker.proxies() if p.node_id == node]
+    stats = {k: v for k, v in envoy.stats().items()
+             if k.startswith(("control_plane.", "cluster.xds_control.upstream_cx", "cluster.xds_control.upstream_rq"))}
+    relay = relay_log.read_text(errors="replace")[-1500:] if relay_log.exists() else ""
+    return (f"control plane at v{snap.version if snap else None}; tracker {proxies}; Envoy stats {stats}; "
+            f"Envoy log tail {envoy.log_text()[-1500:]!r}; relay log tail {relay!r}")
+
+
 async def test_partition_control_plane_from_proxies(tmp_path: Path) -> None:
     cut_s = pick(8.0, 30.0)
     scaler = LocalScaler(install_signal_handlers=False)
@@ -249,7 +263,10 @@ async def test_partition_control_plane_from_proxies(tmp_path: Path) -> None:
                 await asyncio.sleep(cut_s)
                 t_heal = time.monotonic()
                 await asyncio.to_thread(ns.heal)
-                t_sync = await until(synced, 20, "Envoy SYNCED again after the heal", every=0.05)
+                try:
+                    t_sync = await until(synced, 20, "Envoy SYNCED again after the heal", every=0.05)
+                except AssertionError as e:
+                    raise AssertionError(f"{e}; {_xds_diagnosis(cp, envoy, node, tmp_path / 'relay.log')}") from None
                 res = await load.result()
                 stop.set()
                 await watcher

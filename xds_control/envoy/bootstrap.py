@@ -59,8 +59,12 @@ def render_bootstrap(
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                             "explicit_http_config": {
                                 "http2_protocol_options": {
-                                    # ADS streams carry large responses; keep the connection alive.
-                                    "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                                    # PING every 10 s, dead after 5 s unanswered. Also finds a half-open
+                                    # stream (the control plane's side of the connection gone, this side
+                                    # still open: a middlebox or relay dropped it during a partition):
+                                    # after the network heals, the next PING meets a reset, so the proxy
+                                    # reconnects within one interval (30 s made that up to 35 s).
+                                    "connection_keepalive": {"interval": "10s", "timeout": "5s"},
                                 }
                             },
                         }
