@@ -77,12 +77,13 @@ async def test_only_the_leader_scales_and_every_replica_serves_the_same_endpoint
             leader_token = "token-a" if leader is a else "token-b"
             follower_token = "token-b" if leader is a else "token-a"
 
-            # The leader brings the Deployment up to min_replicas; the follower never writes.
+            # The leader brings the Deployment up to min_replicas; the follower writes nothing but the Lease
+            # (contending) and its own entry on the peer board (a ConfigMap).
             await until(lambda: kube.replicas("llm") >= 2, 10, "scale-up to min_replicas")
             writes = [(v, r, t) for v, r, t in kube.requests_by if v in ("patch", "update", "create")
-                      and r != "leases"]
+                      and r not in ("leases", "configmaps")]
             assert writes and all(t == leader_token for _, _, t in writes), writes
-            assert not [w for w in kube.requests_by if w[2] == follower_token and w[1] != "leases"
+            assert not [w for w in kube.requests_by if w[2] == follower_token and w[1] not in ("leases", "configmaps")
                         and w[0] not in ("get", "list", "watch")]
             await until(lambda: len(follower.controller.history) > 0, 5, "a follower tick")
             rec = follower.controller.history[-1]

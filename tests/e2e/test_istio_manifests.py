@@ -22,6 +22,7 @@ from support.istio_sidecar import apply_cluster_patches, envoy_validate, istio_s
 
 from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client
 from xds_control.actuators.leader import LeaseElector
+from xds_control.actuators.peers import KubePeerBoard
 from xds_control.cli.main import _register, app
 from xds_control.config import load_config
 from xds_control.istio import render_envoyfilters
@@ -164,6 +165,10 @@ async def test_rbac_grants_exactly_the_verbs_the_client_uses(tmp_path: Path) -> 
                     break
                 await asyncio.sleep(0.05)
             await scaler.stop_replica(scaler.list()[0].id)
+            # the peer board: read (404), create, then patch its entries
+            board = KubePeerBoard(client, "inference", "xds-control-peers", "me")
+            board.share(leader=True, drains={"llm-v1": frozenset()}, routing={"llm-v1": frozenset()})
+            await asyncio.to_thread(board.sync_once)
             await asyncio.sleep(1.2)  # the watch times out and resumes
         finally:
             task.cancel()

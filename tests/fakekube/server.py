@@ -12,6 +12,9 @@ behaviour documented in the Kubernetes API reference and API concepts pages:
 ``GET   /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}``        read
 ``POST  /apis/coordination.k8s.io/v1/namespaces/{ns}/leases``               create
 ``PUT   /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}``        replace
+``GET   /api/v1/namespaces/{ns}/configmaps/{name}``                         read
+``POST  /api/v1/namespaces/{ns}/configmaps``                                create
+``PATCH /api/v1/namespaces/{ns}/configmaps/{name}``                         merge / strategic merge
 =========================================================================  ===================
 
 Behaviour kept from the real server:
@@ -172,6 +175,7 @@ class FakeKube:
         self.pods: dict[tuple[str, str], Pod] = {}
         self.slices: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
         #: (rv, namespace, event type, object) of EndpointSlice changes, oldest first.
         self._events: list[tuple[int, str, str, dict[str, Any]]] = []
         self._compacted = 0
@@ -429,7 +433,49 @@ class FakeKube:
             if self.lease_failure:
                 return self.lease_failure, _status(self.lease_failure, "ServiceUnavailable", "injected failure")
             return self._lease(method, m.group(1), m.group(2), body)
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?", path)
+        if m:
+            self.requests.append(({"GET": "get", "POST": "create", "PATCH": "patch"}.get(method, method),
+                                  "configmaps"))
+            return self._configmap(method, m.group(1), m.group(2), body, content_type)
         return 404, _status(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
+
+    def _create(self, store: dict[tuple[str, str], dict[str, Any]], ns: str, body: Any, resource: str, group: str,
+                api_version: str, kind: str) -> tuple[int, Any]:
+        """POST of a new object into ``store`` (the caller holds the lock): 422 without a name, 409 if it exists."""
+        name = ((body or {}).get("metadata") or {}).get("name")
+        if not name:
+            return 422, _status(422, "Invalid", "metadata.name: Required value")
+        if (ns, name) in store:
+            full = f"{resource}.{group}" if group else resource
+            extra = {"group": group} if group else {}
+            return 409, _status(409, "AlreadyExists", f'{full} "{name}" already exists', name=name, kind=resource,
+                                **extra)
+        obj = copy.deepcopy(body)
+        obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(),
+                               creationTimestamp=_now())
+        obj.setdefault("apiVersion", api_version)
+        obj.setdefault("kind", kind)
+        store[(ns, name)] = obj
+        return 201, obj
+
+    def _configmap(self, method: str, ns: str, name: str | None, body: Any, ctype: str) -> tuple[int, Any]:
+        with self._cond:
+            if method == "POST" and name is None:
+                return self._create(self.configmaps, ns, body, "configmaps", "", "v1", "ConfigMap")
+            cur = self.configmaps.get((ns, name or ""))
+            if cur is None:
+                return 404, _status(404, "NotFound", f'configmaps "{name}" not found', name=name, kind="configmaps")
+            if method == "GET":
+                return 200, cur
+            if method == "PATCH":
+                if not any(t in ctype for t in ("merge-patch+json", "strategic-merge-patch+json")):
+                    return 415, _status(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
+                new = merge_patch(cur, body)
+                new["metadata"] = {**cur["metadata"], "resourceVersion": self._bump()}
+                self.configmaps[(ns, name or "")] = new
+                return 200, new
+            return 405, _status(405, "MethodNotAllowed", f"{method} is not supported here")
 
     def _scale(self, method: str, ns: str, name: str, body: Any, ctype: str) -> tuple[int, Any]:
         with self._cond:
@@ -493,19 +539,8 @@ class FakeKube:
     def _lease(self, method: str, ns: str, name: str | None, body: Any) -> tuple[int, Any]:
         with self._cond:
             if method == "POST" and name is None:
-                name = ((body or {}).get("metadata") or {}).get("name")
-                if not name:
-                    return 422, _status(422, "Invalid", "metadata.name: Required value")
-                if (ns, name) in self.leases:
-                    return 409, _status(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already '
-                                        f'exists', name=name, group="coordination.k8s.io", kind="leases")
-                obj = copy.deepcopy(body)
-                obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(),
-                                       creationTimestamp=_now())
-                obj.setdefault("apiVersion", "coordination.k8s.io/v1")
-                obj.setdefault("kind", "Lease")
-                self.leases[(ns, name)] = obj
-                return 201, obj
+                return self._create(self.leases, ns, body, "leases", "coordination.k8s.io", "coordination.k8s.io/v1",
+                                    "Lease")
             cur = self.leases.get((ns, name or ""))
             if cur is None:
                 return 404, _status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found', name=name,

@@ -14,6 +14,7 @@ from k8s.cluster import ROOT, Cluster
 
 from xds_control.actuators.kubernetes import KubePool, KubernetesScaler, make_api_client
 from xds_control.actuators.leader import LeaseElector
+from xds_control.actuators.peers import KubePeerBoard
 
 pytestmark = pytest.mark.timeout(120)
 NS = "inference"  # the namespace the manifests name
@@ -59,6 +60,13 @@ async def test_the_istio_role_is_exactly_enough(cluster: Cluster, tmp_path: Path
         await until(lambda: victim not in {p["metadata"]["name"] for p in cluster.pods(NS, "llm-v1")},
                     what="the chosen pod removed")
         assert cluster.replicas(NS, "llm-v1") == 2 and s.last_error is None and elector.last_error is None
+        # the peer board: get (404), create, patch of the ConfigMap named in the Role, then get again
+        board = KubePeerBoard(make_api_client(str(kc)), NS, "xds-control-peers", "cp-0")
+        board.share(leader=True, drains={"llm": frozenset({"10.0.0.1:8000"})}, routing={"llm": frozenset()})
+        await asyncio.to_thread(board.sync_once)
+        await asyncio.to_thread(board.sync_once)
+        assert board.leader_drains() == {"llm": frozenset({"10.0.0.1:8000"})} and board.last_error is None
+        board.api.api_client.close()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -84,6 +92,10 @@ async def test_the_istio_role_is_exactly_enough(cluster: Cluster, tmp_path: Path
         "list Leases": ("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases", None),
         "delete its Lease": ("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/xds-control", None),
         "list Secrets": ("GET", f"/api/v1/namespaces/{NS}/secrets", None),
+        "list ConfigMaps": ("GET", f"/api/v1/namespaces/{NS}/configmaps", None),
+        "get another ConfigMap": ("GET", f"/api/v1/namespaces/{NS}/configmaps/other", None),
+        "patch another ConfigMap": ("PATCH", f"/api/v1/namespaces/{NS}/configmaps/other", {"data": {}}),
+        "delete the peer board": ("DELETE", f"/api/v1/namespaces/{NS}/configmaps/xds-control-peers", None),
         "list Services": ("GET", f"/api/v1/namespaces/{NS}/services", None),
     }
     got = {what: cluster.status(m, p, b, token=token, content_type=scale_merge) for what, (m, p, b) in refused.items()}

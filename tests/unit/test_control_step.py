@@ -284,3 +284,61 @@ def test_request_rate_reaches_the_policy() -> None:
     without = control_step(obs2, ControlState(), spec_for(pred)).pools[0].decision
     assert with_rate.target_replicas > without.target_replicas
 
+
+
+# -- several control-plane instances: the follower follows the leader's drains; the leader waits for its peers --
+def test_follower_drains_exactly_what_the_leader_shares_and_undrains_the_rest() -> None:
+    spec = spec_for(threshold(min_replicas=1))
+    fleet = [rep(0), rep(1), rep(2)]
+    k1 = fleet[1].key
+    # a follower whose own policy would shrink to 1 (idle fleet) drains nothing the leader does not drain
+    res = control_step(observe(0.0, fleet, 0.1, is_leader=False, leader_drains={}), ControlState(), spec)
+    assert all(h is HealthStatus.HEALTHY for h in health(res).values()), health(res)
+    assert res.pools[0].draining == frozenset() and res.pools[0].routing == {r.key for r in fleet}
+    # the leader shares k1 as draining: the follower drains it (and only it), and stops nothing itself
+    res = control_step(observe(1.0, fleet, 0.1, running=0.0, acked=0.0, is_leader=False,
+                               leader_drains={"gpu": frozenset({k1})}), res.state, spec)
+    assert health(res)[k1] is HealthStatus.DRAINING
+    assert [k for k, h in health(res).items() if h is HealthStatus.DRAINING] == [k1]
+    assert res.pools[0].draining == {k1} and k1 in res.pools[0].routing  # its proxies have not ACKed yet
+    assert res.pools[0].stop == () and res.pools[0].start == ()
+    # its proxies ACKed the plan that drains k1: k1 leaves what it routes to
+    res = control_step(observe(2.0, fleet, 0.1, running={r.key: 1.0 for r in fleet}, acked=1.0, is_leader=False,
+                               leader_drains={"gpu": frozenset({k1})}), res.state, spec)
+    assert res.pools[0].routing == {fleet[0].key, fleet[2].key}
+    # the leader undrained k1 (a scale-up reuses it): so does the follower
+    res = control_step(observe(3.0, fleet, 0.1, acked=2.0, is_leader=False, leader_drains={"gpu": frozenset()}),
+                       res.state, spec)
+    assert health(res)[k1] is HealthStatus.HEALTHY and res.pools[0].draining == frozenset()
+
+
+def test_leader_removes_a_drained_replica_only_once_no_peer_routes_to_it() -> None:
+    spec = spec_for(threshold(min_replicas=2))
+    fleet = [rep(0), rep(1), rep(2)]
+    everyone = frozenset(r.key for r in fleet)
+    res = control_step(observe(0.0, fleet, 0.1, peers_routing={"gpu": everyone}), ControlState(), spec)
+    (victim_key,) = res.pools[0].draining
+    victim = next(r for r in fleet if r.key == victim_key)
+    # ACKed by its own proxies and idle, but a peer's proxies may still send to it: not removable
+    for t in (1.0, 2.0):
+        res = control_step(observe(t, fleet, 0.1, running=0.0, acked=t - 1, peers_routing={"gpu": everyone}),
+                           res.state, spec)
+        assert res.pools[0].stop == ()
+    # the peer's proxies ACKed the drain (it shares it no longer routes there), in-flight 0: stopped
+    res = control_step(observe(3.0, fleet, 0.1, running=0.0, acked=2.0,
+                               peers_routing={"gpu": everyone - {victim_key}}), res.state, spec)
+    assert res.pools[0].stop == (victim.id,)
+
+
+def test_leader_gives_up_on_a_silent_peer_after_the_drain_timeout() -> None:
+    spec = spec_for(threshold(min_replicas=2, traffic={"drain_timeout_s": 10.0}))
+    fleet = [rep(0), rep(1), rep(2)]
+    everyone = frozenset(r.key for r in fleet)
+    res = control_step(observe(0.0, fleet, 0.1, peers_routing={"gpu": everyone}), ControlState(), spec)
+    (victim_key,) = res.pools[0].draining
+    res = control_step(observe(1.0, fleet, 0.1, running=0.0, acked=0.0, peers_routing={"gpu": everyone}),
+                       res.state, spec)
+    assert res.pools[0].stop == ()
+    res = control_step(observe(11.5, fleet, 0.1, running=0.0, acked=1.0, peers_routing={"gpu": everyone}),
+                       res.state, spec)
+    assert [r.key for r in fleet if r.id in res.pools[0].stop] == [victim_key]

@@ -8,7 +8,11 @@ What every replica of the control plane does with it (README "Kubernetes"):
   follower keeps ticking -- it reads the same EndpointSlices and the same signals and plans the same
   endpoints, ramps and drains, so every replica serves xDS from the same state -- but its decision is
   held at the current replica count and it never scales. When it becomes the leader its policy state is
-  already warm (it ran ``decide`` on every tick), so the takeover needs no warm-up.
+  already warm (it ran ``decide`` on every tick), so the takeover needs no warm-up;
+* with leader election, a :class:`~xds_control.actuators.peers.KubePeerBoard` on the ConfigMap
+  ``<lease_name>-peers``: the leader shares what it drains, every instance what its proxies may still send to,
+  so a follower drains with the leader and the leader removes a drained pod only once no instance's proxies
+  route to it (``cp.peer_board``; the controller reads and feeds it every tick).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from xds_control.actuators.kubernetes import KubernetesScaler
 from xds_control.actuators.leader import LeaseElector
+from xds_control.actuators.peers import KubePeerBoard
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +56,8 @@ async def attach_kubernetes(cp: Any) -> None:
         # Cancelled by cp.stop() before the scaler closes its client; the elector releases the Lease then.
         cp._spawn("leader-election", elector.run)
         log.info("leader election on lease %s/%s as %s", elector.namespace, elector.name, elector.identity)
+        board = KubePeerBoard(scaler.api_client, elector.namespace, f"{elector.name}-peers", elector.identity,
+                              period_s=min(0.5, le.retry_period_s),
+                              peer_ttl_s=max(4.0, le.lease_duration_s / 2))
+        cp.peer_board = board
+        cp._spawn("peer-board", board.run)

@@ -29,6 +29,11 @@ Contract (what a caller may rely on):
 * until every replica that existed or was asked for at start is ready (or ``initial_hold_s`` passed since the
   first tick), nothing is decided or published: a restarted control plane never pushes a smaller plan than the
   proxies hold;
+* with several control-plane instances (Kubernetes, leader election) a follower drains exactly the endpoints
+  the leader shares as draining (``obs.leader_drains``; it undrains the rest) instead of choosing its own, and
+  the leader removes a drained endpoint only once no other instance's proxies may still send to it
+  (``obs.peers_routing``) and its in-flight count is 0, or the drain timeout passed; every step reports what
+  it drains and what its proxies may still send to (:attr:`PoolActions.draining`, :attr:`PoolActions.routing`);
 * shadow policies (:attr:`PoolSpec.shadows`) decide every step on exactly the policy signals the real policy saw,
   each with its own state (:class:`ShadowState`), and only report (:attr:`PoolActions.shadows`): they never change
   the plan, the starts or the stops. While the pool's signals are lost they hold like the real policy (their state
@@ -43,6 +48,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 from xds_control.control.operator import apply_overrides
 from xds_control.core.model import Decision, EndpointPhase, EndpointSample, ServiceSignals, SignalFrame
@@ -126,6 +133,13 @@ class Observation:
     pins: Mapping[tuple[str, str], int] = field(default_factory=dict)
     #: Operator drains: (pool, key) pairs.
     drains: frozenset[tuple[str, str]] = frozenset()
+    #: Several control-plane instances: by pool, the endpoint keys the leader drains, as it shared them (a
+    #: follower drains exactly these and undrains the rest). None: none known (one instance, or not read yet).
+    leader_drains: Mapping[str, frozenset[str]] | None = None
+    #: Several instances, on the leader: by pool, the keys other instances' proxies may still send new requests
+    #: to (their :attr:`PoolActions.routing`); a drained endpoint among them is not removable before the drain
+    #: timeout. None: no other instance.
+    peers_routing: Mapping[str, frozenset[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,11 @@ class PoolActions:
     frame: SignalFrame | None = None
     #: What each shadow policy decided on this step's signals, (name, decision) in the spec's order.
     shadows: tuple[tuple[str, Decision], ...] = ()
+    #: Keys this step's plan drains (DRAINING or REMOVABLE): what a leader shares with the other instances.
+    draining: frozenset[str] = frozenset()
+    #: Keys this instance's proxies may still send new requests to: every live endpoint but the drained ones
+    #: whose drain the proxies ACKed. Every instance shares it, so the leader knows when a drain is done everywhere.
+    routing: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -369,8 +388,15 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
         # Planning weighs every live endpoint: the per-endpoint load over its frame.
         plan_decision = replace(decision, load=compute_load(full, li, now))
     drained = frozenset(k for p, k in obs.drains if p == ps.pool)
+    follow = None
+    if not obs.is_leader and obs.leader_drains is not None:
+        follow = obs.leader_drains.get(ps.pool, frozenset())
+    peers = None
+    if obs.is_leader and obs.peers_routing is not None:
+        peers = obs.peers_routing.get(ps.pool, frozenset())
     result = plan_service(plan_decision, lsig, st.table, policy.traffic, now, obs.acked_through,
-                          force_drain=drained)
+                          force_drain=drained, follow_drains=follow, peers_routing=peers)
+    draining, routing = _shared_view(result.table)
 
     start: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
@@ -388,8 +414,18 @@ def _pool_step(ps: PoolSpec, po: PoolObs, st: PoolState, obs: Observation
     new_st = PoolState(policy=policy.policy, policy_state=new_pstate, table=result.table, started=started,
                        last_decision=decision, signals_lost=lost, shadows=shadow_states)
     act = PoolActions(ps.service, ps.pool, decision, result, start=start, stop=stop, reap=failed,
-                      signals_lost=lost, frame=full, shadows=shadow_out)
+                      signals_lost=lost, frame=full, shadows=shadow_out, draining=draining, routing=routing)
     return act, new_st, events
+
+
+def _shared_view(table: CoordinationTable) -> tuple[frozenset[str], frozenset[str]]:
+    """(draining, routing) of :class:`PoolActions` from the coordination table."""
+    phase = table.phase
+    leaving = (phase == _LEAVING[0]) | (phase == _LEAVING[1])
+    done = (phase == _LEAVING[1]) | ((phase == _LEAVING[0]) & ~np.isnan(table.acked_at))
+    keys = table.keys
+    return (frozenset(k for k, g in zip(keys, leaving.tolist(), strict=True) if g),
+            frozenset(k for k, d in zip(keys, done.tolist(), strict=True) if not d))
 
 
 def _shadows(ps: PoolSpec, psig: ServiceSignals, states: Mapping[str, ShadowState], lost: str | None, now: float

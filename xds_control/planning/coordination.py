@@ -5,7 +5,7 @@ Phases (:class:`~xds_control.core.model.EndpointPhase`)::
     PENDING --ready--> WARMING --warmup_s--> RAMPING --ACK + ramp_window_s--> SERVING
        ^                  |                     |                                |
        +----not ready-----+---------------------+------------not ready-----------+
-    RAMPING/SERVING --drain--> DRAINING --ACK + (in_flight == 0 or drain_timeout_s)--> REMOVABLE
+    RAMPING/SERVING --drain--> DRAINING --ACK + (in_flight == 0 [+ peers done] or drain_timeout_s)--> REMOVABLE
     DRAINING --undrain (ready)--> SERVING          PENDING/WARMING --drain + ACK--> REMOVABLE
 
 Contract:
@@ -182,8 +182,15 @@ def advance(
     spec: TrafficSpec,
     drain: np.ndarray | None = None,
     undrain: np.ndarray | None = None,
+    peers_done: np.ndarray | None = None,
 ) -> tuple[CoordinationTable, tuple[Transition, ...]]:
-    """One coordination step for every endpoint (arrays aligned with ``table.keys``)."""
+    """One coordination step for every endpoint (arrays aligned with ``table.keys``).
+
+    ``peers_done``: with several control-plane instances, which endpoints no other instance's proxies may still
+    send new requests to (None: no other instance). A DRAINING endpoint's in-flight count reaching 0 makes it
+    REMOVABLE only where this is true (before, the count may be 0 between two of their requests); the
+    drain timeout still applies either way.
+    """
     n = len(table)
     phase0 = table.phase
     phase = phase0.copy()
@@ -221,8 +228,11 @@ def advance(
     ramp_done = ramp & ready & rest & ~np.isnan(acked_at) & (now - acked_at >= spec.ramp_window_s)
     move(ramp_done, _P.SERVING, "ramp complete")
     move(drn & undrain & ready, _P.SERVING, "undrained for scale-up")
+    quiet = ~unknown & (in_flight <= 0.0)
+    if peers_done is not None:
+        quiet &= peers_done
     drained_now = drn & ~undrain & ~np.isnan(acked_at) & (
-        (~unknown & (in_flight <= 0.0))
+        quiet
         | (
             (now - acked_at >= spec.drain_timeout_s)
             if spec.drain_timeout_s is not None

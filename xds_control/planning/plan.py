@@ -185,12 +185,18 @@ def plan_service(
     now: float,
     acked_through: float | None = None,
     force_drain: Collection[str] = (),
+    follow_drains: Collection[str] | None = None,
+    peers_routing: Collection[str] | None = None,
 ) -> ServicePlanResult:
     """Turn a decision into coordination transitions, weights, localities and outlier settings.
 
     ``acked_through``: the ``now`` of the newest plan every proxy ACKed (None: none yet).
     ``force_drain``: endpoint keys an operator asked to drain: they drain (and are never undrained) whatever
     the target, and ``scaler_replicas`` counts them as draining so a replacement starts.
+    ``follow_drains``: a follower instance's plan: exactly these keys (the leader's draining endpoints, with
+    ``force_drain``) drain, every other draining endpoint that is ready is undrained; the decision's target
+    chooses nothing. ``peers_routing``: keys other instances' proxies may still send new requests to (None: no
+    other instance); a draining endpoint among them is not removable before the drain timeout.
     """
     frame = signals.frame
     keys = frame.keys
@@ -198,7 +204,12 @@ def plan_service(
         table = CoordinationTable.adopt(keys, frame.ready, now)
     table, vanished = table.align(keys, now)
     in_flight = frame.in_flight
-    if force_drain:
+    if follow_drains is not None:
+        follow = set(follow_drains) | set(force_drain)
+        forced_all = np.fromiter((k in follow for k in keys), dtype=bool, count=len(keys))
+        drain = forced_all & (table.phase <= _P.SERVING)
+        undrain = (table.phase == _P.DRAINING) & frame.ready & ~forced_all
+    elif force_drain:
         forced_all = np.fromiter((k in force_drain for k in keys), dtype=bool, count=len(keys))
         forced = forced_all & (table.phase <= _P.SERVING)
         live_target = decision.target_replicas + int(np.count_nonzero(forced))
@@ -206,7 +217,11 @@ def plan_service(
         drain, undrain = drain | forced, undrain & ~forced_all
     else:
         drain, undrain = select_drains(table, decision.target_replicas, in_flight, frame.ready)
-    table, transitions = advance(table, frame.ready, in_flight, acked_through, now, spec, drain, undrain)
+    peers_done = None
+    if peers_routing is not None:
+        peers_done = np.fromiter((k not in peers_routing for k in keys), dtype=bool, count=len(keys))
+    table, transitions = advance(table, frame.ready, in_flight, acked_through, now, spec, drain, undrain,
+                                 peers_done)
     load = None
     rep = decision.load
     if rep is not None and getattr(rep, "endpoint", None) is not None and len(rep.endpoint) == len(keys):

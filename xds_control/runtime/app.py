@@ -98,6 +98,10 @@ class ControlPlane:
         #: persisted in the operator state store (see ``_restore_operator_state``).
         self.operator = OperatorState()
         self.admin: Any = None
+        #: Leader election's Lease holder (Kubernetes; ``attach_kubernetes``), else None.
+        self.elector: Any = None
+        #: What the control-plane instances share to drain together (``actuators/peers.py``); None: one instance.
+        self.peer_board: Any = None
         self._owns_scaler = self.scaler is None
         self._owns_source = self.source is None
         self._owns_rate_source = self.rate_source is None
@@ -252,7 +256,7 @@ class ControlPlane:
 
             self.rate_source = make_rate_source(self.config.controller.signals)
         self.controller = Controller(self.config, self.publisher, self.tracker, self.scaler, self.source,
-                                     rates=self.rate_source, operator=self.operator)
+                                     rates=self.rate_source, operator=self.operator, board=self.peer_board)
         from xds_control.runtime.metrics import ControllerMetrics
 
         # replicas, decisions, weights, load and latency on /metrics (and the dashboard's history)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from xds_control.actuators.base import ReplicaInfo, ReplicaOptions, ReplicaState, Scaler
+from xds_control.actuators.peers import PeerBoard
 from xds_control.config import Config, to_traffic_plan
 from xds_control.config.schema import PoolConfig, ReplicaTemplateConfig
 from xds_control.control.operator import OperatorState
@@ -111,8 +112,12 @@ class Controller:
         rates: Any = None,
         clock: Callable[[], float] = time.monotonic,
         operator: OperatorState | None = None,
+        board: PeerBoard | None = None,
     ) -> None:
         self.publisher = publisher
+        #: Shared with the other control-plane instances (Kubernetes, leader election): what the leader drains
+        #: and what each instance's proxies still route to. None: a single instance.
+        self.board = board
         self.tracker = tracker
         self.scaler = scaler
         self.source = source
@@ -278,9 +283,13 @@ class Controller:
                                      samples=report.samples(), source_error=report.error, reading_error=first,
                                      request_rate=rates.get(rt.pool))
         drains = frozenset(self.operator.drains)
-        obs = Observation(now, pools, acked_through=self.acked_through, is_leader=bool(self.is_leader()),
+        leader = bool(self.is_leader())
+        board = self.board
+        obs = Observation(now, pools, acked_through=self.acked_through, is_leader=leader,
                           paused=frozenset(p for p in self.operator.paused if p in self.runtimes),
-                          pins=dict(self.operator.weights), drains=drains)
+                          pins=dict(self.operator.weights), drains=drains,
+                          leader_drains=board.leader_drains() if board is not None and not leader else None,
+                          peers_routing=board.peers_routing() if board is not None and leader else None)
         return obs, reports
 
     async def tick(self) -> list[TickRecord]:
@@ -290,6 +299,9 @@ class Controller:
         self.state = result.state
         if result.plan is None:
             return []
+        if self.board is not None:
+            self.board.share(leader=obs.is_leader, drains={a.pool: a.draining for a in result.pools},
+                             routing={a.pool: a.routing for a in result.pools})
         await self.act(result, reports)
         # Pins and drains of endpoints that are gone are forgotten (a new replica reusing a port inherits none).
         present = {(p.name, e.key) for p in result.plan.pools for e in p.endpoints}
