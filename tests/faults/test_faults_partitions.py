@@ -50,7 +50,9 @@ pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.timeout(pick(120,
 
 PER_TRY_S = 1.0
 TIMEOUT_S = 1.0  # controller.signals.timeout_s of the Prometheus scenario
-OUTLIER = {"consecutive_5xx": 3, "interval_s": 1, "base_ejection_time_s": 30, "max_ejection_percent": 50}
+# 2 consecutive failures (a per-try timeout is one): with least request a host with a stuck request gets few new
+# ones, so a 3rd failure came up to 2.15 s after the cut (short form, beside the whole suite).
+OUTLIER = {"consecutive_5xx": 2, "interval_s": 1, "base_ejection_time_s": 30, "max_ejection_percent": 50}
 
 
 def _get(host: str, port: int, path: str) -> int:
