@@ -61,17 +61,22 @@ async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def start_instance(kube: FakeKube, tmp_path: Path, name: str, cps: list[ControlPlane]) -> ControlPlane:
+    """A control plane on ``kube`` with its own token (``token-<name>``), appended to ``cps`` once started."""
+    kc = kube.kubeconfig(tmp_path / f"kc-{name}", token=f"token-{name}")
+    cp = ControlPlane(parse_config(kube_config(kc, free_port())), xds_port=0, metrics_port=None)
+    await cp.start()
+    cps.append(cp)
+    return cp
+
+
 async def test_only_the_leader_scales_and_every_replica_serves_the_same_endpoints(tmp_path: Path) -> None:
     with FakeKube(bookmark_interval_s=0.5) as kube:
         kube.add_deployment("llm", service="llm", replicas=1, port=8000, ready_after_s=0.1, termination_s=0.3)
         cps: list[ControlPlane] = []
         try:
-            for name in ("a", "b"):
-                kc = kube.kubeconfig(tmp_path / f"kc-{name}", token=f"token-{name}")
-                cp = ControlPlane(parse_config(kube_config(kc, free_port())), xds_port=0, metrics_port=None)
-                await cp.start()
-                cps.append(cp)
-            a, b = cps
+            a = await start_instance(kube, tmp_path, "a", cps)
+            b = await start_instance(kube, tmp_path, "b", cps)
             await until(lambda: a.elector.is_leader() or b.elector.is_leader(), 5, "a leader")
             leader, follower = (a, b) if a.elector.is_leader() else (b, a)
             leader_token = "token-a" if leader is a else "token-b"

@@ -168,7 +168,7 @@ def test_non_default_values_take_effect_and_validate(helm: Path, tmp_path: Path)
     assert role["rules"][0] == {"apiGroups": ["apps"], "resources": ["deployments/scale"],
                                 "resourceNames": ["chat-gpu-a", "chat-gpu-b"], "verbs": ["get", "patch"]}
     named = {r["resources"][0]: r["resourceNames"] for r in role["rules"] if r.get("resourceNames")}
-    assert named["leases"] == ["chat-leader"] and named["configmaps"] == ["chat-leader-peers"]
+    assert named["leases"] == ["chat-leader"] and named["configmaps"] == ["chat-leader-peers", "chat-leader-operator"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chat-xds", "namespace": "control"}]
     # The ServiceMonitor selects the Service and scrapes a port it has.
     sm = o["ServiceMonitor", "chat-xds"]

@@ -136,6 +136,10 @@ async def test_a_follower_drains_with_the_leader_and_nothing_is_lost(
                    "requests": sum(r.summary.requests for r in results)}
         print(f"ha_drain: {figures}")
         assert t_down - t_drain <= 15.0, figures
+        # the operator's change (a policy set on the leader) is shared state too: the follower adopted it from the
+        # operator-state ConfigMap, and would keep it as leader
+        await until(lambda: follower.controller.runtimes["llm"].spec.min_replicas == 2, 5,
+                    "the follower adopting the operator's policy")
         assert reps.errors == []
     finally:
         stop.set()

@@ -102,6 +102,10 @@ class ControlPlane:
         self.elector: Any = None
         #: What the control-plane instances share to drain together (``actuators/peers.py``); None: one instance.
         self.peer_board: Any = None
+        #: Where operator state is kept (``_state_store``); a shared one (``changed``) is followed every
+        #: ``operator_sync_s``.
+        self._operator_store: Any = None
+        self.operator_sync_s = 1.0
         self._owns_scaler = self.scaler is None
         self._owns_source = self.source is None
         self._owns_rate_source = self.rate_source is None
@@ -153,6 +157,8 @@ class ControlPlane:
             self._spawn("controller", self.controller.run)
         if self.config_path is not None:
             self._spawn("config-watcher", self._watch_config)
+        if hasattr(self._operator_store, "changed"):
+            self._spawn("operator-state-follower", self._follow_operator_state)
         log.info("xDS (ADS, SotW and Delta) on %s:%d%s", self.host, self.ports.xds,
                  f", metrics on http://{self.host}:{self.ports.metrics}/metrics" if self.ports.metrics else "")
 
@@ -161,6 +167,15 @@ class ControlPlane:
 
         if self.operator_state_path is not None:
             return FileStateStore(self.operator_state_path)
+        k = self.config.kubernetes
+        if k is not None and k.leader_election.enabled:
+            # Several instances: one ConfigMap every instance reads and writes (actuators/kube_state.py).
+            from xds_control.actuators.kube_state import KubeStateStore
+            from xds_control.actuators.kubernetes import default_namespace, make_api_client
+
+            ns = k.leader_election.lease_namespace or k.namespace or default_namespace(k.kubeconfig, k.context)
+            return KubeStateStore(make_api_client(k.kubeconfig, k.context), ns,
+                                  f"{k.leader_election.lease_name}-operator")
         return FileStateStore(default_state_path(self.config_path)) if self.config_path is not None else None
 
     def _restore_operator_state(self) -> None:
@@ -171,6 +186,7 @@ class ControlPlane:
         store = self._state_store()
         if store is None:
             return
+        self._operator_store = store
         try:
             data = store.load()
             if data is not None:
@@ -196,6 +212,42 @@ class ControlPlane:
                           store, e.strerror or e)
 
         self.operator.on_change = save
+
+    async def _follow_operator_state(self) -> None:
+        """A shared store (Kubernetes): adopt what another instance changed, every ``operator_sync_s``."""
+        from xds_control.control.operator import load_state
+
+        store = self._operator_store
+        while True:
+            await asyncio.sleep(self.operator_sync_s)
+            try:
+                data = await asyncio.to_thread(store.changed)
+            except (OSError, ValueError) as e:
+                log.warning("operator state %s: %s", store, getattr(e, "strerror", None) or e)
+                continue
+            if data is None:
+                continue
+            pools = {p.name: p.autoscale is not None for s in self.config.services for p in s.pools}
+            st, dropped = load_state(data, pools)
+            for why in dropped:
+                log.warning("operator state %s: dropped %s", store, why)
+            op = self.operator
+            save, op.on_change = op.on_change, None  # adopting is not a change of ours: nothing to write back
+            try:
+                new_specs = {p: sp for p, sp in st.specs.items() if op.specs.get(p) != sp}
+                op.weights, op.drains, op.paused = st.weights, st.drains, st.paused
+                op.specs = dict(st.specs)
+                if self.controller is not None:
+                    for pool, spec in new_specs.items():
+                        if pool in self.controller.runtimes:
+                            self.controller.set_spec(pool, spec)
+                else:
+                    self.publisher.submit(op.apply(to_traffic_plan(self.config)),
+                                          reason="operator state changed by another instance")
+            finally:
+                op.on_change = save
+            log.info("operator state changed by another instance (%s): %d pins, %d drains, %d paused pools, "
+                     "%d policies", store, len(op.weights), len(op.drains), len(op.paused), len(op.specs))
 
     async def _set_health(self, service: str, status: int) -> None:
         r = self.health.set(service, status)
