@@ -59,6 +59,15 @@ async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def story(leader: ControlPlane, follower: ControlPlane) -> str:
+    """Both instances' events and the leader's first ticks, for a failure message."""
+    events = [(n, e["kind"], e.get("current"), e.get("target"), e.get("explanation", "")[:90])
+              for n, cp in (("leader", leader), ("follower", follower)) for e in cp.controller.events]
+    ticks = [(round(t.now, 2), t.current, t.target, [(e.key, e.state, e.phase) for e in t.endpoints])
+             for t in list(leader.controller.history)[:12]]
+    return f"events {events}; the leader's first ticks {ticks}"
+
+
 def ready_pods(cluster: Cluster, ns: str) -> set[str]:
     return {f"{p['status']['podIP']}:{PORT}" for p in cluster.pods(ns, "llm")
             if pod_ready(p) and not p["metadata"].get("deletionTimestamp")}
@@ -68,6 +77,9 @@ async def test_only_the_leader_scales_and_both_serve_the_pods(cluster: Cluster, 
                                                               pod_replicas) -> None:  # type: ignore[no-untyped-def]
     cluster.deployment(ns, "llm", replicas=1, port=PORT)
     reps = pod_replicas(ns)
+    # the Deployment's one pod exists before any control plane starts (a fast leader scales at once)
+    await until(lambda: len(cluster.pods(ns, "llm")) == 1, 20, "the Deployment's first pod")
+    before = len(cluster.pods(ns, "llm"))
     cps: list[ControlPlane] = []
     try:
         for _ in ("a", "b"):  # as the admin: the RBAC of istio/ is tested in test_real_rbac.py
@@ -78,17 +90,21 @@ async def test_only_the_leader_scales_and_both_serve_the_pods(cluster: Cluster, 
         a, b = cps
         await until(lambda: a.elector.is_leader() or b.elector.is_leader(), 10, "a leader")
         leader, follower = (a, b) if a.elector.is_leader() else (b, a)
-        before = len(cluster.pods(ns, "llm"))
         # The leader brings the Deployment up to min_replicas (2); the follower holds its decision.
         await until(lambda: cluster.replicas(ns, "llm") == 2, 20, "scale-up to min_replicas")
         managed = cluster.admin("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/llm/scale")
-        assert managed["spec"]["replicas"] == 2 and before == 1
+        assert managed["spec"]["replicas"] == 2 and before == 1, (managed["spec"], before, story(leader, follower))
         await until(lambda: len(follower.controller.history) > 0, 10, "a follower tick")
         rec = follower.controller.history[-1]
         assert rec.explanation.startswith("follower") and rec.target == rec.current
         # Both serve the same endpoints: the ready pods' own IPs, from the real EndpointSlices, zones from the nodes.
-        await until(lambda: len(ready_pods(cluster, ns)) == 2 and served(a) == served(b) == ready_pods(cluster, ns),
-                    30, "both replicas serving the two ready pods")
+        try:
+            await until(lambda: len(ready_pods(cluster, ns)) == 2
+                        and served(a) == served(b) == ready_pods(cluster, ns), 30,
+                        "both replicas serving the two ready pods")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: ready pods {ready_pods(cluster, ns)}, leader serves {served(leader)}, "
+                                 f"follower {served(follower)}; {story(leader, follower)}") from None
         assert {r.zone for r in leader.scaler.list()} == {"zone-a", "zone-b"}
         assert all(reps.serving(p["metadata"]["name"]) for p in cluster.pods(ns, "llm"))
 

@@ -160,6 +160,8 @@ class KubernetesScaler:
         self._first_seen: dict[str, float] = {}
         self._ready_at: dict[str, float] = {}
         self._desired: dict[str, int] = {}
+        #: pool -> number of our own scale writes so far (a concurrent re-read never overwrites a newer write).
+        self._desired_gen: dict[str, int] = {}
         self._stop_requested: dict[str, float] = {}
         self._placeholders = 0
         self._rv: str | None = None
@@ -270,12 +272,16 @@ class KubernetesScaler:
                     self._stop_requested.pop(rid, None)
         return sorted(out.values(), key=lambda r: (r.started_at, r.id))
 
-    def pending(self, pool: str) -> int:
-        """Replicas the Deployment should have that are not in any EndpointSlice yet (no pod IP)."""
+    def pending(self, pool: str, replicas: builtins.list[ReplicaInfo] | None = None) -> int:
+        """Replicas the Deployment should have that are not in any EndpointSlice yet (no pod IP).
+
+        ``replicas``: count against this :meth:`list` result, the one the caller counted live replicas from (a
+        pod appearing between two lists would otherwise count in neither: the controller scaled 1 -> 2 twice)."""
         want = self._desired.get(pool)
         if want is None:
             return 0
-        have = sum(1 for r in self.list() if r.pool == pool and r.state != ReplicaState.STOPPING)
+        infos = self.list() if replicas is None else replicas
+        have = sum(1 for r in infos if r.pool == pool and r.state != ReplicaState.STOPPING)
         return max(0, want - have)
 
     async def start_replica(self, pool: str, profile: str | None = None,
@@ -333,10 +339,16 @@ class KubernetesScaler:
         return p
 
     def _read_desired(self, p: KubePool) -> int:
+        # A read that started before one of our own scale writes finished must not overwrite what that write
+        # set (the watch thread re-reads while the controller scales: the stale 1 made it scale 1 -> 2 twice).
+        with self._lock:
+            gen = self._desired_gen.get(p.pool, 0)
         scale = self.apps.read_namespaced_deployment_scale(p.deployment, self.namespace)
         n = int(scale.spec.replicas or 0)
-        self._desired[p.pool] = n
-        return n
+        with self._lock:
+            if self._desired_gen.get(p.pool, 0) == gen:
+                self._desired[p.pool] = n
+            return self._desired.get(p.pool, n)
 
     def _scale_by(self, p: KubePool, delta: int, attempts: int = 8) -> int:
         """Read-modify-write of ``spec.replicas`` with the resourceVersion as precondition; retried on 409."""
@@ -354,7 +366,9 @@ class KubernetesScaler:
                     log.info("%s: scale changed under us (409 Conflict); retrying", p.deployment)
                     continue
                 raise
-            self._desired[p.pool] = int(out.spec.replicas or 0)
+            with self._lock:
+                self._desired[p.pool] = int(out.spec.replicas or 0)
+                self._desired_gen[p.pool] = self._desired_gen.get(p.pool, 0) + 1
             log.info("%s: scaled to %d", p.deployment, self._desired[p.pool])
             return self._desired[p.pool]
         raise RuntimeError(f"{p.deployment}: scale kept changing under us ({attempts} conflicts)")

@@ -225,7 +225,8 @@ class Controller:
             n = pc.autoscale.initial_replicas if pc and pc.autoscale and pc.autoscale.initial_replicas is not None \
                 else rt.spec.min_replicas
             # Replicas that already exist (a Kubernetes Deployment) count; a follower starts none.
-            n -= sum(1 for r in self.scaler.list() if r.pool == rt.pool) + _pending(self.scaler, rt.pool)
+            infos = self.scaler.list()
+            n -= sum(1 for r in infos if r.pool == rt.pool) + _pending(self.scaler, rt.pool, infos)
             zones = tuple(rt.template.zones)
             n = max(0, n) if self.is_leader() else 0
             for i in range(n):
@@ -279,7 +280,7 @@ class Controller:
             report = await self.source.read(ready_keys, now)
             reports[rt.pool] = report
             first = next((r.error for r in report.readings.values() if r.error), None)
-            pools[rt.pool] = PoolObs(rt.pool, replicas, pending=_pending(self.scaler, rt.pool),
+            pools[rt.pool] = PoolObs(rt.pool, replicas, pending=_pending(self.scaler, rt.pool, infos),
                                      samples=report.samples(), source_error=report.error, reading_error=first,
                                      request_rate=rates.get(rt.pool))
         drains = frozenset(self.operator.drains)
@@ -497,10 +498,11 @@ _STATUS = {ReplicaState.STARTING: ReplicaStatus.STARTING, ReplicaState.READY: Re
            ReplicaState.FAILED: ReplicaStatus.FAILED}
 
 
-def _pending(scaler: Any, pool: str) -> int:
-    """Replicas a scaler was asked for that have no endpoint yet (Kubernetes pods being scheduled)."""
+def _pending(scaler: Any, pool: str, infos: list[ReplicaInfo]) -> int:
+    """Replicas a scaler was asked for that have no endpoint yet (Kubernetes pods being scheduled), counted
+    against ``infos``, the same list the live replicas were taken from."""
     fn = getattr(scaler, "pending", None)
-    return int(fn(pool)) if fn is not None else 0
+    return int(fn(pool, infos)) if fn is not None else 0
 
 
 def signals_ready(frame: SignalFrame) -> int:
