@@ -18,6 +18,8 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.rest import ApiException
 
+from xds_control.actuators.peers import configmap_manifest
+
 __all__ = ["KubeStateStore", "STATE_KEY"]
 
 STATE_KEY = "state.json"
@@ -72,10 +74,7 @@ class KubeStateStore:
         except ApiException as e:
             if e.status != 404:
                 raise OSError(f"writing {self} failed: HTTP {e.status} {e.reason}") from None
-            body = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": self.name, "namespace": self.namespace,
-                                 "labels": {"app.kubernetes.io/managed-by": "xds-control"}},
-                    "data": {STATE_KEY: text}}
+            body = configmap_manifest(self.name, self.namespace, {STATE_KEY: text})
             try:
                 self.api.create_namespaced_config_map(self.namespace, body, _request_timeout=self.request_timeout_s)
             except ApiException as e2:

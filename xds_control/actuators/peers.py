@@ -61,6 +61,14 @@ class PeerBoard:
         raise NotImplementedError
 
 
+def configmap_manifest(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    """A ConfigMap of ours (labelled as managed by xds-control) holding ``data``."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "xds-control"}},
+            "data": data}
+
+
 def _encode(m: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
     return {p: sorted(ks) for p, ks in sorted(m.items())}
 
@@ -191,10 +199,7 @@ class KubePeerBoard(PeerBoard):
                 self._data[k] = v
 
     def _create(self) -> None:
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": self.name, "namespace": self.namespace,
-                             "labels": {"app.kubernetes.io/managed-by": "xds-control"}},
-                "data": {}}
+        body = configmap_manifest(self.name, self.namespace, {})
         try:
             self.api.create_namespaced_config_map(self.namespace, body, _request_timeout=self.request_timeout_s)
         except ApiException as e:

@@ -178,11 +178,19 @@ class ControlPlane:
                                   f"{k.leader_election.lease_name}-operator")
         return FileStateStore(default_state_path(self.config_path)) if self.config_path is not None else None
 
+    def _parse_operator_state(self, data: Any, store: Any) -> Any:
+        """Stored operator state -> an OperatorState for this config (what no longer applies is logged, dropped)."""
+        from xds_control.control.operator import load_state
+
+        pools = {p.name: p.autoscale is not None for s in self.config.services for p in s.pools}
+        st, dropped = load_state(data, pools)
+        for why in dropped:
+            log.warning("operator state %s: dropped %s", store, why)
+        return st
+
     def _restore_operator_state(self) -> None:
         """Load the operator state kept by the last run (a missing, unreadable or corrupt one is logged and
         ignored: the config is the truth then), and keep it up to date on every change from now on."""
-        from xds_control.control.operator import load_state
-
         store = self._state_store()
         if store is None:
             return
@@ -190,10 +198,7 @@ class ControlPlane:
         try:
             data = store.load()
             if data is not None:
-                pools = {p.name: p.autoscale is not None for s in self.config.services for p in s.pools}
-                st, dropped = load_state(data, pools)
-                for why in dropped:
-                    log.warning("operator state %s: dropped %s", store, why)
+                st = self._parse_operator_state(data, store)
                 op = self.operator
                 op.weights, op.drains, op.specs, op.paused = st.weights, st.drains, st.specs, st.paused
                 log.info("operator state restored from %s: %d pins, %d drains, %d paused pools, %d policies",
@@ -215,8 +220,6 @@ class ControlPlane:
 
     async def _follow_operator_state(self) -> None:
         """A shared store (Kubernetes): adopt what another instance changed, every ``operator_sync_s``."""
-        from xds_control.control.operator import load_state
-
         store = self._operator_store
         while True:
             await asyncio.sleep(self.operator_sync_s)
@@ -227,10 +230,7 @@ class ControlPlane:
                 continue
             if data is None:
                 continue
-            pools = {p.name: p.autoscale is not None for s in self.config.services for p in s.pools}
-            st, dropped = load_state(data, pools)
-            for why in dropped:
-                log.warning("operator state %s: dropped %s", store, why)
+            st = self._parse_operator_state(data, store)
             op = self.operator
             save, op.on_change = op.on_change, None  # adopting is not a change of ours: nothing to write back
             try:
