@@ -413,6 +413,6 @@ async def test_ads_survives_malformed_clients(tmp_path: Path) -> None:
     # (only the Envoy's stream left, above) and on every round staying under the same bound.
     assert hwm - rss0 <= FLOOD * 16 * MiB, row
     # Nothing a refused stream sent outlives it: after every round the RSS is back within ROUND_SLACK of where it
-    # was before the first, however many rounds (measured: +15-45 MiB after each of 8 rounds of 200; before the
-    # fix it grew by ~150 MiB a round, to 4.9 GB after 8).
+    # was before the first, however many rounds (measured, full form: 102-157 MiB after each of 8 rounds of 200,
+    # 154 MiB before them; before the fix it grew to 4.9 GB after 8).
     assert all(r - before_flood <= ROUND_SLACK for r in rounds), row

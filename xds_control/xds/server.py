@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import logging
 from collections import OrderedDict, deque
@@ -72,6 +73,21 @@ _GATES = {T.CLUSTER: (), T.ENDPOINT: (), T.LISTENER: (T.CLUSTER, T.ENDPOINT),
 
 def _identity(b: bytes) -> bytes:
     return b
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise); nothing where there is no glibc."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 class StreamLimitExceeded(Exception):
@@ -176,6 +192,8 @@ class AdsServer:
         self.tracker = tracker
         self.metrics = metrics or XdsMetrics()
         self.ack_timeout_s = ack_timeout_s
+        #: Whether a heap trim is scheduled after streams refused for a limit (see _serve).
+        self._trim_pending = False
         #: A push slot is given back after this long even without an answer (the stream still waits for the
         #: ACK up to ack_timeout_s): proxies that are slow to read delay the others by at most this.
         self.slot_hold_s = min(slot_hold_s, ack_timeout_s)
@@ -236,6 +254,11 @@ class AdsServer:
                         log.warning("ending the stream of %s: %s", st.peer, st.error)
                         context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                         context.set_details(str(st.error))
+                        if not self._trim_pending:
+                            # A refused request (up to 4 MiB, ~18 MB parsed) is freed with its stream, but glibc
+                            # keeps the pages: give them back once, soon after a burst of refusals.
+                            self._trim_pending = True
+                            asyncio.get_running_loop().call_later(0.5, self._trim)
                         return
                     if st.error is not None and not isinstance(st.error, asyncio.CancelledError):
                         log.debug("stream %s ended: %r", st.peer, st.error)
@@ -304,6 +327,10 @@ class AdsServer:
             if aclose is not None:
                 with contextlib.suppress(BaseException):
                     await aclose()
+
+    def _trim(self) -> None:
+        self._trim_pending = False
+        _malloc_trim()
 
     def _unknown_type(self, st: _Stream, type_url: str) -> None:
         if not st.unknown_logged:
