@@ -1,8 +1,6 @@
 """xds-control (ControlPlane, the Kubernetes scaler and leader election) on a real cluster whose pods are emulated
 replicas listening on the pods' own IPs (tests/k8s/cluster.py PodReplicas): the controller reads their load, decides,
-drains, and the real ReplicaSet controller removes the pod it drained.
-
-Kept on tests/fakekube (tests/component/test_kube_controlplane.py): the config-reload check, which needs no cluster."""
+drains, and the real ReplicaSet controller removes the pod it drained."""
 
 from __future__ import annotations
 
@@ -150,5 +148,28 @@ async def test_scale_down_removes_exactly_the_drained_pod(cluster: Cluster, ns: 
         await until(lambda: set(reps.stopped) == set(removed), 10, "their replicas stopped with the pods")
         await until(lambda: served(cp) == ready_pods(cluster, ns), 10, "the survivor alone served")
         assert reps.errors == []
+    finally:
+        await cp.stop(grace=0)
+
+
+async def test_a_reload_cannot_change_the_kubernetes_section(cluster: Cluster, ns: str, kubeconfig: Path) -> None:
+    """A config reload may change policies but not what the scaler and the elector were built on: a reload that
+    moves a pool to another Deployment is refused, and the running one is kept."""
+    import copy
+
+    import yaml
+
+    cluster.deployment(ns, "llm", replicas=2, port=PORT)
+    cfg = kube_config(ns, kubeconfig)
+    cp = ControlPlane(parse_config(cfg), xds_port=0, metrics_port=None)
+    await cp.start()
+    try:
+        same = copy.deepcopy(cfg)
+        same["services"][0]["pools"][0]["autoscale"]["overrides"]["max_replicas"] = 4
+        assert cp.reload_text(yaml.safe_dump(same))
+        moved = copy.deepcopy(cfg)
+        moved["kubernetes"]["pools"]["llm"]["deployment"] = "llm-2"
+        assert not cp.reload_text(yaml.safe_dump(moved))
+        assert cp.config.kubernetes is not None and cp.config.kubernetes.pools["llm"].deployment == "llm"
     finally:
         await cp.stop(grace=0)

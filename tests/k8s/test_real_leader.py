@@ -2,8 +2,7 @@
 the Lease by its own RoleBinding. A leader is cut off by deleting its RoleBinding: its renewals are then refused
 (403) by the real RBAC authorizer while the other elector still reaches the server.
 
-Kept on tests/fakekube (tests/component/test_leader.py): nothing the real server cannot do; the fake's variants stay
-as fast unit-level checks."""
+Nothing of leader election is tested on tests/fakekube: the real server does all of it."""
 
 from __future__ import annotations
 

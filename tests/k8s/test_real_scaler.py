@@ -2,8 +2,9 @@
 the real scheduler spreading pods over two zones, and kwok's fake kubelets (tests/k8s/cluster.py).
 
 Kept on tests/fakekube (tests/component/test_kube_scaler.py) only what a real server does not do on demand: a watch
-answered ``410 Gone`` after a compaction at a chosen moment, and a write landing between our read and our patch
-at a chosen moment is produced here by a second real writer hooked after our read."""
+answered ``410 Gone`` after a compaction at a chosen moment, and a relist while the watch is silent (the periodic
+resync). A write landing between our read and our patch at a chosen moment is produced here by a second real writer
+hooked after our read."""
 
 from __future__ import annotations
 
@@ -208,3 +209,29 @@ async def test_a_follower_never_writes(cluster: Cluster, ns: str, scaler) -> Non
         == before
     assert DELETION_COST not in (cluster.admin("GET", f"/api/v1/namespaces/{ns}/pods/{pod}")["metadata"]
                                  .get("annotations") or {})
+
+
+async def test_in_cluster_config_over_https(cluster: Cluster, ns: str, tmp_path: Path) -> None:
+    """In a pod: KUBERNETES_SERVICE_HOST/PORT and the mounted token, CA and namespace (here a temp directory): the
+    scaler finds the API server, verifies its certificate with the mounted CA and works in the mounted namespace."""
+    from xds_control.actuators.kubernetes import default_namespace, in_cluster
+
+    cluster.deployment(ns, "llm", service="llm-svc", replicas=2, port=PORT)
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text(cluster.admin_token)
+    (sa / "ca.crt").write_bytes(Path(cluster.files["ca"]).read_bytes())
+    (sa / "namespace").write_text(f"{ns}\n")
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(cluster.port)}
+    assert in_cluster(env, str(sa)) and not in_cluster({}, str(sa))
+    assert default_namespace(environ=env, sa_dir=str(sa)) == ns
+    client = make_api_client(environ=env, sa_dir=str(sa))
+    assert client.configuration.host == f"https://127.0.0.1:{cluster.port}"
+    s = KubernetesScaler(client, ns, [KubePool("llm", "llm", "llm-svc", "http")], owns_client=True, watch_timeout_s=5)
+    try:
+        await s.start()
+        await until(lambda: list(states(s).values()) == ["ready", "ready"], what="two ready pods over HTTPS")
+        await s.start_replica("llm")
+        assert cluster.replicas(ns, "llm") == 3
+    finally:
+        await s.close()

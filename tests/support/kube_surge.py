@@ -1,9 +1,9 @@
 """One surge, end to end, on a Kubernetes API server: a real Envoy, ``ControlPlane`` with the Kubernetes scaler and
 leader election, emulated replicas on the pods, load through Envoy.
 
-The same scenario runs on the real cluster (tests/k8s/test_real_surge.py, ``make test-k8s``) and on tests/fakekube
-(tests/e2e/test_kube_surge.py), and ``bench/bench_kube_surge.py`` prints both side by side. A :class:`World` is
-what differs: where the Deployment lives and how its pods are observed.
+The scenario is a test on the real cluster (tests/k8s/test_real_surge.py, ``make test-k8s``);
+``bench/bench_kube_surge.py`` runs it there and on tests/fakekube and prints both side by side. A :class:`World`
+is what differs: where the Deployment lives and how its pods are observed.
 
 What it measures (every 50 ms, independently of the control plane: the pods from the API server, the hosts from
 Envoy's ``/clusters``):
@@ -205,6 +205,15 @@ async def run_surge(world: World, seconds: float = 60.0, settle_s: float = 45.0,
                                       if e.get("endpoint") in tl.gone_at]),
         "watch_samples": tl.samples,
     }
+
+
+def check(fig: dict[str, Any], world: World) -> None:
+    """What every run must show: no failed request, the Deployment scaled up and back down to one pod, and every new
+    pod reached Envoy and answered through it."""
+    assert fig["failed"] == 0, fig
+    assert fig["scale_ups"] >= 1 and fig["scale_downs"] >= 1, fig
+    assert fig["pods_max"] >= 2 and fig["never_in_envoy"] == [] and fig["never_served"] == [], fig
+    assert world.pod_count() == 1, fig  # back to min_replicas
 
 
 # -- the two worlds ---------------------------------------------------------------------------------------------

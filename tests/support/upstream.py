@@ -15,6 +15,8 @@ class Upstream:
     delay_s: float = 0.0
     status: int = 200
     hits: int = 0
+    #: Where to listen: loopback, or (tests/k8s, in its network namespace) a pod's own IP.
+    host: str = "127.0.0.1"
     _server: http.server.ThreadingHTTPServer | None = field(default=None, repr=False)
 
     def start(self) -> Upstream:
@@ -45,7 +47,7 @@ class Upstream:
                 pass
 
         http.server.ThreadingHTTPServer.daemon_threads = True
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name=f"upstream-{self.name}", daemon=True).start()
         return self

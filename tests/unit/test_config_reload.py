@@ -88,7 +88,7 @@ def test_every_restart_only_section_is_covered_by_a_case() -> None:
     covered = {path for changes, _ in RESTART_CASES for path in changes}
     for key in RESTART_ONLY_KEYS:
         if key == "kubernetes":
-            continue  # tests/component/test_kube_controlplane.py (it needs autoscaled Kubernetes pools)
+            continue  # tests/k8s/test_real_controlplane.py (it needs autoscaled Kubernetes pools)
         assert any(p == key or p.startswith(key + ".") for p in covered), key
 
 
