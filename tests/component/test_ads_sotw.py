@@ -220,3 +220,36 @@ async def test_two_proxies_wait_acked_reports_each() -> None:
         assert only_a.ok
         await a.close()
         await b.close()
+
+
+async def test_a_non_aggregated_cds_stream_carries_clusters_only_with_the_type_url_implicit() -> None:
+    """ClusterDiscoveryService.StreamClusters: the first request may leave type_url empty (it is implicit on a
+    singleton service); a request for another type on it is ignored; ACKs quiet it as on ADS."""
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    async with running(config_dict()) as cp:
+        out: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+
+        async def requests():  # type: ignore[no-untyped-def]
+            while (req := await out.get()) is not None:
+                yield req
+
+        async with grpc.aio.insecure_channel(target(cp)) as ch:
+            call = ch.stream_stream("/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
+                                    request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                                    response_deserializer=discovery_pb2.DiscoveryResponse.FromString)(requests())
+            out.put_nowait(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="cds-only")))
+            r = await asyncio.wait_for(call.read(), 5)
+            assert r.type_url == T.CLUSTER and names(r) == ["p1", "p2"] and r.version_info
+            out.put_nowait(discovery_pb2.DiscoveryRequest(type_url=T.ENDPOINT, resource_names=["p1"]))
+            out.put_nowait(discovery_pb2.DiscoveryRequest(version_info=r.version_info, response_nonce=r.nonce))
+            read = asyncio.ensure_future(call.read())
+            done, _ = await asyncio.wait({read}, timeout=0.5)
+            assert not done, f"a response on the CDS stream after the ACK: {read.result()}"
+            status = cp.tracker.syncz()[0]
+            assert status["node"] == "cds-only" and set(status["types"]) == {"CDS"}
+            assert status["types"]["CDS"]["state"] == "SYNCED"
+            read.cancel()
+            out.put_nowait(None)

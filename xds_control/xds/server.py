@@ -1,4 +1,5 @@
-"""Aggregated Discovery Service over grpc.aio: State-of-the-World and Delta.
+"""Aggregated Discovery Service over grpc.aio: State-of-the-World and Delta, and the same streams as the
+non-aggregated Listener, Cluster, Route and Endpoint discovery services (one type each; the type URL implicit).
 
 The server depends only on :class:`~xds_control.xds.cache.SnapshotCache` (what to
 serve), :class:`~xds_control.xds.status.SyncTracker` (where each proxy is) and
@@ -63,6 +64,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 EDS_SERVICE = "envoy.service.endpoint.v3.EndpointDiscoveryService"
+#: The other non-aggregated (singleton) services: (service, method suffix, the one type it carries).
+SINGLETONS = (("envoy.service.listener.v3.ListenerDiscoveryService", "Listeners", T.LISTENER),
+              ("envoy.service.cluster.v3.ClusterDiscoveryService", "Clusters", T.CLUSTER),
+              ("envoy.service.route.v3.RouteDiscoveryService", "Routes", T.ROUTE))
 
 # Which earlier types must be ACKed before a type is sent (make-before-break).
 # EDS is never gated by CDS: Envoy holds the ACK of a CDS update until the changed clusters have warmed,
@@ -152,10 +157,12 @@ class _Sub:
 class _Stream:
     """State shared by the reader and writer of one ADS stream."""
 
-    def __init__(self, server: AdsServer, protocol: str, peer: str) -> None:
+    def __init__(self, server: AdsServer, protocol: str, peer: str, only: str | None = None) -> None:
         self.server = server
         self.protocol = protocol
         self.peer = peer
+        #: A non-aggregated stream's one type (None: ADS, every type).
+        self.only = only
         self.subs: dict[str, _Sub] = {t: _Sub(t) for t in T.ORDER}
         self.proxy: ProxyStatus | None = None
         self.wake = asyncio.Event()
@@ -206,17 +213,28 @@ class AdsServer:
         self._streams: set[_Stream] = set()
 
     # -- registration -------------------------------------------------------------------------
-    def _handlers(self, service: str, sotw: str, delta: str) -> grpc.GenericRpcHandler:
+    def _handlers(self, service: str, sotw: str, delta: str, only: str | None = None) -> grpc.GenericRpcHandler:
+        """``only``: the one type a non-aggregated (singleton) service carries; None for ADS."""
+
+        async def sotw_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for out in self._serve("sotw", requests, context, only):
+                yield out
+
+        async def delta_stream(requests: AsyncIterator[Any],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            async for out in self._serve("delta", requests, context, only):
+                yield out
+
         return grpc.method_handlers_generic_handler(
             service,
             {
                 sotw: grpc.stream_stream_rpc_method_handler(
-                    self._sotw,
+                    sotw_stream,
                     request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
                     response_serializer=_identity,
                 ),
                 delta: grpc.stream_stream_rpc_method_handler(
-                    self._delta,
+                    delta_stream,
                     request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
                     response_serializer=_identity,
                 ),
@@ -229,10 +247,16 @@ class AdsServer:
     def eds_handler(self) -> grpc.GenericRpcHandler:
         """The same streams as EndpointDiscoveryService (non-aggregated EDS): what an Istio sidecar patched by
         ``xds-control istio render`` opens (its ADS goes to istiod; only endpoints come from here)."""
-        return self._handlers(EDS_SERVICE, "StreamEndpoints", "DeltaEndpoints")
+        return self._handlers(EDS_SERVICE, "StreamEndpoints", "DeltaEndpoints", T.ENDPOINT)
+
+    def singleton_handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """The non-aggregated services of the other types (LDS, CDS, RDS): one type per stream, the type URL
+        implicit (a request may leave it empty); a request for another type on them is ignored like an unknown
+        one. The same protocol as ADS otherwise, minus the cross-type ordering, which needs one stream."""
+        return tuple(self._handlers(svc, f"Stream{kind}", f"Delta{kind}", t) for svc, kind, t in SINGLETONS)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        server.add_generic_rpc_handlers((self.handler(), self.eds_handler()))
+        server.add_generic_rpc_handlers((self.handler(), self.eds_handler(), *self.singleton_handlers()))
 
     @property
     def open_streams(self) -> int:
@@ -240,8 +264,8 @@ class AdsServer:
 
     # -- shared machinery ---------------------------------------------------------------------
     async def _serve(self, protocol: str, request_iterator: AsyncIterator[Any],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        st = _Stream(self, protocol, context.peer() or "")
+                     context: grpc.aio.ServicerContext, only: str | None = None) -> AsyncIterator[bytes]:
+        st = _Stream(self, protocol, context.peer() or "", only)
         self._streams.add(st)
         unsubscribe = self.cache.subscribe(st.on_snapshot)
         self.metrics.connected.labels(protocol).inc()
@@ -331,6 +355,18 @@ class AdsServer:
     def _trim(self) -> None:
         self._trim_pending = False
         _malloc_trim()
+
+    def _sub_for(self, st: _Stream, type_url: str) -> _Sub | None:
+        """The stream's state for the request's type; None (logged once) for a type it does not carry."""
+        if st.only is not None:
+            type_url = type_url or st.only  # implicit on a singleton stream
+            if type_url != st.only:
+                self._unknown_type(st, type_url)
+                return None
+        sub = st.subs.get(type_url)
+        if sub is None:
+            self._unknown_type(st, type_url)
+        return sub
 
     def _unknown_type(self, st: _Stream, type_url: str) -> None:
         if not st.unknown_logged:
@@ -438,17 +474,10 @@ class AdsServer:
                 self.metrics.convergence.observe(max(0.0, self.tracker._clock() - at))
 
     # -- State of the World -------------------------------------------------------------------
-    async def _sotw(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        async for out in self._serve("sotw", request_iterator, context):
-            yield out
-
     def _handle_sotw(self, st: _Stream, req: discovery_pb2.DiscoveryRequest) -> None:
         self._connect(st, req.node)
-        sub = st.subs.get(req.type_url)
+        sub = self._sub_for(st, req.type_url)
         if sub is None:
-            self._unknown_type(st, req.type_url)
             return
         self._precheck(st, sub.type_url, len(req.resource_names))
         nonce = req.response_nonce
@@ -515,17 +544,10 @@ class AdsServer:
             self._bodies.popitem(last=False)
 
     # -- Delta ------------------------------------------------------------------------------------
-    async def _delta(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        async for out in self._serve("delta", request_iterator, context):
-            yield out
-
     def _handle_delta(self, st: _Stream, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
         self._connect(st, req.node)
-        sub = st.subs.get(req.type_url)
+        sub = self._sub_for(st, req.type_url)
         if sub is None:
-            self._unknown_type(st, req.type_url)
             return
         first = not sub.requested
         self._precheck(st, sub.type_url,
