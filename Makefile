@@ -59,7 +59,7 @@ helm-bin:
 
 # A real Kubernetes control plane for tests/k8s: kube-apiserver, kube-controller-manager, kube-scheduler (from the
 # k8s.io/kubernetes module) and kwok (sigs.k8s.io/kwok) built into .cache/k8s/bin (git-ignored) at the versions pinned
-# in tests/k8s/build/go.mod, and Debian's etcd-server. The first build takes about 20 minutes on 2 cores.
+# in tests/k8s/build/go.mod, and Debian's etcd-server. The first build takes about 5 minutes on 2 cores.
 .PHONY: k8s-bin test-k8s
 k8s-bin:
 	@bash tests/k8s/build/build.sh

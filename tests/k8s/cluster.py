@@ -52,7 +52,7 @@ def unavailable() -> str | None:
     """Why a real cluster cannot run here (None: it can)."""
     missing = [c for c in COMPONENTS if not (BIN / c).is_file()]
     if missing:
-        how = ("`make k8s-bin` builds them from Go modules (about 20 minutes the first time)" if shutil.which("go")
+        how = ("`make k8s-bin` builds them from Go modules (about 5 minutes the first time)" if shutil.which("go")
                else "they are built from Go modules by `make k8s-bin`, which needs a Go toolchain (go is not on PATH)")
         return f"{', '.join(missing)} not built in .cache/k8s/bin: {how}"
     if shutil.which("etcd") is None:

@@ -48,7 +48,7 @@ done
 ldflags="$ldflags -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok"
 
 echo "k8s-bin: building kube-apiserver, kube-controller-manager, kube-scheduler $kube and kwok $kwok from Go modules into .cache/k8s/bin"
-echo "k8s-bin: (the first build takes about 15-25 minutes on 2 cores; it runs under nice -n 19)"
+echo "k8s-bin: (the first build takes about 5 minutes on 2 cores: 314 s with empty Go caches; it runs under nice -n 19)"
 mkdir -p "$out"
 rm -f "$stamp"
 start=$(date +%s)
