@@ -156,6 +156,14 @@ class Cluster:
         d = self.dir
         self.files = _pem_files(d)
         (d / "tokens.csv").write_text(f'{self.admin_token},test-admin,test-admin,"system:masters"\n')
+        # Audit what the tests' service accounts do (not the controllers' own accounts, which are in kube-system):
+        # metadata of each finished request, so a test can list every (verb, resource) a client used.
+        (d / "audit-policy.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [{"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+                      {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                      {"level": "None"}]}))
+        self.audit_log = d / "audit.log"
         self.admin_kubeconfig = self.kubeconfig(d / "admin.kubeconfig", self.admin_token)
         peer = free_port()
         self._spawn("etcd", [
@@ -176,6 +184,8 @@ class Cluster:
             f"--service-account-key-file={self.files['sa_pub']}",
             f"--service-account-signing-key-file={self.files['sa_key']}",
             "--service-cluster-ip-range=10.96.0.0/16", f"--cert-dir={d / 'apiserver-certs'}",
+            f"--audit-policy-file={d / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-mode=blocking",
             # Debian's etcd (3.4.23) predates the watch-progress requests a streaming list needs ("RequestWatchProgress
             # is disabled"): refused up front, the clients' informers fall back to list + watch at once.
             "--feature-gates=WatchList=false",
@@ -313,6 +323,14 @@ class Cluster:
 
     def sa_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
         return self.kubeconfig(path, self.sa_token(namespace, name))
+
+    def audited(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The audit events (metadata, one per finished request) of service account ``namespace/name``."""
+        user = f"system:serviceaccount:{namespace}:{name}"
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip())
+        return [e for e in events if (e.get("user") or {}).get("username") == user]
 
     # -- test objects ---------------------------------------------------------------------------------------
     def namespace(self, name: str | None = None) -> str:

@@ -1,6 +1,7 @@
 """istio/serviceaccount.yaml and istio/rbac.yaml applied to a real API server: xds-control, running as that
 service account (a real token from TokenRequest), does its whole job -- discovery, scale up, the deletion cost and
-scale-down of a chosen pod, the leader Lease -- and the real RBAC authorizer refuses it anything else."""
+scale-down of a chosen pod, the leader Lease, the peer board -- the API server's audit log shows it used every verb
+the Role grants and nothing more, and the real RBAC authorizer refuses it anything else."""
 
 from __future__ import annotations
 
@@ -72,6 +73,28 @@ async def test_the_istio_role_is_exactly_enough(cluster: Cluster, tmp_path: Path
         await asyncio.gather(task, return_exceptions=True)
         elector.api.api_client.close()
         await s.close()
+
+    # Nothing granted is unused: the API server's audit log of this service account's requests (those it was allowed)
+    # names exactly the verbs the Role grants, resource by resource. The watch is logged once it ends (s.close()).
+    granted: dict[str, set[str]] = {}
+    for rule in next(d for d in docs if d["kind"] == "Role")["rules"]:
+        for res in rule["resources"]:
+            granted.setdefault(res, set()).update(rule["verbs"])
+
+    def used() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for e in cluster.audited(NS, "xds-control"):
+            ref = e.get("objectRef") or {}
+            if e.get("stage") != "ResponseComplete" or (e.get("responseStatus") or {}).get("code", 500) >= 400 \
+                    or ref.get("resource") in (None, "selfsubjectreviews"):
+                continue
+            res = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            out.setdefault(res, set()).add(e["verb"])
+        return out
+
+    await until(lambda: "watch" in used().get("endpointslices", set()), 10, "the watch in the audit log")
+    print(f"rbac: used {sorted((r, sorted(v)) for r, v in used().items())}")
+    assert used() == granted, f"the Role grants {granted}, the service account used {used()}"
 
     # Everything else is refused by the real authorizer.
     pod = cluster.pods(NS, "llm-v1")[0]["metadata"]["name"]
