@@ -30,8 +30,6 @@ from xds_control.xds.status import SyncTracker
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 VARIANTS = ("sotw non-aggregated", "sotw aggregated", "incremental non-aggregated", "incremental aggregated")
-#: Cases we fail, with why (none: the README says what each variant ran).
-KNOWN_FAILURES: dict[str, str] = {}
 
 
 def harness_src() -> Path:
@@ -106,7 +104,7 @@ async def test_every_case_of_the_harness_passes_on_all_four_variants(tmp_path: P
     summary = {v["name"]: {k: v[k] for k in ("total", "passed", "failed", "skipped", "undefined", "pending")}
                for v in results["ResultsByVariant"] if v["total"]}
     print(f"\nxds-test-harness: {json.dumps(summary)}")
-    failed = [f for f in failures(results) if f[1] not in KNOWN_FAILURES]
+    failed = failures(results)
     cases = scenarios(tmp_path)
     by_variant = {v: sum(1 for c in cases if c[0] == v) for v in VARIANTS}
     print(f"xds-test-harness scenarios: {by_variant}, failed: {[c for c in cases if c[3] != 'passed']}")

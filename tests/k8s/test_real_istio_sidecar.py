@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from k8s.cluster import Cluster
 
+from support.envoy import cluster_hosts
 from support.istio_sidecar import apply_cluster_patches, istio_sidecar_bootstrap
 from support.ports import free_port
 from support.traffic import send
@@ -62,12 +63,8 @@ class SidecarEnvoy:
             return r.read().decode()
 
     def endpoints(self, cluster: str) -> set[str]:
-        out = set()
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) >= 4 and parts[0] == cluster and parts[2] == "health_flags" and parts[3] == "healthy":
-                out.add(parts[1])
-        return out
+        return {k for k, h in cluster_hosts(self.admin("/clusters"), cluster).items()
+                if h.get("health_flags") == "healthy"}
 
     def stop(self) -> None:
         if self.proc.poll() is None:

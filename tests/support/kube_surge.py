@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from support.envoy import cluster_hosts
+from support.ports import free_port
+
 from xds_control.config import parse_config
 from xds_control.envoy.process import EnvoyProcess
 from xds_control.fleet.loadgen import run_load
@@ -87,18 +90,8 @@ def config(world: World, listener_port: int) -> dict[str, Any]:
 def envoy_hosts(envoy: EnvoyProcess) -> dict[str, tuple[bool, int]]:
     """Cluster ``llm``'s hosts in Envoy: ``ip:port`` -> (healthy, rq_success)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/clusters", timeout=2) as r:
-        text = r.read().decode()
-    out: dict[str, list[Any]] = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) != 4 or parts[0] != "llm" or ":" not in parts[1]:
-            continue
-        host = out.setdefault(parts[1], [False, 0])
-        if parts[2] == "health_flags":
-            host[0] = parts[3] == "healthy"
-        elif parts[2] == "rq_success":
-            host[1] = int(parts[3])
-    return {k: (v[0], v[1]) for k, v in out.items()}
+        hosts = cluster_hosts(r.read().decode(), "llm")
+    return {k: (h.get("health_flags") == "healthy", int(h.get("rq_success", "0"))) for k, h in hosts.items()}
 
 
 @dataclass
@@ -146,8 +139,6 @@ def _stats(xs: list[float]) -> dict[str, float] | None:
 
 async def run_surge(world: World, seconds: float = 60.0, settle_s: float = 45.0, node: str = "surge") -> dict[str, Any]:
     """The scenario; returns its figures (and raises nothing itself: the callers assert)."""
-    from support.ports import free_port  # tests/ is on sys.path for the tests and the bench
-
     cp = ControlPlane(parse_config(config(world, free_port())), xds_port=0, metrics_port=None)
     envoy: EnvoyProcess | None = None
     tl = Timeline()
