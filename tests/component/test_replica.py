@@ -1,13 +1,15 @@
 """The emulated replica as a real process on a real socket.
 
 Aspects: readiness after the model-load delay; latency and TTFT as the cost model
-predicts (alone and batched); bounded queue -> 503; vLLM/DCGM metric names and
-their movement under load; --slow-factor; --fail-rate; bad flags; no Nagle stalls.
+predicts (alone and batched); bounded queue -> 503; prefill-backlog shedding -> 429
+(never the last attempt); vLLM/DCGM metric names and their movement under load;
+--slow-factor; --fail-rate; bad flags; no Nagle stalls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -17,8 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livehelpers import ROOT, child_env, http_status
 
+from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER
 from xds_control.fleet import costmodel
 from xds_control.fleet.replica import REPLICA_HEADER
+from xds_control.fleet.replica.server import ENVOY_ATTEMPT_HEADER, SHED_HEADER
 
 TINY = costmodel.get_profile("tiny")
 
@@ -114,6 +118,75 @@ async def test_full_queue_answers_503(start_replica) -> None:
     assert set(statuses) <= {200, 503}
     assert statuses.count(503) >= 5 and statuses.count(200) >= 2, statuses
     assert m['xds_replica_rejected_total'] == statuses.count(503)
+
+
+async def try_request(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], *, chat: bool = False
+) -> tuple[int, dict[str, str], dict | None]:
+    """A small streaming request: (status, response headers, error body). A 200 means it was queued (the
+    headers come before any token); the client then hangs up, so the replica drops it."""
+    body: dict = {"xds_input_tokens": 10, "max_tokens": 50, "stream": True}
+    if chat:
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    else:
+        body["prompt"] = "x"
+    async with session.post(url + ("/v1/chat/completions" if chat else "/v1/completions"), json=body,
+                            headers=headers) as resp:  # fmt: skip
+        hdrs = {k.lower(): v for k, v in resp.headers.items()}
+        if resp.status == 200:
+            resp.close()
+            return 200, hdrs, None
+        return resp.status, hdrs, await resp.json()
+
+
+async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replica) -> None:
+    r = start_replica()
+    shed = {SHED_BACKLOG_HEADER: "0.1", SHED_ATTEMPTS_HEADER: "3"}
+    async with aiohttp.ClientSession() as s:
+        assert (await scrape(s, r.url))["xds_replica_shed_requests_total"] == 0
+        # A 5,000-token prompt: 5 s of prefill on the tiny profile, far above the 0.1 s bound for the whole test.
+        long = asyncio.create_task(complete(s, r.url, 5000, 1))
+        try:
+            deadline = time.monotonic() + 15
+            while (await scrape(s, r.url))["vllm:num_requests_running"] < 1:
+                assert time.monotonic() < deadline, "the long prompt was never admitted"
+                await asyncio.sleep(0.02)
+            statuses = {}
+            for label, headers, chat in (
+                ("first attempt", {**shed, ENVOY_ATTEMPT_HEADER: "1"}, False),
+                ("second attempt, chat", {**shed, ENVOY_ATTEMPT_HEADER: "2"}, True),
+                ("no attempt count (= first)", shed, False),
+                ("last attempt", {**shed, ENVOY_ATTEMPT_HEADER: "3"}, False),
+                ("last attempt, chat", {**shed, ENVOY_ATTEMPT_HEADER: "3"}, True),
+                ("no shed headers", {}, False),
+                ("bound without attempts", {SHED_BACKLOG_HEADER: "0.1"}, False),
+                ("unparsable bound", {**shed, SHED_BACKLOG_HEADER: "soon"}, False),
+                ("negative bound", {**shed, SHED_BACKLOG_HEADER: "-1"}, False),
+                ("bound above the backlog", {**shed, SHED_BACKLOG_HEADER: "1000"}, False),
+            ):  # fmt: skip
+                status, hdrs, body = await try_request(s, r.url, headers, chat=chat)
+                statuses[label] = status
+                if status == 429:
+                    # Requirement (shedding contract): the 429 says why, in the usual error format.
+                    assert hdrs[SHED_HEADER] == "prefill-backlog" and REPLICA_HEADER in hdrs, hdrs
+                    assert body is not None and body["error"]["code"] == 429, body
+                    m = re.fullmatch(r"prefill backlog (\d+\.\d+) s > bound 0\.10 s: retry on another replica",
+                                     body["error"]["message"])
+                    assert m is not None and float(m.group(1)) > 0.1, body
+            m_after = await scrape(s, r.url)
+        finally:
+            long.cancel()
+            await asyncio.gather(long, return_exceptions=True)
+    # Requirement (shedding contract): above the bound, every attempt but the last is shed at once; the last
+    # attempt, and requests without a usable bound or attempt total, are queued as before.
+    assert statuses == {
+        "first attempt": 429, "second attempt, chat": 429, "no attempt count (= first)": 429,
+        "last attempt": 200, "last attempt, chat": 200, "no shed headers": 200, "bound without attempts": 200,
+        "unparsable bound": 200, "negative bound": 200, "bound above the backlog": 200,
+    }, statuses  # fmt: skip
+    # Every 429 is counted on /metrics, and none of them is a 503-style rejection.
+    assert m_after["xds_replica_shed_requests_total"] == 3
+    assert m_after["xds_replica_rejected_total"] == 0
 
 
 async def test_metrics_names_present_and_move_under_load(start_replica) -> None:

@@ -62,3 +62,29 @@ def test_evaluate_threshold_on_conv_w0_is_the_shipped_file() -> None:
     spec = load_policy_file(PRESET_DIR / "threshold.yaml")
     replay = compute_metrics(simulate(load_trace(TRACE), StepController(spec, name="threshold"), SimConfig(seed=0)))
     assert got == json.loads(json.dumps(replay))
+
+
+def test_the_presets_shedding_reaches_the_simulated_pool_through_the_plan() -> None:
+    """comprehensive ships ``traffic.shed_prefill_backlog_s``: the plan's ``PoolPlan.shed`` (what the snapshot turns
+    into Envoy's retry on 429) is what the simulated fleet sheds with; without it, nothing is shed."""
+    import numpy as np
+
+    from xds_control.config.policy import merge_overrides
+    from xds_control.fleet.trace import Trace
+    from xds_control.policies import load_policy_spec
+
+    # long prompts (8,000 tokens: 1.44 s of prefill) arriving faster than one replica prefills them
+    t = np.arange(0.0, 120.0, 0.4)
+    tr = Trace("long", t, np.full(t.size, 8000, dtype=np.int64), np.full(t.size, 16, dtype=np.int64))
+    shipped = serve_spec("comprehensive")
+    assert shipped.traffic.shed_prefill_backlog_s == 0.5 and shipped.traffic.shed_attempts == 5
+    on = simulate(tr, StepController(shipped, lb="least_request"), SimConfig(seed=0))
+    data = load_policy_file(PRESET_DIR / "comprehensive.yaml").model_dump(mode="json")
+    off_spec = load_policy_spec(merge_overrides(data, {"traffic": {"shed_prefill_backlog_s": None}}))
+    off = simulate(tr, StepController(off_spec, lb="least_request"), SimConfig(seed=0))
+    assert on.shed_retries > 0 and off.shed_retries == 0
+    m_on, m_off = compute_metrics(on), compute_metrics(off)
+    assert m_on["tasks_lost"] == 0
+    assert m_on["shed_retries"] == on.shed_retries
+    # a long prompt no longer waits behind another one's prefill while a replica is free
+    assert m_on["ttft_p90_ms"] < m_off["ttft_p90_ms"]

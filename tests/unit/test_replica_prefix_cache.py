@@ -3,9 +3,16 @@
 Leading cached blocks are hits, the last prompt token is always computed, blocks of running
 requests are pinned, free blocks go least recently used first, and the load generator's text
 for a trace row makes equal block ids equal text (so equal chained hashes) and nothing else.
+Also the engine's prefill backlog (what the server sheds on): the prefill step in progress plus the
+waiting prompts, nothing when idle or decoding.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
 
 from xds_control.fleet import costmodel
 from xds_control.fleet.loadgen import CHARS_PER_TOKEN, block_text, prompt_for
@@ -78,5 +85,50 @@ async def test_engine_skips_prefill_of_cached_tokens() -> None:
         assert warm < 0.1 * cold, ttfts
         assert eng.prefix_cache.hit_tokens == 4 * B - 1
         assert eng.prefix_cache.queried_tokens == 8 * B
+    finally:
+        await eng.stop()
+
+
+async def test_prefill_backlog_is_the_prefill_step_plus_waiting_prompts() -> None:
+    p = costmodel.get_profile("tiny")
+    slow = 2.0
+    eng = Engine(p, EngineLimits.from_profile(p, slow_factor=slow))
+
+    def prefill(tokens: int) -> float:
+        return float(costmodel.prefill_time_s(p, tokens)) * slow
+
+    assert eng.prefill_backlog_s() == 0.0
+    eng.start()
+    try:
+        await asyncio.sleep(0.01)
+        assert eng.prefill_backlog_s() == 0.0  # idle
+        t0 = time.monotonic()
+        first = eng.submit(400, 1)
+        # Queued, not yet admitted: its whole prompt is backlog.
+        assert eng.prefill_backlog_s() == pytest.approx(prefill(400))
+        while eng.num_running == 0:
+            await asyncio.sleep(0.001)
+        # First's prefill step (0.8 s) is in progress; two more prompts wait behind it.
+        a, b = eng.submit(300, 3), eng.submit(200, 3)
+        now = time.monotonic()
+        got = eng.prefill_backlog_s(now)
+        # The step started after t0 and no earlier than now: its remaining time is between 0.8 s - elapsed
+        # and 0.8 s (0 once it is over, however slow this machine is).
+        assert prefill(500) + prefill(400) - (now - t0) - 1e-6 <= got <= prefill(500) + prefill(400) + 1e-6, got
+        # A cancelled waiting request is no longer backlog (counted once however often it is cancelled).
+        eng.cancel(b)
+        eng.cancel(b)
+        now2 = time.monotonic()
+        got2 = eng.prefill_backlog_s(now2)
+        assert got - prefill(200) - (now2 - now) - 1e-6 <= got2 <= got - prefill(200) + 1e-6, (got, got2)
+        assert first.done is not None and a.done is not None
+        await asyncio.wait_for(asyncio.gather(first.done, a.done), 30)
+        assert eng.prefill_backlog_s() == 0.0
+        # A decode-only step is no prefill backlog.
+        c = eng.submit(10, 1000)
+        while c.generated < 2:
+            await asyncio.sleep(0.005)
+        assert eng.num_running == 1 and eng.prefill_backlog_s() == 0.0
+        eng.cancel(c)
     finally:
         await eng.stop()

@@ -228,3 +228,29 @@ def test_lone_request_takes_the_cost_models_isolated_latency(inp, out):
     ttft, total = cm.isolated_latency_s(p, inp, out)
     assert r.ttft[0] == pytest.approx(ttft)
     assert r.finish[0] == pytest.approx(total)
+
+
+def test_shedding_sends_a_long_prompt_past_a_busy_replica():
+    # round robin over 2 replicas: the third request would queue 2 s behind the first one's prefill on replica 0
+    rows = [(0.0, 2000, 2), (0.01, 100, 2), (0.02, 2000, 2)]
+    plain = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0))
+    assert list(plain.replica) == [0, 1, 0]
+    assert plain.ttft[2] - 0.02 == pytest.approx(2.0 + 2.0 - 0.02, abs=1e-6)
+    assert plain.shed_retries == 0
+    shed = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0, shed=(0.5, 3)))
+    assert list(shed.replica) == [0, 1, 1]  # replica 0 sheds it (2 s > 0.5 s), replica 1 has 0.09 s queued
+    assert shed.ttft[2] - 0.02 == pytest.approx(0.11 + 2.0 - 0.02, abs=1e-6)
+    assert shed.shed_retries == 1
+    assert (shed.status == OK).all()
+
+
+def test_the_last_attempt_is_never_shed():
+    rows = [(0.0, 2000, 2), (0.01, 2000, 2), (0.02, 2000, 2)]
+    r = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0, shed=(0.5, 2)))
+    assert list(r.replica) == [0, 1, 1]  # shed by 0, retried on 1 (also busy): the last attempt is accepted
+    assert r.shed_retries == 1 and (r.status == OK).all()
+    # a controller turns it on and off through its Action, as the plan's PoolPlan.shed does
+    ctl = Scripted(2, [(1.0, Action(shed_backlog_s=0.5, shed_attempts=3)), (20.0, Action(shed_backlog_s=0.0))])
+    rows2 = [(1.5, 2000, 2), (1.51, 100, 2), (1.52, 2000, 2), (30.0, 2000, 2), (30.01, 100, 2), (30.02, 2000, 2)]
+    r2 = simulate(trace(rows2), ctl, SimConfig(profile=P, warmup_s=0))
+    assert list(r2.replica) == [0, 1, 1, 0, 1, 0] and r2.shed_retries == 1

@@ -57,17 +57,17 @@ def test_point_specs_come_from_the_shipped_presets():
     c = point_spec("comprehensive", 0.6)
     assert c.target_utilization == 0.6 and c.traffic == resolve_policy("comprehensive").traffic
     with pytest.raises(SpecError, match="target_utilization"):
-        point_spec("predictive", 1.5)
+        point_spec("predictive", 4.5)
     with pytest.raises(ValueError, match="no knob"):
         point_spec("bogus", 1.0)
 
 
 def test_invalid_points_are_skipped_with_the_reason():
     tr = surge(1, 2, duration_s=60, ramp_start_s=20, ramp_s=10, hold_s=10, seed=0)
-    fr = run_frontiers(tr, ["predictive", "fixed"], values={"predictive": [0.8, 1.5], "fixed": [0, 2]}, workers=1)
+    fr = run_frontiers(tr, ["predictive", "fixed"], values={"predictive": [0.8, 4.5], "fixed": [0, 2]}, workers=1)
     p = fr.frontiers["predictive"]
     assert [x["value"] for x in p.points] == [0.8]
-    assert p.skipped[0]["value"] == 1.5 and "target_utilization" in p.skipped[0]["reason"]
+    assert p.skipped[0]["value"] == 4.5 and "target_utilization" in p.skipped[0]["reason"]
     f = fr.frontiers["fixed"]
     assert [x["value"] for x in f.points] == [2] and f.skipped[0]["value"] == 0
     assert "skipped" in fr.policies_json()["predictive"]

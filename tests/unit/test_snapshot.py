@@ -13,7 +13,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_control.config import load_config, to_traffic_plan
 from xds_control.core.errors import InconsistentSnapshot
-from xds_control.core.traffic import EndpointPlan, HealthStatus, ListenerPlan, ServicePlan
+from xds_control.core.traffic import EndpointPlan, HealthStatus, ListenerPlan, RetryPlan, ServicePlan
 from xds_control.snapshot import build_snapshot, check_consistent, make_resource
 from xds_control.snapshot import types as T
 from xds_control.snapshot.wire import field_bytes, field_str, varint
@@ -127,3 +127,41 @@ def test_make_resource_refs() -> None:
     from envoy.config.cluster.v3 import cluster_pb2 as c
     r = make_resource(T.CLUSTER, "x", c.Cluster(name="x"), refs=("x",))
     assert r.refs == frozenset({"x"}) and r.name == "x" and len(r.version) == 16
+
+
+def test_shedding_pool_gets_headers_attempt_count_retry_on_429_and_a_full_budget() -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_STATUS, ShedPlan
+
+    p = plan()
+    pools = tuple(dataclasses.replace(pl, shed=ShedPlan(0.5, 3)) if pl.name == "llm-v1" else pl for pl in p.pools)
+    s = build_snapshot(dataclasses.replace(p, pools=pools), 1)
+    rc = route_pb2.RouteConfiguration.FromString(s.of(T.ROUTE)["ingress"].body)
+    vh = rc.virtual_hosts[0]
+    assert vh.include_request_attempt_count
+    action = vh.routes[0].route
+    wc = {c.name: c for c in action.weighted_clusters.clusters}
+    hdrs = {h.header.key: h.header.value for h in wc["llm-v1"].request_headers_to_add}
+    assert hdrs == {SHED_BACKLOG_HEADER: "0.5", SHED_ATTEMPTS_HEADER: "3"}
+    assert all(h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+               for h in wc["llm-v1"].request_headers_to_add)
+    assert not wc["llm-v2"].request_headers_to_add  # the other pool does not shed
+    rp = action.retry_policy
+    assert rp.retry_on == "retriable-status-codes" and list(rp.retriable_status_codes) == [SHED_STATUS]
+    assert rp.num_retries.value == 2  # attempts - 1
+    assert [h.name for h in rp.retry_host_predicate] == ["envoy.retry_host_predicates.previous_hosts"]
+    c = cluster_pb2.Cluster.FromString(s.of(T.CLUSTER)["llm-v1"].body)
+    budget = c.circuit_breakers.thresholds[0].retry_budget
+    assert budget.budget_percent.value == 100.0 and budget.min_retry_concurrency.value >= 64
+    assert not cluster_pb2.Cluster.FromString(s.of(T.CLUSTER)["llm-v2"].body).circuit_breakers.thresholds
+    # turning it off rebuilds the route and the cluster; a pool's existing retry keeps its codes
+    s2 = build_snapshot(p, 2, previous=s)
+    rc2 = route_pb2.RouteConfiguration.FromString(s2.of(T.ROUTE)["ingress"].body)
+    assert not rc2.virtual_hosts[0].routes[0].route.HasField("retry_policy")
+    assert not rc2.virtual_hosts[0].include_request_attempt_count
+    svcs = tuple(dataclasses.replace(sv, retry=RetryPlan(retry_on="reset,503", num_retries=1)) for sv in p.services)
+    s3 = build_snapshot(dataclasses.replace(p, pools=pools, services=svcs), 3, previous=s2)
+    rp3 = route_pb2.RouteConfiguration.FromString(s3.of(T.ROUTE)["ingress"].body).virtual_hosts[0].routes[0].route
+    assert rp3.retry_policy.retry_on == "reset,503,retriable-status-codes"
+    assert rp3.retry_policy.num_retries.value == 2

@@ -34,6 +34,7 @@ from xds_control.core.traffic import (
     PrefixRoutingPlan,
     RetryPlan,
     ServicePlan,
+    ShedPlan,
     TrafficPlan,
 )
 
@@ -158,7 +159,16 @@ def pool_plan(pool: PoolConfig) -> PoolPlan:
         http2=pool.http2,
         health_check_path=pool.health_check_path,
         prefix_routing=prefix_routing_plan(pool),
+        shed=shed_plan(pool),
     )
+
+
+def shed_plan(pool: PoolConfig) -> ShedPlan | None:
+    """An autoscaled pool's prefill-backlog shedding (its policy's ``traffic.shed_prefill_backlog_s``), or ``None``."""
+    if pool.autoscale is None:
+        return None
+    t = pool.autoscale.spec.traffic
+    return None if t.shed_prefill_backlog_s is None else ShedPlan(t.shed_prefill_backlog_s, t.shed_attempts)
 
 
 def prefix_routing_plan(pool: PoolConfig) -> PrefixRoutingPlan | None:

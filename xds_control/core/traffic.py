@@ -107,6 +107,33 @@ class PrefixRoutingPlan:
     max_body_bytes: int = 262_144
 
 
+#: Request headers Envoy adds to requests routed to a pool that sheds (:class:`ShedPlan`): the bound in seconds
+#: and the total number of attempts. Envoy's own ``x-envoy-attempt-count`` tells the replica which attempt it is.
+SHED_BACKLOG_HEADER = "x-xds-control-shed-backlog-s"
+SHED_ATTEMPTS_HEADER = "x-xds-control-shed-attempts"
+#: The status a replica answers a shed request with; the route retries it on another endpoint.
+SHED_STATUS = 429
+
+
+@dataclass(frozen=True, slots=True)
+class ShedPlan:
+    """Prefill-backlog shedding: a replica whose queued prefill work exceeds ``backlog_s`` seconds turns a new
+    request away (``SHED_STATUS``) unless it is the last of ``attempts``, and Envoy retries it at once on another
+    endpoint (previous-hosts predicate). A long prompt then waits behind no other prompt when some replica is free.
+
+    Envoy carries it: the pool's weighted cluster adds ``SHED_BACKLOG_HEADER`` and ``SHED_ATTEMPTS_HEADER`` to each
+    request, the virtual host sends ``x-envoy-attempt-count``, the route retries ``SHED_STATUS`` up to
+    ``attempts - 1`` times and the cluster's retry budget is 100 % of active requests (a shed request holds at
+    most one retry), so a retry is never refused for the budget. The last attempt is always accepted: nothing is
+    lost to shedding.
+    """
+
+    #: Seconds of queued prefill work above which a replica sheds a new request.
+    backlog_s: float = 0.5
+    #: Attempts in all (the first and the retries); the last one is never shed.
+    attempts: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class PoolPlan:
     """A pool of interchangeable replicas: one Envoy cluster with its endpoints."""
@@ -135,6 +162,8 @@ class PoolPlan:
     max_requests: int | None = None
     #: Prefix-cache affinity (Maglev with bounded loads replaces ``lb_policy``); ``None`` = off.
     prefix_routing: PrefixRoutingPlan | None = None
+    #: Prefill-backlog shedding with retry elsewhere; ``None`` = off.
+    shed: ShedPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)

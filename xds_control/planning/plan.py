@@ -25,7 +25,14 @@ import numpy as np
 
 from xds_control.core.model import Decision, ServiceSignals
 from xds_control.core.model import EndpointPhase as P
-from xds_control.core.traffic import EndpointPlan, HealthStatus, Locality, OutlierDetectionPlan, PoolPlan
+from xds_control.core.traffic import (
+    EndpointPlan,
+    HealthStatus,
+    Locality,
+    OutlierDetectionPlan,
+    PoolPlan,
+    ShedPlan,
+)
 from xds_control.planning.coordination import _P, CoordinationTable, Transition, advance, ramp_fraction, select_drains
 from xds_control.planning.weights import capped_allocation, headroom, largest_remainder
 from xds_control.policies.specs import OutlierSpec, TrafficSpec
@@ -60,6 +67,8 @@ class ServicePlanResult:
     locality_weights: tuple[tuple[str, int], ...] | None
     locality_priorities: tuple[tuple[str, int], ...] | None
     outlier: OutlierDetectionPlan | None
+    #: Prefill-backlog shedding (``TrafficSpec.shed_prefill_backlog_s``), or None.
+    shed: ShedPlan | None
     slow_start_window_s: float | None
     slow_start_aggression: float
     slow_start_min_weight_percent: float
@@ -257,6 +266,8 @@ def plan_service(
         locality_weights=lw,
         locality_priorities=lp,
         outlier=outlier_plan(spec.outlier, n_rot),
+        shed=(None if spec.shed_prefill_backlog_s is None
+              else ShedPlan(spec.shed_prefill_backlog_s, spec.shed_attempts)),
         slow_start_window_s=spec.envoy_slow_start_window_s,
         slow_start_aggression=spec.ramp_aggression,
         slow_start_min_weight_percent=100.0 * spec.ramp_min_fraction,
@@ -273,7 +284,7 @@ def _locality_from_key(key: str) -> Locality:
 
 
 def apply_to_pool(pool: PoolPlan, result: ServicePlanResult) -> PoolPlan:
-    """Return ``pool`` with endpoints, weights, health, localities, outlier and slow start from ``result``.
+    """Return ``pool`` with endpoints, weights, health, localities, outlier, shedding and slow start from ``result``.
 
     Endpoints already in ``pool`` keep their address, port and locality; endpoints new to the pool are
     built from their ``address:port`` key and locality key. Endpoints not in EDS (pending, warming,
@@ -308,6 +319,7 @@ def apply_to_pool(pool: PoolPlan, result: ServicePlanResult) -> PoolPlan:
         locality_weights=result.locality_weights,
         locality_priorities=result.locality_priorities,
         outlier_detection=result.outlier if result.outlier is not None else pool.outlier_detection,
+        shed=result.shed,
     )
     if result.slow_start_window_s is not None:  # Envoy does the ramp: same shape as planning's own
         out = replace(

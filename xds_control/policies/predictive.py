@@ -98,7 +98,10 @@ class PredictiveSpec(PolicySpecBase):
         "120 s (AIBrix reports 2-3 min for LLM pods).",
     )
     target_utilization: float = Field(
-        0.9, gt=0.05, le=1.0, description="Forecast peak must stay under this fraction of capacity. Default 0.9 (seed)."
+        0.9, gt=0.05, le=4.0,
+        description="Forecast peak must stay under this fraction of capacity. Default 0.9 (seed). Above 1 is "
+        "allowed: demand is in replica-equivalents at the cost model's reference batch, and a replica may serve "
+        "more than that within its SLO.",
     )
     smoothing_alpha: float = Field(0.5, gt=0.0, le=1.0, description="Holt level smoothing per bucket. Default 0.5.")
     trend_beta: float = Field(0.3, ge=0.0, le=1.0, description="Holt trend smoothing per bucket. Default 0.3.")

@@ -123,6 +123,19 @@ class TrafficSpec(_Spec):
     outlier: OutlierSpec | None = Field(
         default_factory=OutlierSpec, description="Outlier detection for the pool; null leaves it unset."
     )
+    shed_prefill_backlog_s: float | None = Field(
+        None, gt=0.0, le=60.0,
+        description="Prefill-backlog shedding: a replica with more than this many seconds of prompt prefill queued "
+        "answers a new request 429 and Envoy retries it at once on another replica (never on the last attempt, so "
+        "nothing is lost). Long prompts then wait behind no other prompt while any replica is free. Needs a replica "
+        "that honours the x-xds-control-shed-* headers (xds-control replica does; see README). Default null (off); "
+        "the comprehensive preset uses 0.5 s.",
+    )
+    shed_attempts: int = Field(
+        3, ge=2, le=10,
+        description="Prefill-backlog shedding: attempts in all, the first included; the last is always accepted. "
+        "Default 3.",
+    )
 
     @model_validator(mode="after")
     def _one_ramp(self) -> TrafficSpec:

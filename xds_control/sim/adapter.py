@@ -6,7 +6,8 @@ would build from the scaler, the signal source and Envoy, calls
 :func:`~xds_control.control.step.control_step` with the shipped policy spec, and applies the actions the way
 the live loop does: start one replica per ``start`` entry, stop exactly the ``stop`` and ``reap`` ids, and
 route on the plan's endpoints and weights (an endpoint absent from the plan's EDS, or DRAINING, gets no new
-requests).
+requests) and with the pool's prefill-backlog shedding (``PoolPlan.shed``, as Envoy's route retries it; a plan
+without it leaves the fleet's ``SimConfig.shed``, the pool's setting outside the policy).
 
 How simulated replicas become observations (one sample per *ready* replica, as a scrape of its /metrics):
 
@@ -159,5 +160,7 @@ class StepController:
                 if e.key in rid_of and e.health is HealthStatus.HEALTHY:
                     weights[rid_of[e.key]] = max(1, int(e.weight))
         stop = tuple(int(x) for x in (*act.reap, *act.stop))
+        shed = pool.shed if pool is not None else None
         return Action(target_replicas=int(act.decision.target_replicas), weights=weights,
-                      start=act.start, stop=stop)
+                      start=act.start, stop=stop, shed_backlog_s=shed.backlog_s if shed is not None else None,
+                      shed_attempts=shed.attempts if shed is not None else 1)

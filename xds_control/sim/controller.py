@@ -114,6 +114,11 @@ class Action:
     #: ``manages_replicas`` only: replica ids to stop (a ready one drains: in-flight requests finish;
     #: a starting one is cancelled; a failed one is acknowledged).
     stop: tuple[int, ...] = ()
+    #: Prefill-backlog shedding bound in seconds (the plan's ``PoolPlan.shed``); 0 = off, None = unchanged (the
+    #: fleet's ``SimConfig.shed`` until a controller sets it).
+    shed_backlog_s: float | None = None
+    #: Attempts in all when shedding (the last one is never shed).
+    shed_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)

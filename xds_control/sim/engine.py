@@ -37,6 +37,10 @@ Routing (the data plane)
   Service).
 * ``prefix``, ``gie``, ``oracle``: prefix-cache-aware routings, see :mod:`xds_control.sim.routing`
   (settings in ``SimConfig.routing``).
+* Prefill-backlog shedding (the plan's ``PoolPlan.shed``, passed as ``Action.shed_backlog_s``; or
+  ``SimConfig.shed``): a picked replica whose queued prefill (the prefill in progress plus the waiting
+  prompts) exceeds the bound sheds the request unless it is the last attempt, and it is routed again by the
+  same balancer to a replica not tried yet (Envoy's retry on 429 with the previous-hosts predicate).
 
 Prefix cache
 ------------
@@ -140,6 +144,9 @@ class SimConfig:
     lb: str | None = None
     #: Settings of the cache-aware routings (``prefix``, ``gie``, ``oracle``).
     routing: RoutingParams = field(default_factory=RoutingParams)
+    #: Prefill-backlog shedding from the start, ``(backlog_s, attempts)`` (a controller's ``Action.shed_backlog_s``
+    #: replaces it); None = off.
+    shed: tuple[float, int] | None = None
     #: Simulated seconds after the last arrival during which the fleet keeps being sampled and billed.
     tail_s: float = 0.0
     #: The controller is first called at this simulated second. The fleet starts warm but idle,
@@ -191,6 +198,8 @@ class SimResult:
     #: tokens found in the GPU cache / loaded from the host tier; -1 = never admitted. None without a cache.
     cached_tokens: np.ndarray | None = None
     host_cached_tokens: np.ndarray | None = None
+    #: Requests a replica shed (prefill backlog over the bound) and Envoy retried on another replica.
+    shed_retries: int = 0
     #: Per replica id: ``(queries, hits, host_hits)`` in prompt tokens (vLLM's
     #: ``prefix_cache_queries`` / ``prefix_cache_hits``); empty without a cache.
     replica_cache: dict[int, tuple[int, int, int]] = field(default_factory=dict)
@@ -337,6 +346,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     gie_snap_t = [-math.inf]
     gie_rng = np.random.default_rng(cfg.seed + 7919)
     balance = rp.hash_balance_factor
+    # prefill-backlog shedding: [bound in seconds (0 = off), attempts in all, retries made]
+    shed = [float(cfg.shed[0]), int(cfg.shed[1]), 0] if cfg.shed is not None else [0.0, 1, 0]
 
     def push(t: float, kind: int, a: int, b: int = 0) -> None:
         nonlocal seq
@@ -559,6 +570,35 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             gie_index.add(gids, r.rid)
         return r
 
+    def backlog_s(r: _Replica, t: float) -> float:
+        """Seconds of prefill queued ahead of a request arriving now: the prefill in progress, then the waiting
+        prompts (uncached size: the replica cannot know its cache hits before admission)."""
+        su = r.stall_until - t
+        return (su if su > 0 else 0.0) + pf_s * sum(inp_l[j] for j in r.waiting)
+
+    def shed_retry(i: int, t: float, r: _Replica) -> _Replica:
+        """Envoy's retry of a shed request: the replica answers 429 when its backlog exceeds the bound and this is
+        not the last attempt; the route retries on a host not tried yet (previous-hosts predicate, up to 3 extra
+        picks of the pool's balancer). The retry's few milliseconds are not modelled."""
+        nonlocal rr_next
+        nr = len(routable)
+        tried = {r.rid}
+        for _attempt in range(1, int(shed[1])):
+            if backlog_s(r, t) <= shed[0]:
+                return r
+            shed[2] += 1
+            for _pick in range(4):
+                if lb == LB_ROUND_ROBIN:
+                    c = routable[rr_next % nr]
+                    rr_next += 1
+                else:
+                    c = pick_least_request()
+                if c.rid not in tried:
+                    break
+            r = c
+            tried.add(r.rid)
+        return r
+
     def route(i: int, t: float) -> None:
         nonlocal rr_next
         nr = len(routable)
@@ -577,6 +617,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             rr_next += 1
         else:
             r = pick_least_request()
+        if shed[0] > 0 and nr > 1:
+            r = shed_retry(i, t, r)
         r.routed += 1
         served[i] = r.rid
         if len(r.waiting) >= qbound:
@@ -671,6 +713,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             rebuild_routable()
 
     def apply(t: float, act: Action) -> None:
+        if act.shed_backlog_s is not None:
+            shed[0], shed[1] = float(act.shed_backlog_s), int(act.shed_attempts)
         if act.weights:
             for rid, w in act.weights.items():
                 if 0 <= rid < len(replicas):
@@ -954,5 +998,6 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             r.rid: (r.cache.queries_tokens, r.cache.hits_tokens, r.cache.host_hits_tokens)
             for r in replicas if r.cache is not None
         },
+        shed_retries=int(shed[2]),
     )
     return res

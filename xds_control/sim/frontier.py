@@ -12,8 +12,8 @@ an invalid combination is skipped and reported with the validator's reason):
 policy          knob                        default values
 ==============  ==========================  ======================================================
 threshold       ``l_high``                  0.3 ... 2.0 (``l_low`` kept at the preset's ratio to it)
-predictive      ``target_utilization``      0.3 ... 1.0
-comprehensive   ``target_utilization``      0.3 ... 1.0
+predictive      ``target_utilization``      0.3 ... 1.25
+comprehensive   ``target_utilization``      0.3 ... 1.25
 hpa             ``metrics[0].target``       0.3 ... 1.0 for a utilisation signal, else preset x 1/8 ... 4
 kpa             ``target``                  2 ... 256 (concurrency per replica)
 apa             ``target``                  0.1 ... 0.85 for a fraction metric (kv_cache), else preset x 1/8 ... 4
@@ -79,6 +79,9 @@ KNOBS: Mapping[str, str] = {
     "fixed": "replicas",
 }
 UTIL_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: Predictive and comprehensive demand is in replica-equivalents at the cost model's reference batch (32), and a
+#: replica meets a 100 ms TPOT far above it (batch ~190), so their target may pass 1: swept up to 1.25.
+DEMAND_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
 #: The load index is not a utilisation: its latency term passes 1 with any prompt longer than the latency
 #: target, so ``l_high`` is swept up to its maximum (2).
 THRESHOLD_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.6, 2.0)
@@ -154,7 +157,7 @@ def default_values(name: str) -> tuple[float, ...]:
     if name == "threshold":
         return THRESHOLD_GRID
     if name in ("predictive", "comprehensive"):
-        return UTIL_GRID
+        return DEMAND_GRID
     if name == "kpa":
         return KPA_GRID
     if name == "sla":
@@ -306,17 +309,19 @@ def run_frontiers(
     values: Mapping[str, Sequence[float]] | None = None,
     workers: int = 2,
     progress: Callable[[str], None] | None = None,
+    shed: tuple[float, int] | None = None,
 ) -> FrontierRun:
     """Sweep each policy's knob (``values[NAME]`` replaces the default grid) and build the frontiers.
 
     ``policies`` are ``NAME`` / ``NAME@rr`` / ``NAME@lr`` entries; ``workers`` processes (at most 2) run the
-    simulations. Deterministic for ``seed`` whatever ``workers``.
+    simulations. Deterministic for ``seed`` whatever ``workers``. ``shed`` (``(backlog_s, attempts)``) gives every
+    pool prefill-backlog shedding unless its policy's plan sets its own (``SimConfig.shed``).
     """
     if not 0 < attainment <= 1:
         raise ValueError(f"attainment must be in (0, 1], got {attainment!r}")
     workers = max(1, min(int(workers), 2, os.cpu_count() or 1))
     tr = trace.sped_up(speedup)
-    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope)
+    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope, shed=shed)
     init = (tr, cfg, slo, tick_s)
     given = dict(values or {})
     frontiers: dict[str, Frontier] = {}

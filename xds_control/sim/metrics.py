@@ -82,7 +82,8 @@ Per run:
 Extra keys: ``requests``, ``tasks_lost``, ``surge_episodes``, ``untriggered_episodes``,
 ``energy_kwh`` (cost-model power integrated over the run), ``wait_slo_ms``, ``wait_p99_ms``,
 ``recovered``,
-``lb``, ``target_util``, ``slo_met`` (requests that met the SLO), ``slo_ttft_s`` (the fixed TTFT bound,
+``lb``, ``target_util``, ``shed_retries`` (requests a replica shed for its prefill backlog and Envoy retried
+elsewhere), ``slo_met`` (requests that met the SLO), ``slo_ttft_s`` (the fixed TTFT bound,
 ``null`` = own prefill + slack), ``slo_ttft_slack_s``, ``slo_tpot_ms``.
 """
 
@@ -357,6 +358,7 @@ def compute_metrics(res: SimResult, slo: Slo = DEFAULT_SLO) -> dict[str, Any]:
         "recovered": recovered,
         "lb": res.lb,
         "target_util": res.target_util,
+        "shed_retries": int(res.shed_retries),
         # SLO
         "slo_attainment": round(nmet / n, 6) if n else 1.0,
         "goodput_rps": round(nmet / res.end_t, 6) if res.end_t > 0 else 0.0,

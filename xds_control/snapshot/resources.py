@@ -8,6 +8,8 @@ rebuilt).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import (
     address_pb2,
@@ -37,6 +39,9 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_control.core.traffic import (
+    SHED_ATTEMPTS_HEADER,
+    SHED_BACKLOG_HEADER,
+    SHED_STATUS,
     EndpointPlan,
     HealthStatus,
     LbPolicy,
@@ -45,6 +50,7 @@ from xds_control.core.traffic import (
     PoolPlan,
     PrefixRoutingPlan,
     ServicePlan,
+    ShedPlan,
 )
 from xds_control.snapshot import prefix_filter
 
@@ -220,13 +226,17 @@ def build_load_assignment(pool: PoolPlan) -> endpoint_pb2.ClusterLoadAssignment:
 
 
 def build_route_configuration(
-    name: str, services: list[ServicePlan], pool_names: set[str]
+    name: str, services: list[ServicePlan], pool_names: set[str], shed: Mapping[str, ShedPlan] | None = None
 ) -> route_pb2.RouteConfiguration:
     """One virtual host per distinct ``hosts`` list; services sharing it are matched in order.
 
     Pools with weight 0 are kept in ``weighted_clusters`` (Envoy accepts weight 0) so that a
     pool being drained keeps its cluster referenced until a later version drops it.
+
+    ``shed`` maps a pool name to its :class:`ShedPlan`: that pool's weighted cluster adds the shed headers,
+    the virtual host sends ``x-envoy-attempt-count`` and the route retries ``SHED_STATUS`` on another host.
     """
+    shed = shed or {}
     rc = route_pb2.RouteConfiguration(name=name)
     vhosts: dict[tuple[str, ...], route_components_pb2.VirtualHost] = {}
     for svc in services:
@@ -240,18 +250,36 @@ def build_route_configuration(
         else:
             match.prefix = svc.prefix
         action = route_components_pb2.RouteAction(timeout=_dur(svc.timeout_s))
+        sheds = [shed[p] for p, _w in svc.pools if p in shed]
         for pool_name, weight in svc.pools:
-            action.weighted_clusters.clusters.add(
+            wc = action.weighted_clusters.clusters.add(
                 name=pool_name, weight=wrappers_pb2.UInt32Value(value=int(weight))
             )
-        if svc.retry is not None:
-            rp = route_components_pb2.RetryPolicy(
-                retry_on=svc.retry.retry_on,
-                num_retries=wrappers_pb2.UInt32Value(value=svc.retry.num_retries),
-            )
-            if svc.retry.per_try_timeout_s:
+            sp = shed.get(pool_name)
+            if sp is not None:
+                for key, value in ((SHED_BACKLOG_HEADER, f"{sp.backlog_s:g}"),
+                                   (SHED_ATTEMPTS_HEADER, str(sp.attempts))):
+                    wc.request_headers_to_add.add(
+                        header=base_pb2.HeaderValue(key=key, value=value),
+                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                    )
+        if svc.retry is not None or sheds:
+            retry_on = svc.retry.retry_on if svc.retry is not None else ""
+            num = svc.retry.num_retries if svc.retry is not None else 0
+            if sheds:
+                vh.include_request_attempt_count = True
+                if "retriable-status-codes" not in retry_on.split(","):
+                    retry_on = ",".join(x for x in (retry_on, "retriable-status-codes") if x)
+                num = max(num, max(sp.attempts for sp in sheds) - 1)
+            rp = route_components_pb2.RetryPolicy(retry_on=retry_on, num_retries=wrappers_pb2.UInt32Value(value=num))
+            if sheds:
+                rp.retriable_status_codes.append(SHED_STATUS)
+                # A shed answer comes back in microseconds: retry after 1-5 ms, not Envoy's default 0-25 ms.
+                rp.retry_back_off.base_interval.CopyFrom(_dur(0.002))
+                rp.retry_back_off.max_interval.CopyFrom(_dur(0.02))
+            if svc.retry is not None and svc.retry.per_try_timeout_s:
                 rp.per_try_timeout.CopyFrom(_dur(svc.retry.per_try_timeout_s))
-            # Don't retry on the endpoint that just failed.
+            # Don't retry on the endpoint that just failed (or shed).
             rp.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts").typed_config.Pack(
                 _previous_hosts()
             )

@@ -115,6 +115,10 @@ def check_consistent(resources: Mapping[str, Mapping[str, Resource]]) -> None:
                 raise InconsistentSnapshot(f"EDS cluster {name!r} has no ClusterLoadAssignment {eds!r}")
 
 
+#: Shedding pools: the retry budget's floor of concurrent retries (the budget itself is 100 % of active requests).
+SHED_MIN_RETRY_CONCURRENCY = 64
+
+
 def _retry_for_pool(services: Iterable[ServicePlan]) -> dict[str, RetryPlan]:
     out: dict[str, RetryPlan] = {}
     for s in services:
@@ -187,11 +191,16 @@ def build_snapshot(
         rp = retry.get(pool.name)
         csrc = (pool.name, pool.lb_policy, pool.locality_weights, pool.outlier_detection, pool.slow_start_window_s,
                 pool.slow_start_aggression, pool.slow_start_min_weight_percent, pool.connect_timeout_s, pool.http2,
-                pool.health_check_path, pool.health_check_interval_s, pool.max_requests, rp, pool.prefix_routing)
+                pool.health_check_path, pool.health_check_interval_s, pool.max_requests, rp, pool.prefix_routing,
+                pool.shed)
         r = _reuse(prev_of(T.CLUSTER), pool.name, csrc)
         if r is None:
             msg = build.build_cluster(pool)
-            if rp is not None:
+            if pool.shed is not None:
+                # a shed request holds at most one retry: a budget of 100 % of active requests never refuses one
+                build.with_retry_budget(msg, 100.0, max(rp.budget_min_concurrency if rp is not None else 0,
+                                                        SHED_MIN_RETRY_CONCURRENCY))
+            elif rp is not None:
                 build.with_retry_budget(msg, rp.budget_percent, rp.budget_min_concurrency)
             r = make_resource(T.CLUSTER, pool.name, msg, refs=(pool.name,), source=csrc)
         clusters[pool.name] = r
@@ -202,6 +211,7 @@ def build_snapshot(
         endpoints[pool.name] = e
 
     svc_by_name = {s.name: s for s in plan.services}
+    shed_of = {p.name: p.shed for p in plan.pools if p.shed is not None}
     listeners: dict[str, Resource] = {}
     routes: dict[str, Resource] = {}
     for lst in plan.listeners:
@@ -211,12 +221,13 @@ def build_snapshot(
             r = make_resource(T.LISTENER, lst.name, build.build_listener(lst), refs=(lst.name,), source=lsrc)
         listeners[lst.name] = r
         svcs = [svc_by_name[s] for s in lst.services]
-        rsrc = (lst.name, tuple(svcs))
+        refs = {p for s in svcs for p, _w in s.pools}
+        shed = {p: sp for p in sorted(refs) if (sp := shed_of.get(p)) is not None}
+        rsrc = (lst.name, tuple(svcs), tuple(shed.items()))
         rr = _reuse(prev_of(T.ROUTE), lst.name, rsrc)
         if rr is None:
-            refs = {p for s in svcs for p, _w in s.pools}
             rr = make_resource(
-                T.ROUTE, lst.name, build.build_route_configuration(lst.name, svcs, set(clusters)), refs=refs,
+                T.ROUTE, lst.name, build.build_route_configuration(lst.name, svcs, set(clusters), shed), refs=refs,
                 source=rsrc,
             )
         routes[lst.name] = rr

@@ -24,6 +24,11 @@ GPU replaced by ``asyncio.sleep``:
   recently used first whenever the reservations of the running requests need the room: the cache
   holds at most ``kv_capacity_tokens // kv_block_tokens`` blocks minus those reserved. Queried and
   hit tokens are counted like vLLM's ``prefix_cache_queries`` / ``prefix_cache_hits``.
+* **prefill backlog** (:meth:`Engine.prefill_backlog_s`, what the server sheds on): the seconds of
+  prefill a request arriving now would wait for before its own prefill starts: the rest of the step in
+  progress if that step prefills (0 for a decode-only step), plus ``prefill_time_s(profile, input_tokens)``
+  times ``slow_factor`` of every waiting request (their cached tokens are unknown before admission, so
+  whole prompts count). A running sum of the waiting prompt tokens keeps it O(1).
 * GPU utilisation is the cost model's :func:`~xds_control.fleet.costmodel.gpu_utilization`
   of each step, averaged over the last ``busy_window_s`` seconds (idle counts 0).
 
@@ -186,6 +191,8 @@ class Engine:
         self.waiting: collections.deque[GenRequest] = collections.deque()
         self.running: list[GenRequest] = []
         self._kv_reserved = 0
+        #: Prompt tokens of the waiting, not cancelled requests (for :meth:`prefill_backlog_s`).
+        self._waiting_tokens = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -212,6 +219,7 @@ class Engine:
             except asyncio.CancelledError:
                 pass
             self._task = None
+            self._current = self._prefill_deadline = None
         for r in [*self.waiting, *self.running]:
             if r.done is not None and not r.done.done():
                 r.done.cancel()
@@ -238,11 +246,14 @@ class Engine:
                        block_hashes=block_hashes)
         r.done = loop.create_future()
         self.waiting.append(r)
+        self._waiting_tokens += input_tokens
         self._wake.set()
         return r
 
     def cancel(self, r: GenRequest) -> None:
         """The client went away: drop the request at the next step boundary."""
+        if not r.cancelled and r.admitted_at is None and r.finished_at is None:
+            self._waiting_tokens -= r.input_tokens  # still waiting: no longer prefill backlog
         r.cancelled = True
 
     # -- observations (read by /metrics) --------------------------------------
@@ -277,8 +288,25 @@ class Engine:
             acc += (now - max(cur[0], lo)) * cur[2]
         return max(0.0, min(1.0, acc / self._busy_window_s))
 
+    def prefill_backlog_s(self, now: float | None = None) -> float:
+        """Seconds of prefill a request arriving now would wait for before its own prefill starts.
+
+        The rest of the step in progress when it carries prefill tokens (a decode-only step counts 0),
+        plus the prefill time of every waiting request's whole prompt (cached tokens are only known at
+        admission) times ``slow_factor``. O(1): pure arithmetic on the engine's state.
+        """
+        now = time.monotonic() if now is None else now
+        backlog = 0.0
+        if self._prefill_deadline is not None:
+            backlog = max(0.0, self._prefill_deadline - now)
+        if self._waiting_tokens > 0:
+            backlog += float(costmodel.prefill_time_s(self.profile, self._waiting_tokens)) * self.limits.slow_factor
+        return backlog
+
     #: (start, deadline, utilisation) of the step in progress.
     _current: tuple[float, float, float] | None = None
+    #: Deadline of the step in progress when it carries prefill tokens, else ``None``.
+    _prefill_deadline: float | None = None
 
     # -- the loop ---------------------------------------------------------------
     def _admit(self) -> int:
@@ -294,6 +322,7 @@ class Engine:
             if self._kv_reserved + r.kv_tokens_reserved > lim.kv_capacity_tokens:
                 break
             self.waiting.popleft()
+            self._waiting_tokens -= r.input_tokens
             self._kv_reserved += r.kv_tokens_reserved
             r.admitted_at = now
             self.running.append(r)
@@ -345,11 +374,13 @@ class Engine:
             start = deadline if 0.0 <= now - deadline < 0.002 else now
             deadline = start + dt
             self._current = (start, deadline, util)
+            self._prefill_deadline = deadline if prefill else None
             delay = deadline - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             end = time.monotonic()
             self._current = None
+            self._prefill_deadline = None
             if end > deadline + 0.002:
                 self.lag_s += end - deadline
             self._record_busy(start, end, util)

@@ -19,7 +19,8 @@ dcgm-exporter: ``DCGM_FI_DEV_GPU_UTIL`` (gauge, percent 0..100; the cost model's
 utilisation estimate averaged over the last second, not "a kernel was running"),
 ``DCGM_FI_DEV_FB_USED`` / ``DCGM_FI_DEV_FB_FREE`` (MiB). The process collector
 adds ``process_cpu_seconds_total``. Emulator-only extras carry an ``xds_replica_``
-prefix.
+prefix, e.g. ``xds_replica_shed_requests_total`` (counter: requests answered 429 for prefill backlog,
+see :mod:`xds_control.fleet.replica.server`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class ReplicaMetrics:
         )
         for reason in ("queue_full", "not_ready", "injected_failure", "bad_request"):
             self.rejected.labels(reason=reason)
+        self.shed = Counter(
+            "xds_replica_shed_requests", "Requests answered 429 because the prefill backlog exceeded their bound.",
+            registry=reg,
+        )
         lag = Gauge("xds_replica_engine_lag_seconds", "Total time engine steps ended late (CPU starvation).",
                     registry=reg)
         lag.set_function(lambda: engine.lag_s)

@@ -21,9 +21,18 @@ chained hashes of the full blocks are the engine's prefix-cache keys (see
 :class:`~xds_control.fleet.replica.engine.PrefixCache`), so requests whose texts share a prefix of
 whole blocks reuse each other's KV blocks on the same replica.
 
-Answers: 200; 400 for malformed bodies; 500 for injected failures
-(``fail_rate``); 503 before ready and when the waiting queue is full. Every
+Answers: 200; 400 for malformed bodies; 429 for shed requests (below); 500 for injected
+failures (``fail_rate``); 503 before ready and when the waiting queue is full. Every
 response carries ``x-xds-replica: <name>`` so tests can count traffic shares.
+
+Prefill-backlog shedding (the control plane has Envoy add the headers; Envoy retries a 429 on another
+endpoint): a completion or chat completion carrying ``x-xds-control-shed-backlog-s: <seconds>`` (the bound)
+and ``x-xds-control-shed-attempts: <N>`` (Envoy's total attempts) is answered 429 at once, without being
+queued, when its ``x-envoy-attempt-count`` (1 when absent) is below N and the engine's
+:meth:`~xds_control.fleet.replica.engine.Engine.prefill_backlog_s` is strictly above the bound. The last
+attempt is never shed; a missing, unparsable or negative bound, a missing or unparsable N, or an unparsable
+attempt count means no shedding. The 429 carries ``x-xds-control-shed: prefill-backlog`` and an error body
+naming the backlog and the bound; ``xds_replica_shed_requests_total`` counts them.
 
 Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
 stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
@@ -38,11 +47,13 @@ import json
 import random
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
+from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_STATUS
 from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
 from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge, block_hashes
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -50,6 +61,13 @@ from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 REPLICA_HEADER = "x-xds-replica"
 #: Sent by a control plane (the local scaler's health checks): resets the replica's orphan timer.
 CONTROL_PLANE_HEADER = "x-xds-control-plane"
+#: Request headers SHED_BACKLOG_HEADER (shed when the prefill backlog exceeds this many seconds) and
+#: SHED_ATTEMPTS_HEADER (the total attempts Envoy makes; the last one is never shed) come from the traffic plan.
+#: Request header set by Envoy: this request's attempt number, 1 for the first try.
+ENVOY_ATTEMPT_HEADER = "x-envoy-attempt-count"
+#: Response header of a shed request, with :data:`SHED_REASON` as its value.
+SHED_HEADER = "x-xds-control-shed"
+SHED_REASON = "prefill-backlog"
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,24 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
+def shed_bound(headers: Mapping[str, str]) -> float | None:
+    """The prefill-backlog bound (seconds) this request may be shed at, or ``None`` when it must not be shed:
+    no valid bound (missing, unparsable, negative or NaN), no valid attempt total, or the last attempt."""
+    raw = headers.get(SHED_BACKLOG_HEADER)
+    n_raw = headers.get(SHED_ATTEMPTS_HEADER)
+    if raw is None or n_raw is None:
+        return None
+    try:
+        bound = float(raw)
+        attempts = int(n_raw)
+        attempt = int(headers.get(ENVOY_ATTEMPT_HEADER, "1"))
+    except ValueError:
+        return None
+    if not bound >= 0.0 or attempt >= attempts:  # `not >=` also rejects NaN
+        return None
+    return bound
+
+
 def _message_tokens(messages: Any) -> int:
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
@@ -231,10 +267,11 @@ class ReplicaServer:
     def _headers(self) -> dict[str, str]:
         return {REPLICA_HEADER: self.name}
 
-    def _error(self, status: int, message: str, kind: str) -> web.Response:
+    def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
         return web.json_response(
-            {"error": {"message": message, "type": kind, "code": status}}, status=status, headers=self._headers()
-        )
+            {"error": {"message": message, "type": kind, "code": status}}, status=status,
+            headers={**self._headers(), **(headers or {})},
+        )  # fmt: skip
 
     # -- handlers ------------------------------------------------------------------
     def _contact(self, request: web.Request) -> None:
@@ -291,6 +328,15 @@ class ReplicaServer:
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             self.metrics.rejected.labels(reason="bad_request").inc()
             return self._error(400, str(e), "invalid_request_error")
+        bound = shed_bound(request.headers)
+        if bound is not None:
+            backlog = self.engine.prefill_backlog_s()
+            if backlog > bound:
+                self.metrics.shed.inc()
+                return self._error(
+                    SHED_STATUS, f"prefill backlog {backlog:.2f} s > bound {bound:.2f} s: retry on another replica",
+                    "overloaded", {SHED_HEADER: SHED_REASON},
+                )  # fmt: skip
         if self.rc.fail_rate > 0 and self._rng.random() < self.rc.fail_rate:
             self.metrics.rejected.labels(reason="injected_failure").inc()
             return self._error(500, "injected failure (--fail-rate)", "internal_error")
