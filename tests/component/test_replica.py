@@ -2,8 +2,8 @@
 
 Aspects: readiness after the model-load delay; latency and TTFT as the cost model
 predicts (alone and batched); bounded queue -> 503; prefill-backlog shedding -> 429
-(never the last attempt); vLLM/DCGM metric names and their movement under load;
---slow-factor; --fail-rate; bad flags; no Nagle stalls.
+(never the last attempt; the prefix cache's saving for the request is subtracted from the backlog);
+vLLM/DCGM metric names and their movement under load; --slow-factor; --fail-rate; bad flags; no Nagle stalls.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from livehelpers import ROOT, child_env, http_status
 
 from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER
 from xds_control.fleet import costmodel
+from xds_control.fleet.loadgen import prompt_for
 from xds_control.fleet.replica import REPLICA_HEADER
 from xds_control.fleet.replica.server import ENVOY_ATTEMPT_HEADER, SHED_HEADER
 
@@ -121,15 +122,16 @@ async def test_full_queue_answers_503(start_replica) -> None:
 
 
 async def try_request(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], *, chat: bool = False
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], *, chat: bool = False, prompt: str = "x",
+    n_in: int = 10,
 ) -> tuple[int, dict[str, str], dict | None]:
-    """A small streaming request: (status, response headers, error body). A 200 means it was queued (the
-    headers come before any token); the client then hangs up, so the replica drops it."""
-    body: dict = {"xds_input_tokens": 10, "max_tokens": 50, "stream": True}
+    """A streaming request (small by default): (status, response headers, error body). A 200 means it was queued
+    (the headers come before any token); the client then hangs up, so the replica drops it."""
+    body: dict = {"xds_input_tokens": n_in, "max_tokens": 50, "stream": True}
     if chat:
         body["messages"] = [{"role": "user", "content": "hi"}]
     else:
-        body["prompt"] = "x"
+        body["prompt"] = prompt
     async with session.post(url + ("/v1/chat/completions" if chat else "/v1/completions"), json=body,
                             headers=headers) as resp:  # fmt: skip
         hdrs = {k.lower(): v for k, v in resp.headers.items()}
@@ -170,8 +172,9 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
                     # Requirement (shedding contract): the 429 says why, in the usual error format.
                     assert hdrs[SHED_HEADER] == "prefill-backlog" and REPLICA_HEADER in hdrs, hdrs
                     assert body is not None and body["error"]["code"] == 429, body
-                    m = re.fullmatch(r"prefill backlog (\d+\.\d+) s > bound 0\.10 s: retry on another replica",
-                                     body["error"]["message"])
+                    # (The prompts here have no full block, so the prefix cache saves them nothing.)
+                    m = re.fullmatch(r"prefill backlog (\d+\.\d+) s - cached 0\.00 s > bound 0\.10 s: "
+                                     r"retry on another replica", body["error"]["message"])
                     assert m is not None and float(m.group(1)) > 0.1, body
             m_after = await scrape(s, r.url)
         finally:
@@ -187,6 +190,70 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
     # Every 429 is counted on /metrics, and none of them is a 503-style rejection.
     assert m_after["xds_replica_shed_requests_total"] == 3
     assert m_after["xds_replica_rejected_total"] == 0
+
+
+async def wait_running(session: aiohttp.ClientSession, url: str, n: int = 1, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while (await scrape(session, url))["vllm:num_requests_running"] < n:
+        assert time.monotonic() < deadline, "the request was never admitted"
+        await asyncio.sleep(0.02)
+
+
+async def test_shedding_subtracts_the_prefix_cache_saving(start_replica) -> None:
+    """A request whose long prefix is cached on the busy replica is kept; a cold one of the same length is shed."""
+    r = start_replica()
+    bt = TINY.kv_block_tokens
+    pf = TINY.prefill_s_per_token
+    warm_ids = tuple(range(1000, 1008))
+    n_in = 8 * bt + 200  # 8 full blocks and a partial one: all 8 can be cached
+    long_in, bound = 5000, 2.0
+    # The backlog is at most the long prompt's 5 s of prefill (tiny profile: 1 ms per token) and falls from there.
+    # Cached request: 8 blocks x 512 tokens saved = 4.1 s, so backlog - saving <= 0.9 s, under the 2 s bound
+    # whatever the timing. Cold request: shed while more than 2 s of the prefill is left (its first 3 s).
+    # Partly cached (1 block, 0.51 s saved): shed while more than 2.51 s is left (the first 2.49 s).
+    assert long_in * pf - 8 * bt * pf + 1.0 < bound < long_in * pf - bt * pf - 2.0
+    shed = {SHED_BACKLOG_HEADER: str(bound), SHED_ATTEMPTS_HEADER: "3", ENVOY_ATTEMPT_HEADER: "1"}
+    cached_prompt = prompt_for((*warm_ids, 1100), n_in)
+    partly_prompt = prompt_for((warm_ids[0], *range(1200, 1208)), n_in)
+    cold_prompt = prompt_for(tuple(range(1300, 1309)), n_in)
+    assert len(cached_prompt) == len(partly_prompt) == len(cold_prompt) == 4 * n_in
+    async with aiohttp.ClientSession() as s:
+        # Warm the cache: the shared 8-block prefix, prefilled and finished (its blocks stay cached, free).
+        status, _, _ = await complete(s, r.url, 8 * bt, 1, prompt=prompt_for(warm_ids, 8 * bt))
+        assert status == 200
+        # A different long prompt (no full text block, so nothing cached) creates the backlog.
+        long = asyncio.create_task(complete(s, r.url, long_in, 1))
+        try:
+            await wait_running(s, r.url)
+            t_admitted = time.monotonic()
+            results = {}
+            for label, prompt in (("partly cached", partly_prompt), ("cold", cold_prompt),
+                                  ("cached", cached_prompt)):  # fmt: skip
+                results[label] = await try_request(s, r.url, shed, prompt=prompt, n_in=n_in)
+            m_after = await scrape(s, r.url)
+            elapsed = time.monotonic() - t_admitted
+        finally:
+            long.cancel()
+            await asyncio.gather(long, return_exceptions=True)
+    statuses = {k: v[0] for k, v in results.items()}
+    # Requirement (shedding, as the simulator decides): the backlog less what this replica's prefix cache saves
+    # the request is compared with the bound: the cached request is queued here, the cold one is shed. (The
+    # shed ones need less than 2.5 s from admission to their check; `elapsed` says how long it took.)
+    assert statuses == {"partly cached": 429, "cold": 429, "cached": 200}, (statuses, elapsed)
+    msgs = {k: v[2]["error"]["message"] for k, v in results.items() if v[2] is not None}
+    m = re.fullmatch(r"prefill backlog (\d+\.\d+) s - cached 0\.00 s > bound 2\.00 s: retry on another replica",
+                     msgs["cold"])
+    assert m is not None and float(m.group(1)) > bound, msgs
+    # The 429 names the cache's saving: 1 block of 512 tokens at 1 ms per token.
+    m = re.fullmatch(r"prefill backlog (\d+\.\d+) s - cached 0\.51 s > bound 2\.00 s: retry on another replica",
+                     msgs["partly cached"])
+    assert m is not None and float(m.group(1)) - bt * pf > bound, msgs
+    assert m_after["xds_replica_shed_requests_total"] == 2 and m_after["xds_replica_rejected_total"] == 0
+    # The lookups counted nothing: before the long prefill ends (5 s) only the warm-up and the long prompt
+    # were admitted, and neither hit the cache.
+    if elapsed < long_in * pf:
+        assert m_after["vllm:prefix_cache_queries_total"] == 8 * bt + long_in, m_after
+        assert m_after["vllm:prefix_cache_hits_total"] == 0, m_after
 
 
 async def test_metrics_names_present_and_move_under_load(start_replica) -> None:

@@ -199,6 +199,33 @@ def test_saturated_fleet_in_burst_grows_by_burst_factor():
     assert "saturated" in {r.code for r in d.reasons}
 
 
+def test_saturated_burst_sizes_by_arrivals_over_completions():
+    """The load index is censored at saturation; the gateway's arrivals over the replicas' completions are not."""
+    s = cspec(load_index={"alpha": 1.0, "beta": 0.0, "gamma": 0.0}, demand_signal="load")
+
+    def over(rate: float, done_per_replica: float) -> ServiceSignals:
+        f = SignalFrame.from_arrays([f"e{i}:1" for i in range(4)], gpu_util=1.5, rps=done_per_replica, taken_at=0.0)
+        return ServiceSignals("svc", f, 4, request_rate=rate)
+
+    d, st = decide(over(20.0, 1.0), None, s, 0.0)
+    # 20 arrivals/s against 4 completions/s: the fleet is 5x short -> 4 x 5 = 20 (the load index alone asked 7)
+    assert d.mode == "panic" and d.target_replicas == 20
+    assert "arrivals" in {r.code for r in d.reasons}
+    assert st.served == pytest.approx(4.0)
+    # smoothed: a tick later completions double, the EWMA (half-life 5 s) moves part of the way
+    _, st2 = decide(over(20.0, 2.0), st, s, 1.0)
+    assert 4.0 < st2.served < 8.0
+    # arrivals at or below completions add nothing; nor does the switch turned off
+    d, _ = decide(over(4.0, 1.0), None, s, 0.0)
+    assert d.target_replicas == 7 and "arrivals" not in {r.code for r in d.reasons}
+    d, _ = decide(over(20.0, 1.0), None, cspec(load_index={"alpha": 1.0, "beta": 0.0, "gamma": 0.0},
+                                               demand_signal="load", burst_rate_sizing=False), 0.0)
+    assert d.target_replicas == 7
+    # the up-rate cap bounds the ratio: 400 arrivals/s over 4 completions/s is x10 at most
+    d, _ = decide(over(400.0, 1.0), None, s, 0.0)
+    assert d.target_replicas == 40
+
+
 def test_comprehensive_defaults_turn_on_traffic_shaping():
     s = load_policy_spec({"policy": "comprehensive"})
     assert s.traffic.weighting == "headroom" and s.traffic.ramp_window_s == 60

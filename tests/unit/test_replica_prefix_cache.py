@@ -4,7 +4,9 @@ Leading cached blocks are hits, the last prompt token is always computed, blocks
 requests are pinned, free blocks go least recently used first, and the load generator's text
 for a trace row makes equal block ids equal text (so equal chained hashes) and nothing else.
 Also the engine's prefill backlog (what the server sheds on): the prefill step in progress plus the
-waiting prompts, nothing when idle or decoding.
+waiting prompts, nothing when idle or decoding; and the cache's saving for a request (subtracted from the
+backlog before shedding): its cached leading blocks, never the last token's, looked up without touching
+the cache.
 """
 
 from __future__ import annotations
@@ -52,6 +54,97 @@ def test_lru_eviction_spares_pinned_blocks() -> None:
     assert 1 in pc and 2 in pc and len(pc) == 2
     pc.release((1, 2))
     assert pc.admit((1, 2), B, 2 * B + 1) == 2 * B
+
+
+def test_match_blocks_counts_cached_leading_blocks_without_touching_the_cache() -> None:
+    pc = PrefixCache(10)
+    pc.admit((1, 2, 3), B, 3 * B + 100)
+    pc.release((1, 2, 3))
+    pc.admit((4, 5), B, 2 * B + 1)      # still running: pinned, most recently used
+    before = (list(pc._blocks.items()), pc._pinned, pc.queried_tokens, pc.hit_tokens)
+    # All full blocks before the one holding the last token: the three of a 3-block-plus prompt ...
+    assert pc.match_blocks((1, 2, 3), B, 3 * B + 100) == 3
+    # ... but not the block holding the last token (that token is always computed).
+    assert pc.match_blocks((1, 2, 3), B, 3 * B) == 2
+    assert pc.match_blocks((1,), B, B) == 0
+    # Leading blocks only: the chain stops at the first miss, a later hit does not count.
+    assert pc.match_blocks((1, 2, 9), B, 3 * B + 100) == 2
+    assert pc.match_blocks((7, 2, 3), B, 3 * B + 100) == 0
+    # Pinned (running) blocks count like free ones; hashes beyond the prompt's full blocks do not.
+    assert pc.match_blocks((4, 5), B, 2 * B + 1) == 2
+    assert pc.match_blocks((1, 2, 3), B, 2 * B + 5) == 2
+    # No hashes, or no prompt: nothing.
+    assert pc.match_blocks((), B, 10 * B) == 0
+    assert pc.match_blocks((1, 2, 3), B, 1) == pc.match_blocks((1, 2, 3), B, 0) == 0
+    # Read only: the same blocks in the same LRU order with the same pins; no query or hit counted.
+    assert (list(pc._blocks.items()), pc._pinned, pc.queried_tokens, pc.hit_tokens) == before
+    # So eviction still drops the least recently admitted free block first (a touch by the lookups above would
+    # have made it 3), and nothing pinned.
+    assert pc.evict(reserved_blocks=8) == 1 and 1 not in pc and {2, 3, 4, 5} <= {h for h in range(9) if h in pc}
+    # Where the last token's block is not cached, it is exactly what admission finds.
+    assert pc.match_blocks((4, 5, 6), B, 3 * B + 7) == 2
+    assert pc.admit((4, 5, 6), B, 3 * B + 7) == 2 * B
+
+
+def test_engine_cache_saving_is_the_prefill_of_the_cached_blocks() -> None:
+    p = costmodel.get_profile("tiny")
+    slow = 3.0
+    bt = 16
+    limits = EngineLimits(max_num_seqs=8, max_queue=16, kv_capacity_tokens=16_384, slow_factor=slow,
+                          kv_block_tokens=bt)  # fmt: skip
+    eng = Engine(p, limits)
+    warm = block_hashes(prompt_for((1, 2, 3, 4), 4 * bt, bt), bt)
+    shared = block_hashes(prompt_for((1, 2, 3, 4, 5), 5 * bt, bt), bt)
+    partly = block_hashes(prompt_for((1, 2, 8, 9), 4 * bt + 3, bt), bt)
+    fresh = block_hashes(prompt_for((6, 7, 8, 9), 4 * bt + 3, bt), bt)
+    assert len(warm) == 4 and shared[:4] == warm and partly[:2] == warm[:2] and partly[2] != warm[2]
+    # Nothing cached yet, or no hashes: no saving.
+    assert eng.cache_saving_s(5 * bt, shared) == 0.0
+    assert eng.cache_saving_s(4 * bt + 3, ()) == 0.0
+    eng.prefix_cache.admit(warm, bt, 4 * bt)
+    eng.prefix_cache.release(warm)
+    before = list(eng.prefix_cache._blocks.items())
+
+    def prefill(tokens: int) -> float:
+        return float(costmodel.prefill_time_s(p, tokens)) * slow
+
+    # The four cached blocks of a longer prompt that shares them: 64 tokens of prefill times slow_factor.
+    assert eng.cache_saving_s(5 * bt, shared) == pytest.approx(prefill(4 * bt))
+    # The warm prompt itself: not its last block (the last token is computed, so that block is).
+    assert eng.cache_saving_s(4 * bt, warm) == pytest.approx(prefill(3 * bt))
+    assert eng.cache_saving_s(4 * bt + 3, partly) == pytest.approx(prefill(2 * bt))
+    assert eng.cache_saving_s(4 * bt + 3, fresh) == 0.0
+    # A prompt shorter than its hashes: only its own full blocks.
+    assert eng.cache_saving_s(2 * bt + 1, shared) == pytest.approx(prefill(2 * bt))
+    assert list(eng.prefix_cache._blocks.items()) == before
+    assert eng.prefix_cache.queried_tokens == 4 * bt and eng.prefix_cache.hit_tokens == 0
+    # Prefix caching off: never a saving.
+    off = Engine(p, EngineLimits(kv_capacity_tokens=16_384, slow_factor=slow, kv_block_tokens=bt,
+                                 prefix_caching=False))  # fmt: skip
+    off.prefix_cache.admit(warm, bt, 4 * bt)
+    assert off.cache_saving_s(5 * bt, shared) == 0.0
+
+
+async def test_cache_saving_matches_what_admission_skips() -> None:
+    p = costmodel.get_profile("tiny")
+    bt = 16
+    eng = Engine(p, EngineLimits(kv_capacity_tokens=16_384, slow_factor=2.0, kv_block_tokens=bt))
+    eng.start()
+    try:
+        first = block_hashes(prompt_for((1, 2, 3, 4), 4 * bt + 5, bt), bt)
+        second = block_hashes(prompt_for((1, 2, 3, 4, 5), 5 * bt + 5, bt), bt)
+        r = eng.submit(4 * bt + 5, 1, first)
+        assert r.done is not None
+        await asyncio.wait_for(r.done, 30)
+        saving = eng.cache_saving_s(5 * bt + 5, second)
+        r2 = eng.submit(5 * bt + 5, 1, second)
+        assert r2.done is not None
+        await asyncio.wait_for(r2.done, 30)
+        # The engine's admission skipped exactly the tokens whose prefill the lookup said would be saved.
+        assert r2.cached_tokens == 4 * bt
+        assert saving == pytest.approx(float(costmodel.prefill_time_s(p, r2.cached_tokens)) * 2.0)
+    finally:
+        await eng.stop()
 
 
 def test_loadgen_text_equal_ids_equal_blocks() -> None:

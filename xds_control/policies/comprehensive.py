@@ -7,7 +7,10 @@ Contract: ``decide(signals, state, spec, now) -> (Decision, ComprehensiveState)`
   one-bucket forecast by ``burst_miss_tolerance`` while above target capacity, or when
   ceil(demand / target_utilization) / ready >= ``panic_threshold``. In burst mode the target never
   goes down (max of everything asked since entering) and, when the ready fleet is saturated (mean
-  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor``; the
+  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor`` and, with
+  ``burst_rate_sizing``, to ready x (gateway arrivals / the replicas' completions): a saturated replica completes
+  at its capacity while the gateway still counts every arrival, so the ratio is how many times the fleet is short
+  (completions smoothed over ``completion_half_life_s``, the ratio capped at ``burst_max_scale_up_rate``); the
   up-rate limit is ``burst_max_scale_up_rate`` and the 10 s action spacing is lifted (the 6-per-minute
   cap stays). Leave after ``stable_window_s`` without a trigger (Knative: one stable window).
 * Traffic shaping is planning's job; this policy's defaults turn it on: headroom weights with a
@@ -21,10 +24,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from xds_control.core.model import Decision, ServiceSignals
-from xds_control.loadindex import LoadIndexSpec
+from xds_control.loadindex import LoadIndexSpec, LoadReport, ewma
 from xds_control.policies.common import Notes, clamp, fmt
 from xds_control.policies.predictive import PredictiveSpec, PredictiveState, finish, predict_core
 from xds_control.policies.specs import TrafficSpec
@@ -71,12 +75,33 @@ class ComprehensiveSpec(PredictiveSpec):
     stable_window_s: float = Field(
         60.0, ge=0.0, le=3600.0, description="Leave burst mode after this long without a trigger. Default 60 s."
     )
+    burst_rate_sizing: bool = Field(
+        True,
+        description="In burst mode with a saturated fleet, ask for at least ready x (gateway request rate / the "
+        "ready replicas' completion rate): not censored by saturation, unlike the load index. Default true.",
+    )
+    completion_half_life_s: float = Field(
+        5.0, ge=0.0, le=600.0,
+        description="Half-life of the smoothing of the ready replicas' summed completion rate (burst_rate_sizing), "
+        "seconds. Default 5.",
+    )
     burst_max_scale_up_rate: float = Field(
         10.0, gt=1.0, le=1000.0,
         description="In burst mode the up-rate limit is this (instead of max_scale_up_rate) and "
         "min_action_interval_s does not apply (the 6-per-minute cap still does). Default 10: a burst from 2 to "
         "16 replicas is one action, not three 10 s apart.",
     )
+
+
+def _completions(signals: ServiceSignals, rep: LoadReport) -> float | None:
+    """Requests/s the ready replicas complete (their ``rps``: vLLM's request_success_total rate), extrapolated over
+    the ready replicas without a fresh reading; None when none has one."""
+    frame = signals.frame
+    ok = frame.ready & ~rep.stale & ~np.isnan(frame.rps)
+    n = int(ok.sum())
+    if n == 0:
+        return None
+    return float(frame.rps[ok].sum()) * (rep.n_ready / n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +112,9 @@ class ComprehensiveState:
     max_panic: int = 0
     #: (time, demand expected one bucket after that time) from the previous decision.
     expected: tuple[float, float] | None = None
+    #: Smoothed summed completion rate of the ready replicas (requests/s) and when it was updated.
+    served: float | None = None
+    served_at: float | None = None
 
 
 def decide(
@@ -99,6 +127,10 @@ def decide(
     rep = core.report
     panic_since, last_over, max_panic = state.panic_since, state.last_over_at, state.max_panic
     expected = state.expected
+    served, served_at = state.served, state.served_at
+    done = _completions(signals, rep)
+    if done is not None:
+        served, served_at = ewma(served, served_at, done, now, spec.completion_half_life_s), now
 
     if math.isnan(core.demand):
         notes.add("no_demand", "no ready endpoints or rates to measure demand; holding")
@@ -135,6 +167,12 @@ def decide(
                 burst = max(burst, math.ceil(ready * spec.burst_factor))
                 notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
                           f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
+                rate = signals.request_rate
+                if spec.burst_rate_sizing and rate is not None and served is not None and rate > served > 0:
+                    short = min(rate / served, spec.burst_max_scale_up_rate)
+                    burst = max(burst, math.ceil(ready * short - 1e-9))
+                    notes.add("arrivals", f"arrivals {fmt(rate)}/s over completions {fmt(served)}/s: "
+                              f"{fmt(short)}x short", "arrivals_over_completions", short)
             pending = signals.pending
             if pending and burst > core.raw_target:
                 # llm-d's overshoot guard on the burst increment, which is measured on the saturated ready
@@ -152,7 +190,7 @@ def decide(
         nxt = core.fit.at(1) if core.fit is not None else core.demand
         expected = (now, nxt)
 
-    new_state = ComprehensiveState(pred_state, panic_since, last_over, max_panic, expected)
+    new_state = ComprehensiveState(pred_state, panic_since, last_over, max_panic, expected, served, served_at)
     mode = "panic" if panic_since is not None else "stable"
     return (
         Decision(

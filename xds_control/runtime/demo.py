@@ -36,7 +36,7 @@ from xds_control.signals.envoy_stats import EnvoyAdminRateSource
 #: Demo-friendly policy overrides: short windows so that a 2-minute run shows a scale-up and a scale-down.
 DEMO_OVERRIDES: dict[str, Any] = {
     "min_replicas": 2,
-    "max_replicas": 6,
+    "max_replicas": 8,
     "startup_s": 10,
     "min_history_s": 20,
     "scale_down_window_s": 20,
@@ -86,8 +86,8 @@ def demo_config(policy: str, listener_port: int, load_delay_s: float, overrides:
 def demo_surge(duration_s: float, seed: int) -> list[TraceRequest]:
     """The built-in surge, scaled to ``duration_s``: calm, a sharp crowd, decay, calm again."""
     f = duration_s / 120.0
-    shape = SurgeShape(duration_s=duration_s, base_rps=1.5, peak_rps=7.0, calm_s=20 * f, rise_s=3 * f,
-                       hold_s=30 * f, decay_tau_s=8 * f, input_tokens_median=600, output_tokens_median=48)
+    shape = SurgeShape(duration_s=duration_s, base_rps=1.5, peak_rps=10.0, calm_s=20 * f, rise_s=3 * f,
+                       hold_s=30 * f, decay_tau_s=8 * f, input_tokens_median=1500, output_tokens_median=48)
     return generate_surge(shape, seed=seed)
 
 

@@ -20,7 +20,8 @@ How simulated replicas become observations (one sample per *ready* replica, as a
 ``latency_s``   mean TTFT of the replica's requests that got their first token since the previous tick
 ``running``     requests in the batch; ``waiting``: in the replica's queue (vLLM's gauges)
 ``kv_cache``    reserved KV-cache fraction
-``rps``         requests routed to the replica per second since the previous tick
+``rps``         requests the replica finished per second since the previous tick (the live scrape's rate of
+                ``vllm:request_success_total``: completions, so a saturated replica's rps is its throughput)
 ``taken_at``    ``now`` (scrapes are fresh)
 request rate    the gateway's arrivals per second over the last 10 s (Envoy's upstream_rq_total rate)
 ==============  ===========================================================================
@@ -136,7 +137,7 @@ class StepController:
             if status is ReplicaStatus.READY:
                 samples[e.address] = EndpointSample(
                     gpu_util=e.gpu_util, latency_s=e.ttft_mean_s, running=float(e.running),
-                    waiting=float(e.waiting), kv_cache=e.kv_util, rps=e.routed / w, taken_at=obs.now)
+                    waiting=float(e.waiting), kv_cache=e.kv_util, rps=e.completed / w, taken_at=obs.now)
         pool = PoolObs(POOL, tuple(replicas), samples=samples, request_rate=obs.arrival_rps)
         # A plan pushed at one tick is ACKed (in milliseconds) before the next: the live loop sees the ACK
         # of the previous tick's plan, never of the current one.

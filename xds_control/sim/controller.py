@@ -55,6 +55,8 @@ class EndpointObservation:
     gpu_util: float
     #: Requests routed to this replica since the previous tick.
     routed: int
+    #: Requests this replica finished since the previous tick (vLLM's ``request_success_total``).
+    completed: int
     #: p99 and mean time to first token (s) of its requests that got a first token since the
     #: previous tick, or None.
     ttft_p99_s: float | None

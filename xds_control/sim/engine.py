@@ -39,8 +39,9 @@ Routing (the data plane)
   (settings in ``SimConfig.routing``).
 * Prefill-backlog shedding (the plan's ``PoolPlan.shed``, passed as ``Action.shed_backlog_s``; or
   ``SimConfig.shed``): a picked replica whose queued prefill (the prefill in progress plus the waiting
-  prompts) exceeds the bound sheds the request unless it is the last attempt, and it is routed again by the
-  same balancer to a replica not tried yet (Envoy's retry on 429 with the previous-hosts predicate).
+  prompts), less the prefill its prefix cache would save this request, exceeds the bound sheds the request
+  unless it is the last attempt, and it is routed again by the same balancer to a replica not tried yet
+  (Envoy's retry on 429 with the previous-hosts predicate).
 
 Prefix cache
 ------------
@@ -209,7 +210,7 @@ class _Replica:
     __slots__ = (
         "rid", "node", "zone", "state", "created", "ready_at", "stopped",
         "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
-        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "lost", "ttfts", "edf",
+        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "done", "lost", "ttfts", "edf",
         "reaped", "cache",
     )
 
@@ -236,6 +237,7 @@ class _Replica:
         self.util_sum = 0.0
         self.util_n = 0
         self.routed = 0
+        self.done = 0  # requests finished since the previous tick (vLLM's request_success_total)
         self.lost = 0
         self.ttfts: list[float] = []
         self.edf = 0.0  # Envoy EDF deadline (weighted least request with unequal weights)
@@ -472,6 +474,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                 fin[i] = su
                 status[i] = _OK
                 completions.append(i)
+                r.done += 1
                 if cache is not None:
                     cache.release(ids, inp_l[i], need)
                 continue
@@ -507,25 +510,30 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         tot = float(sum(x.weight for x in routable))
         return [x.weight / tot for x in routable]
 
+    def pick_prefix(ids: tuple[int, ...], attempt: int = 0) -> _Replica:
+        """Maglev on the prompt-prefix key with bounded loads; a retry's host selection ``attempt`` > 0 mutates the
+        hash as Envoy's ``MaglevTable::chooseHost`` does (``hash ^= ~0 - attempt + 1``)."""
+        ml = route_state["maglev"]
+        if ml is None:
+            key = tuple((x.rid, x.weight) for x in routable)
+            ml = maglev_cache.get(key)
+            if ml is None:
+                ml = maglev_cache[key] = Maglev([f"replica-{x.rid}" for x in routable],
+                                                [float(x.weight) for x in routable], rp.maglev_table_size)
+            route_state["maglev"] = ml
+        h = prefix_key(ids, rp.prefix_blocks)
+        if attempt > 0:
+            h ^= (1 << 64) - attempt
+        first = ml.lookup(h)  # type: ignore[attr-defined]
+        if balance <= 0 or len(routable) == 1:
+            return routable[first]
+        act = [len(x.waiting) + x.b for x in routable]
+        return routable[bounded_pick(first, h, act, shares(), balance)]
+
     def pick_cache_aware(i: int, t: float) -> _Replica:
         ids = hid[i] if hid is not None else ()
         if lb == LB_PREFIX:
-            if not ids:
-                return pick_least_request()
-            ml = route_state["maglev"]
-            if ml is None:
-                key = tuple((x.rid, x.weight) for x in routable)
-                ml = maglev_cache.get(key)
-                if ml is None:
-                    ml = maglev_cache[key] = Maglev([f"replica-{x.rid}" for x in routable],
-                                                    [float(x.weight) for x in routable], rp.maglev_table_size)
-                route_state["maglev"] = ml
-            h = prefix_key(ids, rp.prefix_blocks)
-            first = ml.lookup(h)  # type: ignore[attr-defined]
-            if balance <= 0 or len(routable) == 1:
-                return routable[first]
-            act = [len(x.waiting) + x.b for x in routable]
-            return routable[bounded_pick(first, h, act, shares(), balance)]
+            return pick_prefix(ids) if ids else pick_least_request()
         if lb == LB_ORACLE:
             act = [len(x.waiting) + x.b for x in routable]
             overall = sum(act)
@@ -576,21 +584,34 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         su = r.stall_until - t
         return (su if su > 0 else 0.0) + pf_s * sum(inp_l[j] for j in r.waiting)
 
+    def cache_saving_s(r: _Replica, i: int) -> float:
+        """Prefill seconds the replica's prefix cache saves this request (GPU blocks skip prefill, host blocks load
+        over PCIe instead): a request waits for the backlog but then prefills less here than anywhere cold."""
+        if r.cache is None or hid is None:
+            return 0.0
+        g, h = r.cache.match(hid[i], inp_l[i])
+        bt = p.kv_block_tokens
+        return pf_s * bt * g + (pf_s * bt - host_load_s) * h
+
     def shed_retry(i: int, t: float, r: _Replica) -> _Replica:
         """Envoy's retry of a shed request: the replica answers 429 when its backlog exceeds the bound and this is
         not the last attempt; the route retries on a host not tried yet (previous-hosts predicate, up to 3 extra
-        picks of the pool's balancer). The retry's few milliseconds are not modelled."""
+        picks of the pool's balancer; prefix affinity re-hashes as Envoy's Maglev does, the GIE picker and the oracle
+        re-pick by least request). The retry's few milliseconds are not modelled."""
         nonlocal rr_next
         nr = len(routable)
         tried = {r.rid}
+        ids = hid[i] if hid is not None and lb == LB_PREFIX else ()
         for _attempt in range(1, int(shed[1])):
-            if backlog_s(r, t) <= shed[0]:
+            if backlog_s(r, t) - cache_saving_s(r, i) <= shed[0]:
                 return r
             shed[2] += 1
-            for _pick in range(4):
+            for pick in range(4):
                 if lb == LB_ROUND_ROBIN:
                     c = routable[rr_next % nr]
                     rr_next += 1
+                elif ids:
+                    c = pick_prefix(ids, pick)
                 else:
                     c = pick_least_request()
                 if c.rid not in tried:
@@ -643,6 +664,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             fin[i] = t
             status[i] = _OK
             completions.append(i)
+            r.done += 1
         admit(r, t)
         if r.state == _DRAINING and not r.b and not r.waiting:
             release(r, t, _GONE)
@@ -886,6 +908,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
                     kv_util=r.kv_used / kvcap if r.cache is None else r.cache.usage,
                     gpu_util=gu,
                     routed=r.routed,
+                    completed=r.done,
                     ttft_p99_s=_p99(r.ttfts),
                     ttft_mean_s=(sum(r.ttfts) / len(r.ttfts)) if r.ttfts else None,
                     lost=r.lost,
@@ -894,6 +917,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             r.util_sum = 0.0
             r.util_n = 0
             r.routed = 0
+            r.done = 0
             r.lost = 0
             r.ttfts = []
         last_tick = t

@@ -24,11 +24,18 @@ GPU replaced by ``asyncio.sleep``:
   recently used first whenever the reservations of the running requests need the room: the cache
   holds at most ``kv_capacity_tokens // kv_block_tokens`` blocks minus those reserved. Queried and
   hit tokens are counted like vLLM's ``prefix_cache_queries`` / ``prefix_cache_hits``.
-* **prefill backlog** (:meth:`Engine.prefill_backlog_s`, what the server sheds on): the seconds of
-  prefill a request arriving now would wait for before its own prefill starts: the rest of the step in
-  progress if that step prefills (0 for a decode-only step), plus ``prefill_time_s(profile, input_tokens)``
-  times ``slow_factor`` of every waiting request (their cached tokens are unknown before admission, so
-  whole prompts count). A running sum of the waiting prompt tokens keeps it O(1).
+* **prefill backlog** (:meth:`Engine.prefill_backlog_s`): the seconds of prefill a request arriving now
+  would wait for before its own prefill starts: the rest of the step in progress if that step prefills (0
+  for a decode-only step), plus ``prefill_time_s(profile, input_tokens)`` times ``slow_factor`` of every
+  waiting request (their cached tokens are unknown before admission, so whole prompts count). A running
+  sum of the waiting prompt tokens keeps it O(1).
+* **cache saving** (:meth:`Engine.cache_saving_s`): the prefill seconds this replica's prefix cache would
+  save a given request: its leading full prompt blocks cached now (:meth:`PrefixCache.match_blocks`, a
+  read-only lookup: no LRU touch, no pinning; never the block holding the last prompt token) times
+  ``kv_block_tokens`` tokens of prefill times ``slow_factor`` (there is no host tier, so only GPU blocks
+  count). The server sheds on ``prefill_backlog_s() - cache_saving_s(request)``, as the simulator does: a
+  request whose prefix is cached here waits for the backlog but then prefills less here than on a cold
+  replica.
 * GPU utilisation is the cost model's :func:`~xds_control.fleet.costmodel.gpu_utilization`
   of each step, averaged over the last ``busy_window_s`` seconds (idle counts 0).
 
@@ -124,6 +131,17 @@ class PrefixCache:
 
     def __contains__(self, h: int) -> bool:
         return h in self._blocks
+
+    def match_blocks(self, hashes: tuple[int, ...], block_tokens: int, input_tokens: int) -> int:
+        """How many leading blocks of ``hashes`` are cached now, as :meth:`admit` would find them, but never the
+        block holding the prompt's last token (at most ``(input_tokens - 1) // block_tokens`` blocks: that token
+        is always computed). Read only: no LRU touch, no pinning, no counters."""
+        lim = min(len(hashes), (input_tokens - 1) // block_tokens) if input_tokens > 0 and block_tokens > 0 else 0
+        blocks = self._blocks
+        n = 0
+        while n < lim and hashes[n] in blocks:
+            n += 1
+        return n
 
     def admit(self, hashes: tuple[int, ...], block_tokens: int, input_tokens: int) -> int:
         """Count the leading cached blocks, pin all of ``hashes`` (new ones enter the cache) and return the
@@ -302,6 +320,20 @@ class Engine:
         if self._waiting_tokens > 0:
             backlog += float(costmodel.prefill_time_s(self.profile, self._waiting_tokens)) * self.limits.slow_factor
         return backlog
+
+    def cache_saving_s(self, input_tokens: int, block_hashes: tuple[int, ...]) -> float:
+        """Prefill seconds this replica's prefix cache would save a request of ``input_tokens`` prompt tokens with
+        these chained block hashes (:func:`block_hashes`), were it admitted now: its leading full blocks cached
+        here (:meth:`PrefixCache.match_blocks`; only the prompt's full blocks, never the one holding the last
+        token) times ``kv_block_tokens`` tokens of prefill times ``slow_factor``. 0.0 when prefix caching is off
+        or there are no hashes. Read only: the cache is not touched."""
+        lim = self.limits
+        if not lim.prefix_caching or not block_hashes:
+            return 0.0
+        n = self.prefix_cache.match_blocks(block_hashes, lim.kv_block_tokens, max(1, int(input_tokens)))
+        if n == 0:
+            return 0.0
+        return float(costmodel.prefill_time_s(self.profile, n * lim.kv_block_tokens)) * lim.slow_factor
 
     #: (start, deadline, utilisation) of the step in progress.
     _current: tuple[float, float, float] | None = None

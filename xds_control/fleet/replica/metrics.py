@@ -116,7 +116,8 @@ class ReplicaMetrics:
         for reason in ("queue_full", "not_ready", "injected_failure", "bad_request"):
             self.rejected.labels(reason=reason)
         self.shed = Counter(
-            "xds_replica_shed_requests", "Requests answered 429 because the prefill backlog exceeded their bound.",
+            "xds_replica_shed_requests",
+            "Requests answered 429: prefill backlog less the prefix-cache saving over their bound.",
             registry=reg,
         )
         lag = Gauge("xds_replica_engine_lag_seconds", "Total time engine steps ended late (CPU starvation).",

@@ -29,10 +29,15 @@ Prefill-backlog shedding (the control plane has Envoy add the headers; Envoy ret
 endpoint): a completion or chat completion carrying ``x-xds-control-shed-backlog-s: <seconds>`` (the bound)
 and ``x-xds-control-shed-attempts: <N>`` (Envoy's total attempts) is answered 429 at once, without being
 queued, when its ``x-envoy-attempt-count`` (1 when absent) is below N and the engine's
-:meth:`~xds_control.fleet.replica.engine.Engine.prefill_backlog_s` is strictly above the bound. The last
-attempt is never shed; a missing, unparsable or negative bound, a missing or unparsable N, or an unparsable
-attempt count means no shedding. The 429 carries ``x-xds-control-shed: prefill-backlog`` and an error body
-naming the backlog and the bound; ``xds_replica_shed_requests_total`` counts them.
+:meth:`~xds_control.fleet.replica.engine.Engine.prefill_backlog_s` minus the prefill this replica's prefix
+cache would save the request (:meth:`~xds_control.fleet.replica.engine.Engine.cache_saving_s`, from the
+block hashes the request is submitted with) is strictly above the bound, as the simulator decides: a request
+whose prefix is cached here waits for the backlog but then prefills less here than on a cold replica, so
+only the difference counts against the bound. The last attempt is never shed; a missing, unparsable or
+negative bound, a missing or unparsable N, or an unparsable attempt count means no shedding. The 429 carries
+``x-xds-control-shed: prefill-backlog`` and an error body naming the backlog, the cache's saving and the
+bound (``prefill backlog 2.41 s - cached 0.50 s > bound 0.10 s: retry on another replica``; ``cached 0.00
+s`` when nothing is cached); ``xds_replica_shed_requests_total`` counts them.
 
 Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
 stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
@@ -61,8 +66,9 @@ from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 REPLICA_HEADER = "x-xds-replica"
 #: Sent by a control plane (the local scaler's health checks): resets the replica's orphan timer.
 CONTROL_PLANE_HEADER = "x-xds-control-plane"
-#: Request headers SHED_BACKLOG_HEADER (shed when the prefill backlog exceeds this many seconds) and
-#: SHED_ATTEMPTS_HEADER (the total attempts Envoy makes; the last one is never shed) come from the traffic plan.
+#: Request headers SHED_BACKLOG_HEADER (shed when the prefill backlog, less the prefix cache's saving for the
+#: request, exceeds this many seconds) and SHED_ATTEMPTS_HEADER (the total attempts Envoy makes; the last one is
+#: never shed) come from the traffic plan.
 #: Request header set by Envoy: this request's attempt number, 1 for the first try.
 ENVOY_ATTEMPT_HEADER = "x-envoy-attempt-count"
 #: Response header of a shed request, with :data:`SHED_REASON` as its value.
@@ -331,11 +337,13 @@ class ReplicaServer:
         bound = shed_bound(request.headers)
         if bound is not None:
             backlog = self.engine.prefill_backlog_s()
-            if backlog > bound:
+            # Only when the backlog alone is over the bound is the (read-only) cache lookup worth doing.
+            saving = self.engine.cache_saving_s(n_in, hashes) if backlog > bound else 0.0
+            if backlog - saving > bound:
                 self.metrics.shed.inc()
                 return self._error(
-                    SHED_STATUS, f"prefill backlog {backlog:.2f} s > bound {bound:.2f} s: retry on another replica",
-                    "overloaded", {SHED_HEADER: SHED_REASON},
+                    SHED_STATUS, f"prefill backlog {backlog:.2f} s - cached {saving:.2f} s > bound {bound:.2f} s: "
+                    "retry on another replica", "overloaded", {SHED_HEADER: SHED_REASON},
                 )  # fmt: skip
         if self.rc.fail_rate > 0 and self._rng.random() < self.rc.fail_rate:
             self.metrics.rejected.labels(reason="injected_failure").inc()
