@@ -8,7 +8,11 @@ and ``oracle`` (exact cache knowledge, same load bound).
 Workloads: Mooncake w0 and w1 (rows before 1,800 s of ``mooncake_conv_prefix_blocks.csv.gz``), GPU
 cache only and with a host tier; a generated shared-prefix workload; Azure conv w0 (no ``hash_ids``).
 
-    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick]
+    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick] [--frontier]
+
+``--frontier`` also sweeps the comprehensive preset's ``target_utilization`` under each routing
+(``run_frontiers`` with ``comprehensive@ROUTING`` entries, the same profile) and prints GPU-hours at 99 % SLO
+attainment per routing, or at the highest attainment the best routing reaches when none reaches 99 %.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import SharedPrefixShape, Trace, load_trace, shared_prefix
 from xds_control.sim.cache_metrics import compute_cache_metrics
 from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.frontier import gpu_hours_at, run_frontiers
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
 
 LBS = ("round_robin", "least_request", "prefix", "gie", "oracle")
+#: ``NAME@SUFFIX`` of each routing (``xds-control evaluate --policy``).
+SUFFIX = {"round_robin": "rr", "least_request": "lr", "prefix": "prefix", "gie": "gie", "oracle": "oracle"}
 #: Host tier of the "+host" runs: 2,048 blocks of 64 MiB = 128 GiB of host memory per GPU.
 HOST_BLOCKS = 2048
 KEYS = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "hotspot_ratio_p99", "gpu_hours",
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces"))
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--quick", action="store_true", help="w0 only and a shorter generated workload")
+    ap.add_argument("--frontier", action="store_true", help="also GPU-hours at SLO per routing (the frontier)")
     a = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
     head = ("workload", "routing", "hit rate", "TTFT p50 ms", "p90 ms", "p99 ms", "hotspot p99", "GPU-h", "SLO",
@@ -85,9 +93,29 @@ def main(argv: list[str] | None = None) -> int:
             m = run(tr, prof, lb)
             rows.append({"workload": name, "lb": lb, "sim_s": round(time.perf_counter() - t0, 2), **m})
             print("| " + " | ".join([name, lb] + [fmt(m[k], k) for k in KEYS]) + " |", flush=True)
+    fronts: list[dict[str, Any]] = []
+    if a.frontier:
+        print()
+        print("| workload | " + " | ".join(LBS) + " | compared at |")
+        print("|---|" + "---:|" * (len(LBS) + 1))
+        for name, tr, prof in workloads(a.traces, a.quick):
+            entries = [f"comprehensive@{SUFFIX[lb]}" for lb in LBS]
+            run_ = run_frontiers(tr, entries, profile=prof, attainment=0.99)
+            pj = run_.policies_json()
+            # run_frontiers compares at the best *baseline's* top attainment; here every routing is a peer
+            level = 0.99 if any(pj[e]["gpu_hours_at_slo"] is not None for e in entries) else min(
+                0.99, max(pj[e]["best_attainment"] or 0.0 for e in entries))
+            cells = []
+            for e in entries:
+                pts = pj[e]["frontier"]
+                g = gpu_hours_at(pts, level)
+                cells.append("–" if g is None else f"{g:.2f}")
+                fronts.append({"workload": name, "routing": e, "level": level, "gpu_hours": g,
+                               "best_attainment": pj[e]["best_attainment"], "frontier": pts})
+            print(f"| {name} | " + " | ".join(cells) + f" | {100 * level:.1f} % |", flush=True)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
-            json.dump(rows, fh, indent=1)
+            json.dump({"runs": rows, "frontiers": fronts} if a.frontier else rows, fh, indent=1)
     return 0
 
 
