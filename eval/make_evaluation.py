@@ -28,6 +28,7 @@ import json  # noqa: E402
 from xds_control.config.policy import resolve_policy  # noqa: E402
 from xds_control.fleet import costmodel as cm  # noqa: E402
 from xds_control.fleet.trace import load_trace  # noqa: E402
+from xds_control.sim.engine import PREROLL_S  # noqa: E402
 from xds_control.sim.frontier import run_frontiers  # noqa: E402
 from xds_control.sim.policies import POLICY_NAMES  # noqa: E402
 from xds_control.sim.report import ROWS, _fmt, to_json, write_png  # noqa: E402
@@ -105,7 +106,7 @@ def main() -> int:
         tag = ev.trace + (f"+fail{failure:g}" if failure is not None else "")
         if prof is not cm.DEFAULT_PROFILE:
             tag += f"+{prof.name}"
-        extra = {"speedup": speedup, "seed": 0, "failure_at": failure, "profile": prof.name}
+        extra = {"speedup": speedup, "seed": 0, "failure_at": failure, "preroll_s": PREROLL_S, "profile": prof.name}
         (out / f"{tag}.json").write_text(to_json(ev.trace, ev.metrics, extra) + "\n")
         title = f"{name}, speedup {speedup:g}" + (f", one replica killed at {failure:g} s" if failure else "")
         if prof is not cm.DEFAULT_PROFILE:

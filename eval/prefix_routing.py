@@ -27,7 +27,7 @@ from typing import Any
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import SharedPrefixShape, Trace, load_trace, shared_prefix
 from xds_control.sim.cache_metrics import compute_cache_metrics
-from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.engine import SimConfig, preroll_for, simulate
 from xds_control.sim.frontier import gpu_hours_at, run_frontiers
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
@@ -59,7 +59,8 @@ def workloads(traces: str, quick: bool) -> list[tuple[str, Trace, cm.ReplicaProf
 
 
 def run(trace: Trace, profile: cm.ReplicaProfile, lb: str) -> dict[str, Any]:
-    res = simulate(trace, make_controller("comprehensive"), SimConfig(lb=lb, profile=profile))
+    cfg = SimConfig(lb=lb, profile=profile, preroll_s=preroll_for(trace))
+    res = simulate(trace, make_controller("comprehensive"), cfg)
     m = compute_metrics(res)
     m.update(compute_cache_metrics(res))
     return {k: m.get(k) for k in KEYS}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,15 @@ async def test_a_weight_change_applies_live_and_reaches_the_snapshot(caplog: pyt
         await cp.stop(grace=0)
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` whole at once (a new file renamed over it, as a ConfigMap update or an editor's save does):
+    the watcher polls every 20 ms and could otherwise read a half-written file, which is still valid YAML when the
+    cut falls between two top-level keys (then ``xds`` is missing and reads as a restart-only change)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 async def test_the_file_watcher_applies_a_change_and_rejects_a_restart_only_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -131,7 +141,7 @@ async def test_the_file_watcher_applies_a_change_and_rejects_a_restart_only_one(
     try:
         live = copy.deepcopy(base)
         live["services"][0]["pools"][0]["endpoints"][0]["weight"] = 5
-        path.write_text(yaml.safe_dump(live))
+        replace_file(path, yaml.safe_dump(live))
         await _until(lambda: reloads(cp, "ok") == 1)
         assert cp.config.services[0].pools[0].endpoints[0].weight == 5
         await _until(lambda: cp.cache.snapshot is not None and cp.cache.snapshot.plan is not None
@@ -141,11 +151,11 @@ async def test_the_file_watcher_applies_a_change_and_rejects_a_restart_only_one(
         restart = copy.deepcopy(live)
         restart["xds"]["max_concurrent_pushes"] = 3
         with caplog.at_level(logging.ERROR, logger=APP_LOG):
-            path.write_text(yaml.safe_dump(restart))
+            replace_file(path, yaml.safe_dump(restart))
             await _until(lambda: reloads(cp, "needs_restart") == 1)
         assert "xds.max_concurrent_pushes (100 -> 3)" in caplog.text
         assert cp.config.xds.max_concurrent_pushes == 100
-        path.write_text("listeners: [\n")
+        replace_file(path, "listeners: [\n")
         with caplog.at_level(logging.ERROR, logger=APP_LOG):
             await _until(lambda: reloads(cp, "invalid") == 1)
         assert "line 2, column 1" in caplog.text and cp.config.services[0].pools[0].endpoints[0].weight == 5

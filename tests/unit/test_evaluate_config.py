@@ -23,7 +23,7 @@ from xds_control.cli import evaluate as cli_evaluate
 from xds_control.config import load_config
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import HEADER, load_trace, surge
-from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.engine import SimConfig, preroll_for, simulate
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
 
@@ -79,7 +79,8 @@ def test_example_config_replays_its_resolved_pool_next_to_alternatives(app, smal
     ctl = make_controller("comprehensive@lr", spec=spec, tick_s=cfg.controller.tick_s)
     ctl.name = "llm/llm"
     prof = cm.get_profile("llama3-8b-48gb").with_(cold_start_s=3.0)
-    replay = compute_metrics(simulate(load_trace(small_trace), ctl, SimConfig(profile=prof)))
+    tr = load_trace(small_trace)
+    replay = compute_metrics(simulate(tr, ctl, SimConfig(profile=prof, preroll_s=preroll_for(tr))))
     assert pool["policies"]["llm/llm"] == json.loads(json.dumps(replay))
     assert pool["policies"]["llm/llm"]["replicas_max"] <= 6
     assert (out / "small.whatif.json").is_file() and (out / "small.llm-llm.png").stat().st_size > 1000
@@ -108,7 +109,8 @@ def test_policy_file_and_tick_from_the_config(app, small_trace, tmp_path):
     ctl = make_controller("predictive@rr", spec=spec, tick_s=2.0)
     ctl.name = "llm/llm"
     assert spec.max_replicas == 4 and ctl.tick_s == 2.0
-    replay = compute_metrics(simulate(load_trace(small_trace), ctl, SimConfig()))
+    tr = load_trace(small_trace)
+    replay = compute_metrics(simulate(tr, ctl, SimConfig(preroll_s=preroll_for(tr))))
     assert pool["policies"]["llm/llm"] == json.loads(json.dumps(replay))
 
 

@@ -22,7 +22,7 @@ from xds_control.fleet.trace import load_trace
 from xds_control.policies import POLICIES
 from xds_control.sim import policies as pol
 from xds_control.sim.adapter import StepController
-from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.engine import SimConfig, preroll_for, simulate
 from xds_control.sim.metrics import compute_metrics
 
 TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "azure2023_conv_w0.csv"
@@ -60,7 +60,8 @@ def test_evaluate_threshold_on_conv_w0_is_the_shipped_file() -> None:
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)["policies"]["threshold"]
     spec = load_policy_file(PRESET_DIR / "threshold.yaml")
-    replay = compute_metrics(simulate(load_trace(TRACE), StepController(spec, name="threshold"), SimConfig(seed=0)))
+    replay = compute_metrics(simulate(load_trace(TRACE), StepController(spec, name="threshold"),
+                                          SimConfig(seed=0, preroll_s=preroll_for(load_trace(TRACE)))))
     assert got == json.loads(json.dumps(replay))
 
 

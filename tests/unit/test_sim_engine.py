@@ -254,3 +254,23 @@ def test_the_last_attempt_is_never_shed():
     rows2 = [(1.5, 2000, 2), (1.51, 100, 2), (1.52, 2000, 2), (30.0, 2000, 2), (30.01, 100, 2), (30.02, 2000, 2)]
     r2 = simulate(trace(rows2), ctl, SimConfig(profile=P, warmup_s=0))
     assert list(r2.replica) == [0, 1, 1, 0, 1, 0] and r2.shed_retries == 1
+
+
+def test_preroll_replays_the_start_and_measures_the_trace_alone():
+    rows = [(0.5, 100, 3), (2.0, 100, 5), (7.0, 200, 5)]
+    plain = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0))
+    ctl = Scripted(2, [(2.0, Action(target_replicas=2))])
+    pre = simulate(trace(rows), ctl, SimConfig(profile=P, warmup_s=0, preroll_s=5.0))
+    # the trace's own requests, on its own clock, served as in a plain run (the pre-roll's two requests are gone)
+    assert len(pre.arrival) == 3 and list(pre.arrival) == [0.5, 2.0, 7.0]
+    assert np.allclose(pre.ttft - pre.arrival, plain.ttft - plain.arrival)
+    assert (pre.status == OK).all()
+    # the controller saw the pre-roll (ticks at 1..5 s) before the trace's first second
+    assert [o.now for o in ctl.seen][:6] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    # samples, GPU time and the end are the trace's only: 2 replicas x its duration
+    assert pre.ts_t[0] == 1.0 and pre.end_t == plain.end_t and len(pre.ts_t) == len(plain.ts_t)
+    assert pre.gpu_seconds == pytest.approx(2 * plain.end_t) == pytest.approx(plain.gpu_seconds)
+    assert pre.actions == []  # the scripted action at 2.0 s fell in the pre-roll
+    # a failure time is on the trace's clock
+    f = simulate(trace(rows), Scripted(2), SimConfig(profile=P, warmup_s=0, preroll_s=5.0, failure_at=3.0))
+    assert f.failure_at == 3.0

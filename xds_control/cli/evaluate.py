@@ -66,6 +66,12 @@ def evaluate_cmd(
     frontier: bool = typer.Option(False, "--frontier", help="Sweep each policy's main knob: GPU-hours against SLO attainment."),
     attainment: float = typer.Option(0.99, "--attainment", metavar="FRACTION", help="--frontier: the SLO attainment target."),
     workers: int = typer.Option(2, "--workers", metavar="N", help="--frontier: simulation processes (1 or 2)."),
+    preroll_s: float = typer.Option(
+        300.0, "--preroll-s", metavar="SECONDS",
+        help="Replay the trace's first SECONDS (at most a third of it) before it and measure only the trace itself, "
+        "so that autoscalers are judged after adapting to its load, as a running one would be (0 = none: from the "
+        "warm-start size).",
+    ),
     config: str | None = typer.Option(
         None, "--config", metavar="FILE", help="What-if: replay every autoscaled pool of this serve config."
     ),
@@ -95,6 +101,8 @@ def evaluate_cmd(
         raise _fail("--attainment", attainment, "must be a fraction in (0, 1]")
     if workers not in (1, 2):
         raise _fail("--workers", workers, "must be 1 or 2")
+    if not (math.isfinite(preroll_s) and 0 <= preroll_s <= 3600):
+        raise _fail("--preroll-s", preroll_s, "must be a number of seconds in [0, 3600]")
     if frontier and config is not None:
         raise _fail("--config", config, "cannot be combined with --frontier (a frontier sweeps the shipped presets)")
     slo = Slo(ttft_s=slo_ttft_s, ttft_slack_s=1.0 if slo_ttft_slack_s is None else slo_ttft_slack_s,
@@ -122,7 +130,8 @@ def evaluate_cmd(
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise _fail("--out", out, "exists and is not a directory")
 
-    common: dict[str, Any] = dict(speedup=speedup, failure_at=failure_at, failure_scope=failure_scope, seed=seed)
+    common: dict[str, Any] = dict(speedup=speedup, failure_at=failure_at, failure_scope=failure_scope, seed=seed,
+                                  preroll_s=preroll_s)
     if frontier:
         _frontier(tr, names, prof or cm.DEFAULT_PROFILE, slo, attainment, workers, out, as_json, common)
     elif cfg is not None:
@@ -162,7 +171,7 @@ def _compare(tr: Any, names: list[str], prof: Any, slo: Any, out: str | None, as
 
     ev = evaluate(tr, names, profile=prof, slo=slo, **common)
     extra = {"speedup": common["speedup"], "seed": common["seed"], "failure_at": common["failure_at"],
-             "profile": prof.name}
+             "preroll_s": common["preroll_s"], "profile": prof.name}
     doc = to_json(ev.trace, ev.metrics, extra)
     title = _title(ev.trace, common, slo)
     if out is not None:
@@ -188,7 +197,7 @@ def _frontier(tr: Any, names: list[str], prof: Any, slo: Any, attainment: float,
     elapsed = time.monotonic() - t0
     pols = fr.policies_json()
     extra = {"speedup": common["speedup"], "seed": common["seed"], "failure_at": common["failure_at"],
-             "profile": prof.name, "slo": slo.describe(), "attainment_target": attainment, "summary": fr.summary}
+             "preroll_s": common["preroll_s"], "profile": prof.name, "slo": slo.describe(), "attainment_target": attainment, "summary": fr.summary}
     doc = to_json(fr.trace, pols, extra)
     title = f"Cost frontiers: {_title(fr.trace, common, slo)}"
     if out is not None:

@@ -67,7 +67,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,10 +98,21 @@ from xds_control.sim.routing import (
     prefix_key,
 )
 
-__all__ = ["SimConfig", "SimResult", "simulate", "STATUS", "RATE_WINDOW_S", "LB_NAMES"]
+__all__ = ["SimConfig", "SimResult", "simulate", "PREROLL_S", "preroll_for", "STATUS", "RATE_WINDOW_S", "LB_NAMES"]
 
 #: Every routing ``SimConfig.lb`` accepts (see :mod:`xds_control.sim.routing` for the last three).
 LB_NAMES = (LB_ROUND_ROBIN, LB_LEAST_REQUEST, LB_PREFIX, LB_GIE, LB_ORACLE)
+
+#: The pre-roll ``xds-control evaluate`` and the frontiers use (``SimConfig.preroll_s``): 5 minutes, longer than the
+#: comprehensive policy takes to converge from its warm-start size on the tuning windows (about 3 minutes on
+#: Mooncake w0).
+PREROLL_S = 300.0
+
+
+def preroll_for(trace: Trace, preroll_s: float = PREROLL_S) -> float:
+    """The pre-roll an evaluation uses on ``trace``: ``preroll_s``, at most a third of the trace, so that a short
+    (sped-up) trace's surge is not replayed whole before it is measured."""
+    return max(0.0, min(float(preroll_s), trace.duration_s / 3.0))
 
 #: Window of the gateway request rate shown to controllers (``FleetObservation.arrival_rps``).
 RATE_WINDOW_S = 10.0
@@ -155,6 +166,11 @@ class SimConfig:
     #: (HPA with an empty stabilisation window) would scale a correctly sized fleet down to 1.
     #: Metrics cover the whole run, warm-up included.
     warmup_s: float = 30.0
+    #: Pre-roll: replay the trace's first ``preroll_s`` seconds before it, and measure only the trace itself
+    #: (:func:`simulate` cuts the result), so that an autoscaler is judged on the window after it has adapted to
+    #: its load, as one that was already running would be, not on its convergence from the warm-start size.
+    #: 0 = none (the trace alone, from a warm start).
+    preroll_s: float = 0.0
 
 
 @dataclass
@@ -201,6 +217,8 @@ class SimResult:
     host_cached_tokens: np.ndarray | None = None
     #: Requests a replica shed (prefill backlog over the bound) and Envoy retried on another replica.
     shed_retries: int = 0
+    #: GPU-seconds billed in each sample interval (``gpu_seconds`` is their sum).
+    ts_gpu_s: np.ndarray | None = None
     #: Per replica id: ``(queries, hits, host_hits)`` in prompt tokens (vLLM's
     #: ``prefix_cache_queries`` / ``prefix_cache_hits``); empty without a cache.
     replica_cache: dict[int, tuple[int, int, int]] = field(default_factory=dict)
@@ -254,8 +272,52 @@ def _p99(x: list[float]) -> float | None:
 
 
 def simulate(trace: Trace, controller: Controller, config: SimConfig | None = None) -> SimResult:
-    """Replay ``trace`` through a fleet driven by ``controller``. Deterministic for ``config.seed``."""
+    """Replay ``trace`` through a fleet driven by ``controller``. Deterministic for ``config.seed``.
+
+    With ``config.preroll_s`` > 0 the requests of the trace's first ``preroll_s`` seconds are replayed first (the
+    trace itself then starts at ``preroll_s``), and the result covers the trace alone: its requests, the samples,
+    actions, GPU time and energy after the pre-roll, times shifted back to the trace's own clock.
+    """
     cfg = config or SimConfig()
+    if cfg.preroll_s > 0:
+        return _with_preroll(trace, controller, cfg)
+    return _simulate(trace, controller, cfg)
+
+
+def _with_preroll(trace: Trace, controller: Controller, cfg: SimConfig) -> SimResult:
+    pre = float(cfg.preroll_s)
+    n_pre = int(np.searchsorted(trace.t, pre, side="left"))
+    ext = Trace(
+        trace.name,
+        np.concatenate((trace.t[:n_pre], trace.t + pre)),
+        np.concatenate((trace.input_tokens[:n_pre], trace.input_tokens)),
+        np.concatenate((trace.output_tokens[:n_pre], trace.output_tokens)),
+        None if trace.hash_ids is None else trace.hash_ids[:n_pre] + trace.hash_ids,
+    )
+    inner = replace(cfg, preroll_s=0.0, failure_at=None if cfg.failure_at is None else cfg.failure_at + pre)
+    r = _simulate(ext, controller, inner, measure_from=n_pre)
+    keep = r.ts_t > pre + 1e-9
+    g = r.ts_gpu_s if r.ts_gpu_s is not None else np.zeros(len(r.ts_t))
+    sl = slice(n_pre, None)
+    return replace(
+        r,
+        arrival=r.arrival[sl] - pre, input_tokens=r.input_tokens[sl], output_tokens=r.output_tokens[sl],
+        work=r.work[sl], ttft=r.ttft[sl] - pre, finish=r.finish[sl] - pre, status=r.status[sl],
+        replica=r.replica[sl],
+        ts_t=r.ts_t[keep] - pre, ts_ready=r.ts_ready[keep], ts_provisioned=r.ts_provisioned[keep],
+        ts_target=r.ts_target[keep], ts_util=r.ts_util[keep], ts_power_w=r.ts_power_w[keep],
+        ts_active_max=r.ts_active_max[keep], ts_active_mean=r.ts_active_mean[keep], ts_gpu_s=g[keep],
+        actions=[(t - pre, a, b) for t, a, b in r.actions if t >= pre],
+        failure_at=None if r.failure_at is None else r.failure_at - pre,
+        gpu_seconds=float(g[keep].sum()), energy_j=float((r.ts_power_w[keep] * r.sample_s).sum()),
+        end_t=r.end_t - pre,
+        cached_tokens=None if r.cached_tokens is None else r.cached_tokens[sl],
+        host_cached_tokens=None if r.host_cached_tokens is None else r.host_cached_tokens[sl],
+    )
+
+
+def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from: int = 0) -> SimResult:
+    """:func:`simulate` without a pre-roll; ``shed_retries`` counts the requests from index ``measure_from``."""
     p = cfg.profile
     rng = np.random.default_rng(cfg.seed)
     lb = cfg.lb or controller.lb
@@ -605,7 +667,8 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         for _attempt in range(1, int(shed[1])):
             if backlog_s(r, t) - cache_saving_s(r, i) <= shed[0]:
                 return r
-            shed[2] += 1
+            if i >= measure_from:
+                shed[2] += 1
             for pick in range(4):
                 if lb == LB_ROUND_ROBIN:
                     c = routable[rr_next % nr]
@@ -805,6 +868,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
     ts_target = np.zeros(n_samples, dtype=np.int64)
     ts_util = np.zeros(n_samples)
     ts_power = np.zeros(n_samples)
+    ts_gpu = np.zeros(n_samples)
     ts_amax = np.zeros(n_samples)
     ts_amean = np.zeros(n_samples)
     k_sample = 0
@@ -827,6 +891,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         amax = 0
         asum = 0
         e0 = energy_j
+        g0 = gpu_seconds
         for r in replicas:
             st = r.state
             if st in (_GONE, _DEAD):
@@ -867,6 +932,7 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
         ts_target[k_sample] = state["target"]
         ts_util[k_sample] = usum / nready if nready else 0.0
         ts_power[k_sample] = (energy_j - e0) / dt
+        ts_gpu[k_sample] = gpu_seconds - g0
         ts_amax[k_sample] = amax
         ts_amean[k_sample] = asum / nready if nready else 0.0
         k_sample += 1
@@ -1023,5 +1089,6 @@ def simulate(trace: Trace, controller: Controller, config: SimConfig | None = No
             for r in replicas if r.cache is not None
         },
         shed_retries=int(shed[2]),
+        ts_gpu_s=ts_gpu[:k_sample],
     )
     return res

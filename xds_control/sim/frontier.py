@@ -44,7 +44,7 @@ from xds_control.policies import PolicySpec, ThresholdSpec, load_policy_spec
 from xds_control.policies.apa import ApaSpec
 from xds_control.policies.hpa import HpaSpec
 from xds_control.sim.controller import Controller, FixedController, FleetInfo
-from xds_control.sim.engine import SimConfig, simulate
+from xds_control.sim.engine import PREROLL_S, SimConfig, preroll_for, simulate
 from xds_control.sim.metrics import DEFAULT_SLO, Slo, compute_metrics
 from xds_control.sim.policies import TICK_S, make_controller
 
@@ -310,18 +310,21 @@ def run_frontiers(
     workers: int = 2,
     progress: Callable[[str], None] | None = None,
     shed: tuple[float, int] | None = None,
+    preroll_s: float = PREROLL_S,
 ) -> FrontierRun:
     """Sweep each policy's knob (``values[NAME]`` replaces the default grid) and build the frontiers.
 
     ``policies`` are ``NAME`` / ``NAME@rr`` / ``NAME@lr`` entries; ``workers`` processes (at most 2) run the
     simulations. Deterministic for ``seed`` whatever ``workers``. ``shed`` (``(backlog_s, attempts)``) gives every
-    pool prefill-backlog shedding unless its policy's plan sets its own (``SimConfig.shed``).
+    pool prefill-backlog shedding unless its policy's plan sets its own (``SimConfig.shed``). ``preroll_s``: the
+    trace's first seconds replayed before it, not measured (``SimConfig.preroll_s``).
     """
     if not 0 < attainment <= 1:
         raise ValueError(f"attainment must be in (0, 1], got {attainment!r}")
     workers = max(1, min(int(workers), 2, os.cpu_count() or 1))
     tr = trace.sped_up(speedup)
-    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope, shed=shed)
+    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope, shed=shed,
+                    preroll_s=preroll_for(tr, preroll_s))
     init = (tr, cfg, slo, tick_s)
     given = dict(values or {})
     frontiers: dict[str, Frontier] = {}

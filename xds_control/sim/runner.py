@@ -14,7 +14,7 @@ from typing import Any
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import Trace
 from xds_control.sim.controller import LB_LEAST_REQUEST, LB_ROUND_ROBIN, Controller
-from xds_control.sim.engine import SimConfig, SimResult, simulate
+from xds_control.sim.engine import PREROLL_S, SimConfig, SimResult, preroll_for, simulate
 from xds_control.sim.metrics import DEFAULT_SLO, Slo, compute_metrics
 from xds_control.sim.policies import make_controller
 
@@ -41,11 +41,16 @@ def run_controllers(
     seed: int = 0,
     profile: cm.ReplicaProfile = cm.DEFAULT_PROFILE,
     slo: Slo = DEFAULT_SLO,
+    preroll_s: float = PREROLL_S,
 ) -> Evaluation:
-    """Replay ``trace`` (sped up by ``speedup``) through each controller with the same seed; keyed by its name."""
+    """Replay ``trace`` (sped up by ``speedup``) through each controller with the same seed; keyed by its name.
+
+    ``preroll_s``: the trace's first seconds replayed before it, not measured (``SimConfig.preroll_s``).
+    """
     tr = trace.sped_up(speedup)
     ev = Evaluation(trace=tr.name, speedup=speedup, seed=seed, failure_at=failure_at)
-    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope)
+    cfg = SimConfig(profile=profile, seed=seed, failure_at=failure_at, failure_scope=failure_scope,
+                    preroll_s=preroll_for(tr, preroll_s))
     for ctl in controllers:
         res = simulate(tr, ctl, cfg)
         ev.results.append(res)
@@ -63,6 +68,7 @@ def evaluate(
     seed: int = 0,
     profile: cm.ReplicaProfile = cm.DEFAULT_PROFILE,
     slo: Slo = DEFAULT_SLO,
+    preroll_s: float = PREROLL_S,
 ) -> Evaluation:
     """Replay ``trace`` (sped up by ``speedup``) through each policy's shipped preset with the same seed.
 
@@ -70,7 +76,7 @@ def evaluate(
     """
     return run_controllers(
         trace, [make_controller(name) for name in policies], speedup=speedup, failure_at=failure_at,
-        failure_scope=failure_scope, seed=seed, profile=profile, slo=slo,
+        failure_scope=failure_scope, seed=seed, profile=profile, slo=slo, preroll_s=preroll_s,
     )
 
 
@@ -109,6 +115,7 @@ def evaluate_config(
     seed: int = 0,
     profile: cm.ReplicaProfile | None = None,
     slo: Slo = DEFAULT_SLO,
+    preroll_s: float = PREROLL_S,
 ) -> list[PoolWhatIf]:
     """For each autoscaled pool of ``config`` (a loaded :class:`xds_control.config.Config`): replay ``trace`` as
     that pool's traffic through its resolved spec (``pool.autoscale.spec``) at ``controller.tick_s``, and through
@@ -141,7 +148,7 @@ def evaluate_config(
             own.name = name
             ctls: list[Controller] = [own, *(make_controller(alt, tick_s=tick_s) for alt in alternatives)]
             ev = run_controllers(trace, ctls, speedup=speedup, failure_at=failure_at, failure_scope=failure_scope,
-                                 seed=seed, profile=prof, slo=slo)
+                                 seed=seed, profile=prof, slo=slo, preroll_s=preroll_s)
             resolved = {"policy": spec.policy, "source": rp.source, "kind": rp.kind,
                         "overrides": dict(auto.overrides)}
             out.append(PoolWhatIf(service=svc.name, pool=pool.name, name=name, resolved=resolved, lb=lb,
