@@ -143,6 +143,8 @@ def test_invalid_config_exits_2_with_the_loaders_message(app, small_trace, tmp_p
         (["--attainment", "1.5"], "--attainment", "1.5"),
         (["--attainment", "0"], "--attainment", "0.0"),
         (["--workers", "3"], "--workers", "3"),
+        (["--preroll-s", "-1"], "--preroll-s", "-1.0"),
+        (["--preroll-s", "4000"], "--preroll-s", "4000.0"),
         (["--frontier", "--config", str(EXAMPLE)], "--config", str(EXAMPLE)),
     ],
 )
@@ -150,6 +152,22 @@ def test_bad_new_options_exit_2_naming_option_and_value(app, small_trace, args, 
     r = run(app, "--trace", small_trace, *args)
     assert r.exit_code == 2, r.output
     assert option in r.output and value in r.output
+
+
+def test_preroll_flag_reaches_the_simulation(app, small_trace):
+    """--preroll-s 0 is the trace alone from the warm start; the default replays its first third (<= 300 s) first."""
+    tr = load_trace(small_trace)
+    none = run(app, "--trace", small_trace, "--policy", "comprehensive", "--json", "--preroll-s", "0")
+    dflt = run(app, "--trace", small_trace, "--policy", "comprehensive", "--json")
+    assert none.exit_code == dflt.exit_code == 0
+    n, d = json.loads(none.stdout), json.loads(dflt.stdout)
+    assert n["preroll_s"] == 0 and d["preroll_s"] == 300
+    ctl = make_controller("comprehensive")
+    assert n["policies"]["comprehensive"] == json.loads(json.dumps(compute_metrics(simulate(tr, ctl, SimConfig()))))
+    ctl = make_controller("comprehensive")
+    pre = compute_metrics(simulate(tr, ctl, SimConfig(preroll_s=preroll_for(tr))))
+    assert d["policies"]["comprehensive"] == json.loads(json.dumps(pre))
+    assert d["policies"]["comprehensive"]["requests"] == n["policies"]["comprehensive"]["requests"] == len(tr.t)
 
 
 def test_slo_flags_reach_the_metrics(app, small_trace):
