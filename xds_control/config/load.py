@@ -34,7 +34,6 @@ from xds_control.core.traffic import (
     PrefixRoutingPlan,
     RetryPlan,
     ServicePlan,
-    ShedPlan,
     TrafficPlan,
 )
 
@@ -159,16 +158,9 @@ def pool_plan(pool: PoolConfig) -> PoolPlan:
         http2=pool.http2,
         health_check_path=pool.health_check_path,
         prefix_routing=prefix_routing_plan(pool),
-        shed=shed_plan(pool),
+        # an autoscaled pool's shedding is its policy's (planning keeps it so on every step)
+        shed=pool.autoscale.spec.traffic.shed_plan() if pool.autoscale is not None else None,
     )
-
-
-def shed_plan(pool: PoolConfig) -> ShedPlan | None:
-    """An autoscaled pool's prefill-backlog shedding (its policy's ``traffic.shed_prefill_backlog_s``), or ``None``."""
-    if pool.autoscale is None:
-        return None
-    t = pool.autoscale.spec.traffic
-    return None if t.shed_prefill_backlog_s is None else ShedPlan(t.shed_prefill_backlog_s, t.shed_attempts)
 
 
 def prefix_routing_plan(pool: PoolConfig) -> PrefixRoutingPlan | None:

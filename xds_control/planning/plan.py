@@ -266,8 +266,7 @@ def plan_service(
         locality_weights=lw,
         locality_priorities=lp,
         outlier=outlier_plan(spec.outlier, n_rot),
-        shed=(None if spec.shed_prefill_backlog_s is None
-              else ShedPlan(spec.shed_prefill_backlog_s, spec.shed_attempts)),
+        shed=spec.shed_plan(),
         slow_start_window_s=spec.envoy_slow_start_window_s,
         slow_start_aggression=spec.ramp_aggression,
         slow_start_min_weight_percent=100.0 * spec.ramp_min_fraction,

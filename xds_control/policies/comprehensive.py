@@ -24,13 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from xds_control.core.model import Decision, ServiceSignals
-from xds_control.loadindex import LoadIndexSpec, LoadReport, ewma
+from xds_control.loadindex import LoadIndexSpec, ewma
 from xds_control.policies.common import Notes, clamp, fmt
-from xds_control.policies.predictive import PredictiveSpec, PredictiveState, finish, predict_core
+from xds_control.policies.predictive import PredictiveSpec, PredictiveState, finish, predict_core, ready_rps
 from xds_control.policies.specs import TrafficSpec
 
 __all__ = ["ComprehensiveSpec", "ComprehensiveState", "decide"]
@@ -93,17 +92,6 @@ class ComprehensiveSpec(PredictiveSpec):
     )
 
 
-def _completions(signals: ServiceSignals, rep: LoadReport) -> float | None:
-    """Requests/s the ready replicas complete (their ``rps``: vLLM's request_success_total rate), extrapolated over
-    the ready replicas without a fresh reading; None when none has one."""
-    frame = signals.frame
-    ok = frame.ready & ~rep.stale & ~np.isnan(frame.rps)
-    n = int(ok.sum())
-    if n == 0:
-        return None
-    return float(frame.rps[ok].sum()) * (rep.n_ready / n)
-
-
 @dataclass(frozen=True, slots=True)
 class ComprehensiveState:
     pred: PredictiveState = field(default_factory=PredictiveState)
@@ -128,7 +116,7 @@ def decide(
     panic_since, last_over, max_panic = state.panic_since, state.last_over_at, state.max_panic
     expected = state.expected
     served, served_at = state.served, state.served_at
-    done = _completions(signals, rep)
+    done = ready_rps(signals, rep)  # requests/s completed (vLLM's request_success_total rate)
     if done is not None:
         served, served_at = ewma(served, served_at, done, now, spec.completion_half_life_s), now
 

@@ -45,7 +45,7 @@ from xds_control.policies.common import Notes, clamp, fmt, recent, stale_note
 from xds_control.policies.forecast import HoltFit, bucketize, forecast_peak, holt_damped, holt_winters
 from xds_control.policies.specs import PolicySpecBase
 
-__all__ = ["PredictiveSpec", "PredictiveState", "decide", "Core", "predict_core"]
+__all__ = ["PredictiveSpec", "PredictiveState", "decide", "Core", "predict_core", "ready_rps"]
 
 
 class PredictiveSpec(PolicySpecBase):
@@ -219,6 +219,16 @@ def rps_per_util(state: PredictiveState) -> float | None:
     return state.cal_rps / state.cal_util
 
 
+def ready_rps(signals: ServiceSignals, rep: LoadReport) -> float | None:
+    """Summed ``rps`` of the ready endpoints (live: their completion rate), extrapolated over the ready endpoints
+    without a fresh reading; None when none has one."""
+    r: np.ndarray = signals.frame.rps[signals.frame.ready & ~rep.stale]
+    r = r[~np.isnan(r)]
+    if r.size == 0:
+        return None
+    return float(r.sum()) * (rep.n_ready / int(r.size))
+
+
 def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadReport,
                    state: PredictiveState | None = None) -> float:
     frame = signals.frame
@@ -237,15 +247,8 @@ def measure_demand(signals: ServiceSignals, spec: PredictiveSpec, rep: LoadRepor
         return est if math.isnan(load) else max(est, load)
     if spec.demand_signal == "rps":
         assert spec.rps_per_replica is not None
-        if signals.request_rate is not None:
-            total = float(signals.request_rate)
-        else:
-            r = frame.rps[frame.ready & ~rep.stale]
-            r = r[~np.isnan(r)]
-            if r.size == 0:
-                return math.nan
-            total = float(r.sum()) * (rep.n_ready / r.size)  # extrapolate over unscraped ready endpoints
-        return total / spec.rps_per_replica
+        total = float(signals.request_rate) if signals.request_rate is not None else ready_rps(signals, rep)
+        return math.nan if total is None else total / spec.rps_per_replica
     if spec.demand_signal == "concurrency":
         assert spec.concurrency_per_replica is not None
         c: np.ndarray = frame.in_flight[frame.ready & ~rep.stale]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from xds_control.core.traffic import ShedPlan
 from xds_control.loadindex import LoadIndexSpec
 
 __all__ = ["OutlierSpec", "TrafficSpec", "PolicySpecBase"]
@@ -136,6 +137,12 @@ class TrafficSpec(_Spec):
         description="Prefill-backlog shedding: attempts in all, the first included; the last is always accepted. "
         "Default 3.",
     )
+
+    def shed_plan(self) -> ShedPlan | None:
+        """The pool's prefill-backlog shedding as the traffic plan carries it, or ``None`` when off."""
+        if self.shed_prefill_backlog_s is None:
+            return None
+        return ShedPlan(self.shed_prefill_backlog_s, self.shed_attempts)
 
     @model_validator(mode="after")
     def _one_ramp(self) -> TrafficSpec:

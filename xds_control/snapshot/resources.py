@@ -274,7 +274,8 @@ def build_route_configuration(
             rp = route_components_pb2.RetryPolicy(retry_on=retry_on, num_retries=wrappers_pb2.UInt32Value(value=num))
             if sheds:
                 rp.retriable_status_codes.append(SHED_STATUS)
-                # A shed answer comes back in microseconds: retry after 1-5 ms, not Envoy's default 0-25 ms.
+                # A shed answer comes back in microseconds: a jittered back-off from a 2 ms base (at most 20 ms),
+                # not Envoy's default 25 ms base.
                 rp.retry_back_off.base_interval.CopyFrom(_dur(0.002))
                 rp.retry_back_off.max_interval.CopyFrom(_dur(0.02))
             if svc.retry is not None and svc.retry.per_try_timeout_s:
