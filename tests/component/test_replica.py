@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livehelpers import ROOT, child_env, http_status
 
-from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER
+from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_FIRST_BACKLOG_HEADER
 from xds_control.fleet import costmodel
 from xds_control.fleet.loadgen import prompt_for
 from xds_control.fleet.replica import REPLICA_HEADER
@@ -144,6 +144,7 @@ async def try_request(
 async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replica) -> None:
     r = start_replica()
     shed = {SHED_BACKLOG_HEADER: "0.1", SHED_ATTEMPTS_HEADER: "3"}
+    first = {SHED_FIRST_BACKLOG_HEADER: "0.1", SHED_ATTEMPTS_HEADER: "3"}
     async with aiohttp.ClientSession() as s:
         assert (await scrape(s, r.url))["xds_replica_shed_requests_total"] == 0
         # A 5,000-token prompt: 5 s of prefill on the tiny profile, far above the 0.1 s bound for the whole test.
@@ -165,6 +166,12 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
                 ("unparsable bound", {**shed, SHED_BACKLOG_HEADER: "soon"}, False),
                 ("negative bound", {**shed, SHED_BACKLOG_HEADER: "-1"}, False),
                 ("bound above the backlog", {**shed, SHED_BACKLOG_HEADER: "1000"}, False),
+                # prefix affinity (spill: least_request): the first attempt's own bound
+                ("affinity bound, first attempt", {**first, ENVOY_ATTEMPT_HEADER: "1"}, False),
+                ("affinity bound only, retry", {**first, ENVOY_ATTEMPT_HEADER: "2"}, False),
+                ("affinity bound above, first attempt", {**shed, SHED_FIRST_BACKLOG_HEADER: "1000"}, False),
+                ("affinity bound above, retry", {**shed, SHED_FIRST_BACKLOG_HEADER: "1000",
+                                                 ENVOY_ATTEMPT_HEADER: "2"}, False),
             ):  # fmt: skip
                 status, hdrs, body = await try_request(s, r.url, headers, chat=chat)
                 statuses[label] = status
@@ -186,9 +193,11 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
         "first attempt": 429, "second attempt, chat": 429, "no attempt count (= first)": 429,
         "last attempt": 200, "last attempt, chat": 200, "no shed headers": 200, "bound without attempts": 200,
         "unparsable bound": 200, "negative bound": 200, "bound above the backlog": 200,
+        "affinity bound, first attempt": 429, "affinity bound only, retry": 200,
+        "affinity bound above, first attempt": 200, "affinity bound above, retry": 429,
     }, statuses  # fmt: skip
     # Every 429 is counted on /metrics, and none of them is a 503-style rejection.
-    assert m_after["xds_replica_shed_requests_total"] == 3
+    assert m_after["xds_replica_shed_requests_total"] == 5
     assert m_after["xds_replica_rejected_total"] == 0
 
 

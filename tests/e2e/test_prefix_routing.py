@@ -1,10 +1,14 @@
 """Prefix-cache affinity (``routing: prefix``) end to end with a real Envoy.
 
-The control plane pushes a Lua filter (prompt prefix -> ``x-prefix-hash``), a route hash policy on
-that header and a Maglev cluster with bounded loads; Envoy decides alone per request. Checked here:
+The control plane pushes a Lua filter (prompt prefix -> key). With ``spill: least_request`` (the default)
+the filter names the key's replica (rendezvous hashing over the endpoints in the route) and the cluster's
+override-host policy sends the first attempt there, retries by least request; with ``spill: maglev`` a route
+hash policy on the key feeds a Maglev cluster with bounded loads. Envoy decides alone per request. Checked here:
 
-* requests sharing a prompt prefix land on one replica; different prefixes spread out;
-* under concurrency the hot replica takes requests only up to the bound, then they spill;
+* requests sharing a prompt prefix land on one replica (the one ``core.affinity`` predicts); different
+  prefixes spread out;
+* under concurrency the hot replica sheds (least_request: the retry goes elsewhere) or takes requests only up
+  to the bound (maglev), then they spill;
 * bodies that are not JSON, empty, too large, chunked or without a prompt all succeed (plain
   bounded-load balancing), and a client cannot choose the key;
 * adding a replica moves about 1/(N+1) of the keys; a DRAINING replica gets no new request; an
@@ -29,7 +33,14 @@ from support.envoy import Envoy
 from support.ports import free_port
 
 from xds_control.config import parse_config
-from xds_control.core.traffic import HealthStatus, TrafficPlan
+from xds_control.core.affinity import fnv1a32, rendezvous_pick
+from xds_control.core.traffic import (
+    AFFINITY_ENDPOINT_HEADER,
+    SHED_ATTEMPTS_HEADER,
+    SHED_FIRST_BACKLOG_HEADER,
+    HealthStatus,
+    TrafficPlan,
+)
 from xds_control.runtime.app import ControlPlane
 
 pytestmark = pytest.mark.envoy
@@ -41,7 +52,12 @@ class Replica:
     def __init__(self, name: str) -> None:
         self.name = name
         self.delay_s = 0.0
+        #: answer 429 to a first attempt that carries the affinity bound while another request is in flight
+        #: (the shedding contract of xds_control.fleet.replica, with "busy" for "backlog over the bound")
+        self.shed_when_busy = False
+        self.shed = 0
         self.keys: list[str] = []
+        self.named: list[str] = []
         self.inflight = 0
         self.max_inflight = 0
         self._lock = threading.Lock()
@@ -62,6 +78,16 @@ class Replica:
                         if size == 0:
                             break
                 with up._lock:
+                    attempt = int(self.headers.get("x-envoy-attempt-count", "1"))
+                    first = self.headers.get(SHED_FIRST_BACKLOG_HEADER) is not None and attempt < int(
+                        self.headers.get(SHED_ATTEMPTS_HEADER, "1"))
+                    if up.shed_when_busy and first and up.inflight > 0:
+                        up.shed += 1
+                        self.send_response(429)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    up.named.append(self.headers.get(AFFINITY_ENDPOINT_HEADER, ""))
                     up.inflight += 1
                     up.max_inflight = max(up.max_inflight, up.inflight)
                     up.keys.append(self.headers.get("x-prefix-hash", ""))
@@ -145,6 +171,36 @@ async def owners(s: aiohttp.ClientSession, port: int, keys: int) -> list[str]:
     return out
 
 
+async def hot_burst(s: aiohttp.ClientSession, port: int, n: int) -> list[tuple[int, str]]:
+    """``n`` concurrent requests sharing the ``shared-`` prefix, started 10 ms apart."""
+
+    async def later(i: int) -> tuple[int, str]:
+        await asyncio.sleep(0.01 * i)
+        return await post(s, port, json=prompt("shared-", 100 + i))
+
+    return await asyncio.gather(*(later(i) for i in range(n)))
+
+
+async def bad_input_is_balanced(s: aiohttp.ClientSession, port: int, *extra: tuple[str, dict[str, Any]]) -> None:
+    """Every kind of bad body (and ``extra`` cases) succeeds and is balanced: 12 requests reach >= 2 replicas."""
+    bad: list[tuple[str, dict[str, Any]]] = [
+        ("not json", {"data": b"this is not json"}),
+        ("empty body", {"data": b""}),
+        ("no prompt", {"json": {"model": "m", "max_tokens": 1}}),
+        ("empty prompt", {"json": {"prompt": ""}}),
+        ("too large", {"json": {"prompt": "x" * 20_000}}),
+        ("truncated json", {"data": b'{"prompt": "never closed'}),
+        *extra,
+    ]
+    for what, kw in bad:
+        got: collections.Counter[str] = collections.Counter()
+        for _ in range(12):
+            st, body = await post(s, port, **kw)
+            assert st == 200, (what, st, body)
+            got[body] += 1
+        assert len(got) >= 2, (what, got)  # balanced, not pinned to one replica
+
+
 def healthy_hosts(envoy: Envoy) -> dict[str, str]:
     """``port -> health_flags`` of the llm cluster's hosts, from Envoy's /clusters."""
     out = {}
@@ -166,9 +222,73 @@ async def start(replicas: list[Replica], **prefix: Any) -> tuple[ControlPlane, E
     return cp, envoy, port
 
 
-async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_succeed(replicas) -> None:  # type: ignore[no-untyped-def]
+async def test_rendezvous_pick_sticks_then_sheds_to_least_request_and_bad_bodies_succeed(replicas) -> None:  # type: ignore[no-untyped-def]
+    """``spill: least_request`` (the default): the Lua filter names the key's replica exactly as
+    ``core.affinity.rendezvous_pick`` does; a busy replica's 429 on the first attempt is retried on another
+    replica (least request); bad bodies and client-chosen endpoints go to least request; zero failures."""
     reps = replicas[:4]
     cp, envoy, port = await start(reps)
+    names = [f"127.0.0.1:{r.port}" for r in reps]
+    by_addr = {f"127.0.0.1:{r.port}": r.name for r in reps}
+    try:
+        async with aiohttp.ClientSession() as s:
+            # Lua and Python agree on every key (the key: FNV-1a of the first prefix_bytes (64) of the prompt)
+            for k in range(120):
+                p = prompt(f"key-{k:05d}-", 0)
+                want = names[rendezvous_pick(fnv1a32(p["prompt"].encode()[:64]), names, [1.0] * 4)]
+                st, body = await post(s, port, json=p)
+                assert st == 200 and body == by_addr[want], (k, body, want)
+            assert {n for r in reps for n in r.named} == set(names)
+            assert all(n == f"127.0.0.1:{r.port}" for r in reps for n in r.named)
+            # chat bodies are keyed too; a client cannot name the replica
+            chat = {"messages": [{"role": "system", "content": "S" * 64}, {"role": "user", "content": "hi"}]}
+            assert len({(await post(s, port, json=chat, path="/v1/chat/completions"))[1] for _ in range(8)}) == 1
+            p = prompt("shared-", 0)
+            hot = by_addr[names[rendezvous_pick(fnv1a32(p["prompt"].encode()[:64]), names, [1.0] * 4)]]
+            other = next(n for n in names if by_addr[n] != hot)
+            got = {(await post(s, port, json=prompt("shared-", i), headers={AFFINITY_ENDPOINT_HEADER: other}))[1]
+                   for i in range(8)}
+            assert got == {hot}, got
+
+            # A hot key under concurrency: its replica sheds first attempts while busy, Envoy retries by least
+            # request; every request succeeds and the 429s equal Envoy's retries on 429.
+            await asyncio.gather(*(post(s, port, json=prompt(f"warm-{i}-", i)) for i in range(40)))
+            for r in reps:
+                r.delay_s = 0.3
+                r.shed_when_busy = True
+
+            results = await hot_burst(s, port, 30)
+            for r in reps:
+                r.delay_s = 0.0
+                r.shed_when_busy = False
+            assert all(st == 200 for st, _ in results), ([r for r in results if r[0] != 200][:3], str({
+                k: v for k, v in envoy.stats().items() if ("retry" in k or "429" in k) and v != "0"}))
+            burst = collections.Counter(b for _, b in results)
+            assert burst[hot] >= 1 and len(burst) >= 3, burst
+            shed = sum(r.shed for r in reps)
+            assert shed >= 10, shed
+            stats = envoy.stats()
+            assert int(stats.get("cluster.llm.retry.upstream_rq_429", "0")) == shed
+            assert int(stats.get("cluster.llm.upstream_rq_retry_overflow", "0")) == 0
+
+            # Bad input falls back to least request (no key, no endpoint named) and succeeds.
+            for r in reps:
+                r.keys.clear()
+                r.named.clear()
+            await bad_input_is_balanced(s, port, ("client endpoint", {
+                "data": b"not json", "headers": {AFFINITY_ENDPOINT_HEADER: other}}))
+            assert all(n == "" for r in reps for n in r.named), "a bad body named an endpoint"
+        stats = envoy.stats()
+        assert int(stats.get("cluster.llm.upstream_rq_5xx", "0")) == 0
+    finally:
+        envoy.stop()
+        await cp.stop(grace=0)
+
+
+async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_succeed(replicas) -> None:  # type: ignore[no-untyped-def]
+    """``spill: maglev``: Envoy's bounded loads keep the hot replica at the bound, the rest spill."""
+    reps = replicas[:4]
+    cp, envoy, port = await start(reps, spill="maglev")
     try:
         async with aiohttp.ClientSession() as s:
             # One prefix, one replica (whatever the suffix); and chat bodies are keyed too.
@@ -198,11 +318,7 @@ async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_s
             for r in reps:
                 r.max_inflight = 0
 
-            async def later(i: int) -> tuple[int, str]:
-                await asyncio.sleep(0.01 * i)
-                return await post(s, port, json=prompt("shared-", 100 + i))
-
-            results = await asyncio.gather(*(later(i) for i in range(40)))
+            results = await hot_burst(s, port, 40)
             for r in reps:
                 r.delay_s = 0.0
             assert all(st == 200 for st, _ in results), [r for r in results if r[0] != 200][:3]
@@ -216,22 +332,8 @@ async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_s
             # Bad input: every kind falls back to the balancer (no key) and succeeds.
             for r in reps:
                 r.keys.clear()
-            bad: list[tuple[str, dict[str, Any]]] = [
-                ("not json", {"data": b"this is not json"}),
-                ("empty body", {"data": b""}),
-                ("no prompt", {"json": {"model": "m", "max_tokens": 1}}),
-                ("empty prompt", {"json": {"prompt": ""}}),
-                ("too large", {"json": {"prompt": "x" * 20_000}}),
-                ("truncated json", {"data": b'{"prompt": "never closed'}),
-                ("client key", {"data": b"not json", "headers": {"x-prefix-hash": "mine"}}),
-            ]
-            for what, kw in bad:
-                got = collections.Counter()
-                for _ in range(12):
-                    st, body = await post(s, port, **kw)
-                    assert st == 200, (what, st, body)
-                    got[body] += 1
-                assert len(got) >= 2, (what, got)  # random, not pinned to one replica
+            await bad_input_is_balanced(s, port, ("client key", {"data": b"not json",
+                                                                 "headers": {"x-prefix-hash": "mine"}}))
             # Chunked upload (no content-length): not buffered by the filter, still served.
             async def gen():  # type: ignore[no-untyped-def]
                 yield b'{"prompt": "'
@@ -246,9 +348,10 @@ async def test_shared_prefix_sticks_until_the_bound_then_spills_and_bad_bodies_s
         await cp.stop(grace=0)
 
 
-async def test_scale_up_drain_and_weights_move_few_keys_with_zero_failures(replicas) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("spill", ["least_request", "maglev"])
+async def test_scale_up_drain_and_weights_move_few_keys_with_zero_failures(replicas, spill: str) -> None:  # type: ignore[no-untyped-def]
     base, extra = replicas[:4], replicas[4]
-    cp, envoy, port = await start(base)
+    cp, envoy, port = await start(base, spill=spill)
     failures: list[str] = []
     sent = 0
     stop = asyncio.Event()
@@ -282,7 +385,8 @@ async def test_scale_up_drain_and_weights_move_few_keys_with_zero_failures(repli
             await asyncio.to_thread(envoy.wait_for, lambda: len(healthy_hosts(envoy)) == 5, 10, "5 hosts")
             after = await owners(s, port, keys)
             moved = sum(a != b for a, b in zip(before, after, strict=True)) / keys
-            # Consistent hashing: ideally 1/5 of the keys move (to the new replica); Maglev is close to that.
+            # Consistent hashing: ideally 1/5 of the keys move (to the new replica); Maglev is close to that,
+            # rendezvous hashing moves exactly the keys the new replica wins.
             to_new = sum(a == extra.name for a in after) / keys
             assert 0.1 <= to_new <= 0.32 and moved <= to_new + 0.08, (moved, to_new)
 

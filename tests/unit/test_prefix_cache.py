@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from xds_control.core.affinity import rendezvous_pick
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.prefixcache import PrefixCache
 from xds_control.fleet.trace import (
@@ -195,9 +196,9 @@ def test_gie_indexer_lru_and_match() -> None:
 
 
 # --- whole runs
-def _run(tr: Trace, lb: str, n: int = 4, factor: float = 1.25) -> dict[str, float]:
+def _run(tr: Trace, lb: str, n: int = 4, factor: float = 1.25, spill: str = "least_request") -> dict[str, float]:
     res = simulate(tr, FixedController(name="fixed"),
-                   SimConfig(lb=lb, routing=RoutingParams(hash_balance_factor=factor), warmup_s=1e9))
+                   SimConfig(lb=lb, routing=RoutingParams(hash_balance_factor=factor, spill=spill), warmup_s=1e9))
     m = compute_metrics(res)
     m.update(compute_cache_metrics(res))
     return m
@@ -207,8 +208,12 @@ def test_oracle_beats_prefix_beats_round_robin_on_shared_prefixes() -> None:
     tr = shared_prefix(SharedPrefixShape(groups=24, prefix_blocks=8, zipf_s=1.0, question_tokens=128,
                                          output_tokens=32, rate_rps=6.0, duration_s=180.0), seed=3)
     hit = {lb: _run(tr, lb)["prefix_cache_hit_rate"] for lb in ("round_robin", "prefix", "oracle", "gie")}
-    assert hit["oracle"] >= hit["prefix"] >= hit["round_robin"]
-    assert hit["prefix"] > hit["round_robin"] + 0.05
+    hit["maglev"] = _run(tr, "prefix", spill="maglev")["prefix_cache_hit_rate"]
+    # the oracle and Maglev share the load bound (1.25 x the mean active): the oracle knows the caches
+    assert hit["oracle"] >= hit["maglev"] >= hit["round_robin"]
+    assert hit["maglev"] > hit["round_robin"] + 0.05
+    # spilling to least request has no active-request bound (the replica's prefill bound instead)
+    assert hit["prefix"] > hit["round_robin"] + 0.05 and hit["prefix"] >= 0.8 * hit["oracle"]
     assert all(0.0 <= v <= 1.0 for v in hit.values())
 
 
@@ -280,8 +285,36 @@ def test_bound_spills_a_hot_key_and_unbounded_does_not() -> None:
 
     def served(factor: float) -> int:
         res = simulate(tr, FixedController(), SimConfig(
-            lb="prefix", routing=RoutingParams(prefix_blocks=1, hash_balance_factor=factor)))
+            lb="prefix", routing=RoutingParams(prefix_blocks=1, hash_balance_factor=factor, spill="maglev")))
         return len(set(res.replica[res.replica >= 0].tolist()))
 
     assert served(0.0) == 1
     assert served(1.25) > 1
+
+
+def test_affinity_spills_to_least_request_past_the_prefill_bound() -> None:
+    """``spill="least_request"``: the key's replica is the rendezvous pick; it keeps a hot key while its prefill
+    backlog less its cache's saving is within ``affinity_backlog_s``, else the retry goes by least request."""
+    rng = np.random.default_rng(2)
+    n = 300
+    t = np.sort(rng.uniform(0, 20, n))
+    ids = tuple((0, 1000 + k) for k in range(n))
+    tr = Trace("hot", t, np.full(n, 2000, dtype=np.int64), np.full(n, 100, dtype=np.int64), ids)
+
+    def run(bound: float) -> np.ndarray:
+        res = simulate(tr, FixedController(), SimConfig(
+            lb="prefix", routing=RoutingParams(prefix_blocks=1, affinity_backlog_s=bound)))
+        if bound < 1:
+            assert int((res.status != 1).sum()) == 0
+        return res.replica[res.replica >= 0]
+
+    sticky = run(1e9)  # no bound: one replica takes the hot key (and its queue overflows)
+    assert len(set(sticky.tolist())) == 1
+    # the one replica is the key's rendezvous pick among the warm fleet (replica-0..N-1, weight 1)
+    fleet = sorted(set(run(0.0).tolist()) | set(sticky.tolist()))
+    key = prefix_key((0,), 1) & 0xFFFFFFFF
+    names = [f"replica-{r}" for r in range(max(fleet) + 1)]
+    assert sticky[0] == rendezvous_pick(key, names, [1.0] * len(names))
+    spread = run(0.0)
+    assert len(set(spread.tolist())) > 1
+    assert (spread == sticky[0]).mean() < 0.9

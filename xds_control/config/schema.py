@@ -255,9 +255,20 @@ class PrefixRoutingConfig(_Strict):
     prefix_bytes: Annotated[int, Field(ge=16, le=MAX_PREFIX_BODY_BYTES)] = 4096
     """Bytes of the prompt (as sent, JSON-escaped) hashed into the affinity key; about 4 characters per token,
     so 4096 bytes ~ 1,000 tokens (two 512-token KV blocks: past a shared system prompt, into the conversation)."""
+    spill: Literal["least_request", "maglev"] = "least_request"
+    """Where a request goes when the key's replica is over the bound. ``least_request``: Envoy's Lua filter picks
+    the key's replica by rendezvous hashing over the endpoints the control plane pushes, the first attempt goes
+    there, and the replica sheds it (429) when its queued prefill, less what its prefix cache saves the request,
+    is over ``affinity_backlog_s``; Envoy retries it on the least loaded replica. Needs replicas that shed (the
+    emulated replica does; a model server without it gets affinity with no bound: use ``maglev``).
+    ``maglev``: Envoy's Maglev with bounded loads (``hash_balance_factor``), any model server; a spilled or
+    retried request lands on a pseudo-random replica."""
+    affinity_backlog_s: Annotated[float, Field(ge=0, le=60)] = 0.0
+    """``spill: least_request``: the key's replica takes a request while its queued prefill less the cache's
+    saving is at most this many seconds (0: only when the cache saves at least the wait)."""
     hash_balance_factor: Annotated[int, Field(ge=100, le=10_000)] = 125
-    """Load bound in percent of the mean outstanding requests (Envoy bounded loads): 125 = no replica above
-    1.25x the mean; 100 = strict balance (little affinity)."""
+    """``spill: maglev``: load bound in percent of the mean outstanding requests (Envoy bounded loads): 125 = no
+    replica above 1.25x the mean; 100 = strict balance (little affinity)."""
     extract: Literal["auto", "prompt", "messages"] = "auto"
     """Where the prompt is: ``prompt`` (/v1/completions), ``messages[*].content`` concatenated
     (/v1/chat/completions), or ``auto`` (by the request path)."""
@@ -293,7 +304,7 @@ class PoolConfig(_Strict):
     """When set, the controller manages this pool's replicas; static ``endpoints`` must then be empty."""
     routing: Literal["default", "prefix"] = "default"
     """``default``: ``lb_policy``; ``prefix``: prefix-cache affinity, i.e. requests whose prompts start alike go to
-    the same replica unless it is above the load bound (Maglev with bounded loads; see ``prefix_routing``)."""
+    the same replica unless it is above the load bound (see ``prefix_routing``)."""
     prefix_routing: PrefixRoutingConfig | None = None
     """Settings of ``routing: prefix`` (defaults when unset)."""
 
@@ -302,9 +313,11 @@ class PoolConfig(_Strict):
         if self.routing == "prefix":
             if "lb_policy" in self.model_fields_set:
                 raise ValueError(f"lb_policy: {self.lb_policy!r} cannot be combined with routing: 'prefix' "
-                                 "(it balances with Maglev and bounded loads); remove lb_policy")
-            if self.slow_start is not None:
-                raise ValueError("slow_start: not supported with routing: 'prefix' (Envoy's Maglev has no slow start)")
+                                 "(it picks the key's replica, then spills by prefix_routing.spill); remove lb_policy")
+            spill = (self.prefix_routing or PrefixRoutingConfig()).spill
+            if self.slow_start is not None and spill == "maglev":
+                raise ValueError("slow_start: not supported with routing: 'prefix' and prefix_routing.spill: 'maglev' "
+                                 "(Envoy's Maglev has no slow start); use spill: 'least_request' or remove slow_start")
         elif self.prefix_routing is not None:
             raise ValueError(f"prefix_routing: only used with routing: 'prefix', but routing is {self.routing!r}")
         return self

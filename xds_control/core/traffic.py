@@ -90,21 +90,41 @@ class OutlierDetectionPlan:
 class PrefixRoutingPlan:
     """Prefix-cache affinity: requests whose prompts start alike go to the same replica, within a load bound.
 
-    Envoy does it alone: a Lua filter hashes the first ``prefix_bytes`` of the prompt into a request header,
-    the route hashes on that header and the cluster balances with Maglev and bounded loads.
+    Envoy does it alone: a Lua filter hashes the first ``prefix_bytes`` of the prompt into a key, then
+
+    * ``spill="maglev"``: the route hashes on the key (request header set by the filter) and the
+      cluster balances with Maglev and bounded loads (``hash_balance_factor``); a retry re-hashes;
+    * ``spill="least_request"``: the filter picks the key's replica by rendezvous hashing over the pool's routable
+      endpoints (pushed in the route, :mod:`xds_control.core.affinity`) and names it in
+      :data:`AFFINITY_ENDPOINT_HEADER`; the cluster's override-host policy sends the first attempt there and every
+      retry to least request. The replica bounds the affinity: on the first attempt it sheds (429) when its
+      queued prefill, less what its prefix cache saves this request, is over ``affinity_backlog_s``
+      (:data:`SHED_FIRST_BACKLOG_HEADER`), and the retry goes to the least loaded replica.
     """
 
     #: Bytes of the prompt (as sent, JSON-escaped) that make the affinity key.
     prefix_bytes: int = 4096
     #: Envoy ``consistent_hashing_lb_config.hash_balance_factor``: no replica takes more than
-    #: ``factor / 100`` times the average outstanding requests (>= 100).
+    #: ``factor / 100`` times the average outstanding requests (>= 100). ``spill="maglev"`` only.
     hash_balance_factor: int = 125
     #: Where the prompt is: ``auto`` (by path: chat completions -> ``messages``, else ``prompt``),
     #: ``prompt`` or ``messages``.
     extract: str = "auto"
     #: Bodies longer than this (by ``content-length``) are not inspected: the request falls back to the
-    #: plain bounded-load balancer.
+    #: plain balancer.
     max_body_bytes: int = 262_144
+    #: Where a request goes when its replica is over the bound: ``maglev`` or ``least_request`` (see above).
+    spill: str = "least_request"
+    #: ``spill="least_request"``: the first attempt's shedding bound in seconds of queued prefill less the cache's
+    #: saving (0 = the affinity replica takes the request only when its cache saves at least the wait).
+    affinity_backlog_s: float = 0.0
+
+
+#: ``spill="least_request"``: the request header naming the key's replica (``address:port``; one per prefix-routed
+#: pool of the route, comma-separated), read by the cluster's ``envoy.load_balancing_policies.override_host``.
+AFFINITY_ENDPOINT_HEADER = "x-xds-control-endpoint"
+#: ``spill="least_request"``: the first attempt's shedding bound (seconds), sent to the replica.
+SHED_FIRST_BACKLOG_HEADER = "x-xds-control-shed-first-backlog-s"
 
 
 #: Request headers Envoy adds to requests routed to a pool that sheds (:class:`ShedPlan`): the bound in seconds

@@ -71,6 +71,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from xds_control.core.affinity import fnv1a32, rendezvous_pick
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.prefixcache import PrefixCache
 from xds_control.fleet.trace import BLOCK_TOKENS, Trace
@@ -410,6 +411,9 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
     gie_snap_t = [-math.inf]
     gie_rng = np.random.default_rng(cfg.seed + 7919)
     balance = rp.hash_balance_factor
+    # prefix affinity spilling to least request (rendezvous pick, first attempt bounded by the replica's shedding)
+    affinity_lr = lb == LB_PREFIX and rp.spill == "least_request"
+    host_hash: dict[int, int] = {}
     # prefill-backlog shedding: [bound in seconds (0 = off), attempts in all, retries made]
     shed = [float(cfg.shed[0]), int(cfg.shed[1]), 0] if cfg.shed is not None else [0.0, 1, 0]
 
@@ -584,6 +588,11 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
                                                 [float(x.weight) for x in routable], rp.maglev_table_size)
             route_state["maglev"] = ml
         h = prefix_key(ids, rp.prefix_blocks)
+        if affinity_lr:
+            # the prefix filter's weighted rendezvous hashing; the override-host policy sends the first attempt there
+            names = [f"replica-{x.rid}" for x in routable]
+            hh = [host_hash.setdefault(x.rid, fnv1a32(nm.encode())) for x, nm in zip(routable, names, strict=True)]
+            return routable[rendezvous_pick(h & 0xFFFFFFFF, names, [float(x.weight) for x in routable], hh)]
         if attempt > 0:
             h ^= (1 << 64) - attempt
         first = ml.lookup(h)  # type: ignore[attr-defined]
@@ -663,9 +672,14 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
         nonlocal rr_next
         nr = len(routable)
         tried = {r.rid}
-        ids = hid[i] if hid is not None and lb == LB_PREFIX else ()
-        for _attempt in range(1, int(shed[1])):
-            if backlog_s(r, t) - cache_saving_s(r, i) <= shed[0]:
+        # Maglev re-hashes a retry; prefix affinity spilling to least request retries by least request
+        ids = hid[i] if hid is not None and lb == LB_PREFIX and not affinity_lr else ()
+        first = affinity_lr and hid is not None
+        attempts = max(int(shed[1]), 2) if first else int(shed[1])
+        for attempt in range(1, attempts):
+            # the key's replica takes the first attempt within the affinity bound; later ones the pool's, if any
+            bound = rp.affinity_backlog_s if (first and attempt == 1) else (shed[0] if shed[0] > 0 else math.inf)
+            if backlog_s(r, t) - cache_saving_s(r, i) <= bound:
                 return r
             if i >= measure_from:
                 shed[2] += 1
@@ -701,7 +715,7 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
             rr_next += 1
         else:
             r = pick_least_request()
-        if shed[0] > 0 and nr > 1:
+        if (shed[0] > 0 or affinity_lr) and nr > 1:
             r = shed_retry(i, t, r)
         r.routed += 1
         served[i] = r.rid

@@ -3,9 +3,13 @@
 Besides Envoy's ``round_robin`` and ``least_request`` (in :mod:`xds_control.sim.engine`):
 
 ``prefix`` -- what xds-control pushes to Envoy: the request's key is a hash of its first
-    ``prefix_blocks`` prompt blocks (its ``hash_ids``: equal ids are equal text); the key picks a host
-    in a Maglev table (:class:`Maglev`, Envoy's ``envoy.load_balancing_policies.maglev``) built over
-    the hosts in EDS with their weights, with Envoy's bounded-load rule
+    ``prefix_blocks`` prompt blocks (its ``hash_ids``: equal ids are equal text). With
+    ``spill="least_request"`` (the default) the key picks a host by weighted rendezvous hashing over the
+    routable hosts (the prefix filter's pick, :mod:`xds_control.core.affinity`); that host sheds the
+    first attempt when its prefill backlog less its cache's saving is over ``affinity_backlog_s``, and
+    the retry goes to least request (the override-host policy's fallback). With ``spill="maglev"`` the
+    key picks a host in a Maglev table (:class:`Maglev`, Envoy's ``envoy.load_balancing_policies.maglev``)
+    built over the hosts in EDS with their weights, with Envoy's bounded-load rule
     (``consistent_hashing_lb_config.hash_balance_factor``, :func:`bounded_pick`). A request without
     ``hash_ids`` goes to least request.
 ``gie`` -- a re-implementation of the Gateway API Inference Extension endpoint picker with its
@@ -78,8 +82,16 @@ class RoutingParams:
 
     #: ``prefix``: how many leading prompt blocks form the hash key.
     prefix_blocks: int = 2
-    #: ``prefix`` and ``oracle``: Envoy's ``hash_balance_factor`` / 100 (a host is skipped while its
-    #: active requests exceed about this × the mean); 0 = unbounded.
+    #: ``prefix``: where a request goes past the bound (``PrefixRoutingPlan.spill``): ``least_request`` = the
+    #: key's replica by weighted rendezvous hashing (:func:`xds_control.core.affinity.rendezvous_pick`) for the
+    #: first attempt, which it sheds when its prefill backlog less its cache's saving is over
+    #: ``affinity_backlog_s``, and retries by least request; ``maglev`` = Maglev with bounded loads, retries
+    #: re-hashed.
+    spill: str = "least_request"
+    #: ``prefix`` with ``spill="least_request"``: the first attempt's shedding bound (seconds).
+    affinity_backlog_s: float = 0.0
+    #: ``prefix`` (``spill="maglev"``) and ``oracle``: Envoy's ``hash_balance_factor`` / 100 (a host is skipped
+    #: while its active requests exceed about this × the mean); 0 = unbounded.
     hash_balance_factor: float = 1.25
     #: Entries of the Maglev table (prime). Envoy's default is 65,537; the simulator rebuilds the
     #: table at every EDS change (hundreds per run with ramped weights), so it uses 8,191: the same
@@ -100,6 +112,10 @@ class RoutingParams:
     def __post_init__(self) -> None:
         if int(self.prefix_blocks) != self.prefix_blocks or self.prefix_blocks < 1:
             raise ValueError(f"RoutingParams.prefix_blocks must be an integer >= 1, got {self.prefix_blocks!r}")
+        if self.spill not in ("least_request", "maglev"):
+            raise ValueError(f"RoutingParams.spill must be 'least_request' or 'maglev', got {self.spill!r}")
+        if not (math.isfinite(self.affinity_backlog_s) and self.affinity_backlog_s >= 0):
+            raise ValueError(f"RoutingParams.affinity_backlog_s must be >= 0, got {self.affinity_backlog_s!r}")
         if not (math.isfinite(self.hash_balance_factor) and (self.hash_balance_factor == 0
                                                              or self.hash_balance_factor >= 1)):
             raise ValueError("RoutingParams.hash_balance_factor must be 0 (unbounded) or >= 1, got "

@@ -4,7 +4,7 @@ The listener carries one Lua HTTP filter, disabled by default; a route whose poo
 route on the prompt prefix enables it with a ``LuaPerRoute`` naming the script and
 passing its settings as the filter context. Per request the script:
 
-1. drops any ``x-prefix-hash`` the client sent (the key is ours alone);
+1. drops any ``x-prefix-hash`` or ``x-xds-control-endpoint`` the client sent (ours alone);
 2. gives up at once (no header: the cluster's hash policy then falls back to a
    random hash, i.e. the plain bounded-load balancer) unless the request has a
    ``content-length`` of 1..``max_body_bytes`` (a body without a length, i.e. chunked,
@@ -15,7 +15,13 @@ passing its settings as the filter context. Per request the script:
    strings are taken as their raw JSON encoding, not unescaped; only the head of the body
    (``4 * prefix_bytes + 4 KiB``) is copied into Lua unless the prompt is not in it;
 4. hashes the first ``prefix_bytes`` bytes of that (32-bit FNV-1a, LuaJIT ``bit``)
-   into ``x-prefix-hash``, which the route's ``hash_policy`` feeds to Maglev.
+   into ``x-prefix-hash``, which the route's ``hash_policy`` feeds to Maglev (``spill: maglev``);
+5. with ``spill: least_request`` the context also has ``hosts``: per prefix-routed pool of the
+   route, its routable endpoints ``address:port=weight`` (comma-separated; pools ``;``-separated).
+   The script picks the key's endpoint in each by weighted rendezvous hashing
+   (:mod:`xds_control.core.affinity`, the same arithmetic) and names them in
+   ``x-xds-control-endpoint``, which the cluster's override-host policy uses for the first
+   attempt (a retry, or a name the cluster does not have, goes to least request).
 
 Anything unexpected (not JSON, no prompt, an empty prompt) ends in step 2's fallback,
 never an error: the script has no ``error()`` path and every lookup is guarded.
@@ -33,9 +39,12 @@ LUA_FILTER = "envoy.filters.http.lua"
 SCRIPT = r"""
 -- xds-control: prompt-prefix key for consistent hashing (see xds_control/snapshot/prefix_filter.py)
 local bit = require("bit")
-local bxor, lshift, tobit, tohex = bit.bxor, bit.lshift, bit.tobit, bit.tohex
-local sbyte, sfind, ssub = string.byte, string.find, string.sub
+local bxor, lshift, rshift, tobit, tohex = bit.bxor, bit.lshift, bit.rshift, bit.tobit, bit.tohex
+local sbyte, sfind, ssub, gmatch = string.byte, string.find, string.sub, string.gmatch
+local log = math.log
 local HEADER = "x-prefix-hash"
+local ENDPOINT = "x-xds-control-endpoint"
+local U32 = 4294967296
 
 -- Raw bytes of the JSON string literal whose opening quote is at s[q], at most want of them (a long
 -- string is not scanned to its end); nil if it ends unterminated before want bytes.
@@ -89,6 +98,7 @@ local function from_messages(s, want)
   return table.concat(parts, "\n")
 end
 
+-- 32-bit FNV-1a of the first n bytes, as a signed 32-bit integer (LuaJIT bit convention)
 local function fnv1a(s, n)
   local h = tobit(2166136261)
   for i = 1, n do
@@ -96,12 +106,45 @@ local function fnv1a(s, n)
     -- h * 16777619 (= 2^24 + 2^8 + 147) mod 2^32; every term is exact in a double
     h = tobit(lshift(h, 24) + lshift(h, 8) + h * 147)
   end
-  return tohex(h)
+  return h
+end
+
+-- a * b mod 2^32 for unsigned 32-bit a, b, exact in doubles (16-bit halves)
+local function mul32(a, b)
+  local al, bl = a % 65536, b % 65536
+  local ah, bh = (a - al) / 65536, (b - bl) / 65536
+  return (al * bl + ((ah * bl + al * bh) % 65536) * 65536) % U32
+end
+
+-- MurmurHash3 fmix32, unsigned in and out
+local function mix32(h)
+  h = bxor(h, rshift(h, 16)) % U32
+  h = mul32(h, 0x85EBCA6B)
+  h = bxor(h, rshift(h, 13)) % U32
+  h = mul32(h, 0xC2B2AE35)
+  return bxor(h, rshift(h, 16)) % U32
+end
+
+-- weighted rendezvous hashing (xds_control/core/affinity.py): the "address:port" of list
+-- ("addr=weight,...") with the highest weight / -ln(u(key, addr)); nil when the list is empty
+local function rendezvous(key, list)
+  local best, best_s = nil, -1
+  for addr, w in gmatch(list, "([^,=]+)=([^,]+)") do
+    local wn = tonumber(w)
+    if wn ~= nil and wn > 0 then
+      local hh = fnv1a(addr, #addr) % U32
+      local u = (mix32(bxor(key, hh) % U32) + 0.5) / U32
+      local sc = wn / -log(u)
+      if sc > best_s then best, best_s = addr, sc end
+    end
+  end
+  return best
 end
 
 function envoy_on_request(h)
   local headers = h:headers()
   headers:remove(HEADER)
+  headers:remove(ENDPOINT)
   -- the context is a userdata that only pairs() can read (no indexing)
   local ctx = {}
   for k, v in pairs(h:filterContext()) do ctx[k] = v end
@@ -139,7 +182,20 @@ function envoy_on_request(h)
   if p == nil or #p == 0 then return end
   local k = #p
   if k > want then k = want end
-  h:headers():add(HEADER, fnv1a(p, k))
+  local key = fnv1a(p, k)
+  local hdrs = h:headers()
+  hdrs:add(HEADER, tohex(key))
+  local hosts = ctx["hosts"]
+  if type(hosts) == "string" and #hosts > 0 then
+    -- one pick per prefix-routed pool of the route; the cluster's override-host policy takes the first
+    -- name it has (its own pool's), for the first attempt only
+    local picks = {}
+    for group in gmatch(hosts, "[^;]+") do
+      local a = rendezvous(key % U32, group)
+      if a ~= nil then picks[#picks + 1] = a end
+    end
+    if #picks > 0 then hdrs:add(ENDPOINT, table.concat(picks, ",")) end
+  end
 end
 """
 

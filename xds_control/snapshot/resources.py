@@ -30,6 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.load_balancing_policies.common.v3 import common_pb2 as lb_common_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
+from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.random.v3 import random_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -39,8 +40,10 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_control.core.traffic import (
+    AFFINITY_ENDPOINT_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_BACKLOG_HEADER,
+    SHED_FIRST_BACKLOG_HEADER,
     SHED_STATUS,
     EndpointPlan,
     HealthStatus,
@@ -108,12 +111,13 @@ def build_cluster(pool: PoolPlan) -> cluster_pb2.Cluster:
             ),
             min_weight_percent=percent_pb2.Percent(value=pool.slow_start_min_weight_percent),
         )
-    if pool.prefix_routing is not None:
+    pr = pool.prefix_routing
+    if pr is not None and pr.spill == "maglev":
         # Prefix affinity: Maglev on the route's hash (the prompt-prefix header), bounded loads; endpoint and
         # locality weights scale each host's share of the table. No slow start in Maglev (config rejects it).
         mg = maglev_pb2.Maglev(
             consistent_hashing_lb_config=lb_common_pb2.ConsistentHashingLbConfig(
-                hash_balance_factor=wrappers_pb2.UInt32Value(value=pool.prefix_routing.hash_balance_factor)
+                hash_balance_factor=wrappers_pb2.UInt32Value(value=pr.hash_balance_factor)
             )
         )
         if locality_cfg is not None:
@@ -123,7 +127,8 @@ def build_cluster(pool: PoolPlan) -> cluster_pb2.Cluster:
                 name="envoy.load_balancing_policies.maglev", typed_config=_pack(mg)
             )
         )
-    elif pool.lb_policy is LbPolicy.LEAST_REQUEST:
+        return _cluster_tail(c, pool)
+    if pr is not None or pool.lb_policy is LbPolicy.LEAST_REQUEST:
         policy = least_request_pb2.LeastRequest(choice_count=wrappers_pb2.UInt32Value(value=2))
         name = "envoy.load_balancing_policies.least_request"
     elif pool.lb_policy is LbPolicy.RANDOM:
@@ -132,14 +137,26 @@ def build_cluster(pool: PoolPlan) -> cluster_pb2.Cluster:
     else:
         policy = round_robin_pb2.RoundRobin()
         name = "envoy.load_balancing_policies.round_robin"
-    if pool.prefix_routing is None:
-        if locality_cfg is not None:
-            policy.locality_lb_config.CopyFrom(locality_cfg)
-        if slow_start is not None and pool.lb_policy is not LbPolicy.RANDOM:
-            policy.slow_start_config.CopyFrom(slow_start)
-        c.load_balancing_policy.policies.add(
-            typed_extension_config=extension_pb2.TypedExtensionConfig(name=name, typed_config=_pack(policy))
+    if locality_cfg is not None:
+        policy.locality_lb_config.CopyFrom(locality_cfg)
+    if slow_start is not None and (pr is not None or pool.lb_policy is not LbPolicy.RANDOM):
+        policy.slow_start_config.CopyFrom(slow_start)
+    ext = extension_pb2.TypedExtensionConfig(name=name, typed_config=_pack(policy))
+    if pr is not None:
+        # Prefix affinity, spill to least request: the first attempt goes to the endpoint the prefix filter named
+        # (the key's replica); a retry, or a request naming no endpoint of this cluster, goes to least request.
+        ov = override_host_pb2.OverrideHost(
+            override_host_sources=[override_host_pb2.OverrideHost.OverrideHostSource(header=AFFINITY_ENDPOINT_HEADER)]
         )
+        ov.fallback_policy.policies.add(typed_extension_config=ext)
+        ext = extension_pb2.TypedExtensionConfig(name="envoy.load_balancing_policies.override_host",
+                                                 typed_config=_pack(ov))
+    c.load_balancing_policy.policies.add(typed_extension_config=ext)
+    return _cluster_tail(c, pool)
+
+
+def _cluster_tail(c: cluster_pb2.Cluster, pool: PoolPlan) -> cluster_pb2.Cluster:
+    """Protocol options, outlier detection, health checks and circuit breakers (every balancer)."""
     if pool.http2:
         opts = http_protocol_options_pb2.HttpProtocolOptions(
             explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
@@ -226,7 +243,11 @@ def build_load_assignment(pool: PoolPlan) -> endpoint_pb2.ClusterLoadAssignment:
 
 
 def build_route_configuration(
-    name: str, services: list[ServicePlan], pool_names: set[str], shed: Mapping[str, ShedPlan] | None = None
+    name: str,
+    services: list[ServicePlan],
+    pool_names: set[str],
+    shed: Mapping[str, ShedPlan] | None = None,
+    affinity: Mapping[str, tuple[PrefixRoutingPlan, str]] | None = None,
 ) -> route_pb2.RouteConfiguration:
     """One virtual host per distinct ``hosts`` list; services sharing it are matched in order.
 
@@ -235,8 +256,13 @@ def build_route_configuration(
 
     ``shed`` maps a pool name to its :class:`ShedPlan`: that pool's weighted cluster adds the shed headers,
     the virtual host sends ``x-envoy-attempt-count`` and the route retries ``SHED_STATUS`` on another host.
+
+    ``affinity`` maps a prefix-routed pool with ``spill="least_request"`` to its settings and its routable
+    endpoints (:func:`affinity_hosts`): the route passes the endpoints to the prefix filter, the pool's weighted
+    cluster adds the first attempt's bound, and the route retries a shed first attempt (on least request).
     """
     shed = shed or {}
+    affinity = affinity or {}
     rc = route_pb2.RouteConfiguration(name=name)
     vhosts: dict[tuple[str, ...], route_components_pb2.VirtualHost] = {}
     for svc in services:
@@ -251,28 +277,41 @@ def build_route_configuration(
             match.prefix = svc.prefix
         action = route_components_pb2.RouteAction(timeout=_dur(svc.timeout_s))
         sheds = [shed[p] for p, _w in svc.pools if p in shed]
+        affs = [(p, affinity[p]) for p, _w in svc.pools if p in affinity]
+        attempts = max([sp.attempts for sp in sheds] + [2 for _ in affs], default=1)
         for pool_name, weight in svc.pools:
             wc = action.weighted_clusters.clusters.add(
                 name=pool_name, weight=wrappers_pb2.UInt32Value(value=int(weight))
             )
             sp = shed.get(pool_name)
+            aff = affinity.get(pool_name)
+            headers: list[tuple[str, str]] = []
             if sp is not None:
-                for key, value in ((SHED_BACKLOG_HEADER, f"{sp.backlog_s:g}"),
-                                   (SHED_ATTEMPTS_HEADER, str(sp.attempts))):
-                    wc.request_headers_to_add.add(
-                        header=base_pb2.HeaderValue(key=key, value=value),
-                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                    )
-        if svc.retry is not None or sheds:
+                headers.append((SHED_BACKLOG_HEADER, f"{sp.backlog_s:g}"))
+            if aff is not None:
+                headers.append((SHED_FIRST_BACKLOG_HEADER, f"{aff[0].affinity_backlog_s:g}"))
+            if headers:
+                headers.append((SHED_ATTEMPTS_HEADER, str(max(sp.attempts if sp is not None else 1, 2 if aff else 1))))
+            for key, value in headers:
+                wc.request_headers_to_add.add(
+                    header=base_pb2.HeaderValue(key=key, value=value),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+        if svc.retry is not None or sheds or affs:
             retry_on = svc.retry.retry_on if svc.retry is not None else ""
             num = svc.retry.num_retries if svc.retry is not None else 0
-            if sheds:
+            if sheds or affs:
                 vh.include_request_attempt_count = True
-                if "retriable-status-codes" not in retry_on.split(","):
-                    retry_on = ",".join(x for x in (retry_on, "retriable-status-codes") if x)
-                num = max(num, max(sp.attempts for sp in sheds) - 1)
+                extra = ["retriable-status-codes"]
+                if affs:
+                    # the key's replica may have gone (scaled down, dead) before the next push: retry elsewhere
+                    extra.append("connect-failure")
+                for x in extra:
+                    if x not in retry_on.split(","):
+                        retry_on = ",".join(y for y in (retry_on, x) if y)
+                num = max(num, attempts - 1)
             rp = route_components_pb2.RetryPolicy(retry_on=retry_on, num_retries=wrappers_pb2.UInt32Value(value=num))
-            if sheds:
+            if sheds or affs:
                 rp.retriable_status_codes.append(SHED_STATUS)
                 # A shed answer comes back in microseconds: a jittered back-off from a 2 ms base (at most 20 ms),
                 # not Envoy's default 25 ms base.
@@ -288,21 +327,34 @@ def build_route_configuration(
             action.retry_policy.CopyFrom(rp)
         route = vh.routes.add(name=svc.name, match=match, route=action)
         if svc.prefix_routing is not None:
-            _prefix_route(route, svc.prefix_routing)
+            _prefix_route(route, svc.prefix_routing, ";".join(hosts for _p, (_pr, hosts) in affs))
     return rc
 
 
-def _prefix_route(route: route_components_pb2.Route, pr: PrefixRoutingPlan) -> None:
-    """Enable the listener's prefix-key Lua filter on ``route`` and hash on the key it sets.
+def affinity_hosts(pool: PoolPlan) -> str:
+    """The prefix filter's endpoint list for ``pool`` (``spill="least_request"``): ``address:port=weight`` of
+    each endpoint that takes new requests (healthy or degraded, weight >= 1), comma-separated, in plan order.
+    Envoy's override-host policy matches the names against its host map (``address:port``)."""
+    return ",".join(f"{ep.key}={ep.weight}" for ep in pool.endpoints
+                    if ep.weight >= 1 and ep.health in (HealthStatus.HEALTHY, HealthStatus.DEGRADED))
 
-    A request without the header (no body, not JSON, no prompt, too long) gets no hash from this
-    policy, and Envoy's hashing balancers then pick a random hash: the plain bounded-load choice.
+
+def _prefix_route(route: route_components_pb2.Route, pr: PrefixRoutingPlan, hosts: str) -> None:
+    """Enable the listener's prefix-key Lua filter on ``route``: with ``spill="maglev"`` hash on the key it sets
+    (a request without the header gets no hash from this policy, and Envoy's hashing balancers then pick a random
+    hash: the plain bounded-load choice); with ``spill="least_request"`` pass it the pools' endpoints (``hosts``:
+    one :func:`affinity_hosts` list per pool, ``;``-separated), from which it names the key's replica.
     """
-    route.route.hash_policy.add(
-        header=route_components_pb2.RouteAction.HashPolicy.Header(header_name=prefix_filter.PREFIX_HEADER)
-    )
     ctx = struct_pb2.Struct()
-    ctx.update({"prefix_bytes": pr.prefix_bytes, "max_body_bytes": pr.max_body_bytes, "extract": pr.extract})
+    fields: dict[str, str | int] = {"prefix_bytes": pr.prefix_bytes, "max_body_bytes": pr.max_body_bytes,
+                                 "extract": pr.extract}
+    if pr.spill == "maglev":
+        route.route.hash_policy.add(
+            header=route_components_pb2.RouteAction.HashPolicy.Header(header_name=prefix_filter.PREFIX_HEADER)
+        )
+    else:
+        fields["hosts"] = hosts
+    ctx.update(fields)
     per_route = lua_pb2.LuaPerRoute(name=prefix_filter.SCRIPT_NAME, filter_context=ctx)
     route.typed_per_filter_config[prefix_filter.LUA_FILTER].CopyFrom(_pack(per_route))
 
@@ -342,6 +394,7 @@ def build_listener(lst: ListenerPlan) -> listener_pb2.Listener:
 
 
 __all__ = [
+    "affinity_hosts",
     "build_cluster",
     "build_listener",
     "build_load_assignment",

@@ -196,8 +196,10 @@ def build_snapshot(
         r = _reuse(prev_of(T.CLUSTER), pool.name, csrc)
         if r is None:
             msg = build.build_cluster(pool)
-            if pool.shed is not None:
-                # a shed request holds at most one retry: a budget of 100 % of active requests never refuses one
+            if pool.shed is not None or (pool.prefix_routing is not None
+                                         and pool.prefix_routing.spill == "least_request"):
+                # a shed request (or an affinity request its replica turned away) holds at most one retry: a
+                # budget of 100 % of active requests never refuses one
                 build.with_retry_budget(msg, 100.0, max(rp.budget_min_concurrency if rp is not None else 0,
                                                         SHED_MIN_RETRY_CONCURRENCY))
             elif rp is not None:
@@ -212,6 +214,9 @@ def build_snapshot(
 
     svc_by_name = {s.name: s for s in plan.services}
     shed_of = {p.name: p.shed for p in plan.pools if p.shed is not None}
+    # prefix affinity spilling to least request: the prefix filter picks among the pool's routable endpoints
+    affinity_of = {p.name: (p.prefix_routing, build.affinity_hosts(p)) for p in plan.pools
+                   if p.prefix_routing is not None and p.prefix_routing.spill == "least_request"}
     listeners: dict[str, Resource] = {}
     routes: dict[str, Resource] = {}
     for lst in plan.listeners:
@@ -223,11 +228,12 @@ def build_snapshot(
         svcs = [svc_by_name[s] for s in lst.services]
         refs = {p for s in svcs for p, _w in s.pools}
         shed = {p: sp for p in sorted(refs) if (sp := shed_of.get(p)) is not None}
-        rsrc = (lst.name, tuple(svcs), tuple(shed.items()))
+        aff = {p: a for p in sorted(refs) if (a := affinity_of.get(p)) is not None}
+        rsrc = (lst.name, tuple(svcs), tuple(shed.items()), tuple(aff.items()))
         rr = _reuse(prev_of(T.ROUTE), lst.name, rsrc)
         if rr is None:
             rr = make_resource(
-                T.ROUTE, lst.name, build.build_route_configuration(lst.name, svcs, set(clusters), shed), refs=refs,
+                T.ROUTE, lst.name, build.build_route_configuration(lst.name, svcs, set(clusters), shed, aff), refs=refs,
                 source=rsrc,
             )
         routes[lst.name] = rr

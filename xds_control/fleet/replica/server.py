@@ -37,7 +37,9 @@ only the difference counts against the bound. The last attempt is never shed; a 
 negative bound, a missing or unparsable N, or an unparsable attempt count means no shedding. The 429 carries
 ``x-xds-control-shed: prefill-backlog`` and an error body naming the backlog, the cache's saving and the
 bound (``prefill backlog 2.41 s - cached 0.50 s > bound 0.10 s: retry on another replica``; ``cached 0.00
-s`` when nothing is cached); ``xds_replica_shed_requests_total`` counts them.
+s`` when nothing is cached); ``xds_replica_shed_requests_total`` counts them. Prefix affinity with
+``spill: least_request`` adds ``x-xds-control-shed-first-backlog-s``: the first attempt's bound (on the key's
+replica), in place of ``x-xds-control-shed-backlog-s``, which then bounds the retries only (none when absent).
 
 Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
 stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
@@ -58,7 +60,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_STATUS
+from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_FIRST_BACKLOG_HEADER, SHED_STATUS
 from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
 from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge, block_hashes
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -190,18 +192,29 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
 
 def shed_bound(headers: Mapping[str, str]) -> float | None:
     """The prefill-backlog bound (seconds) this request may be shed at, or ``None`` when it must not be shed:
-    no valid bound (missing, unparsable, negative or NaN), no valid attempt total, or the last attempt."""
-    raw = headers.get(SHED_BACKLOG_HEADER)
+    no valid attempt total, the last attempt, or no valid bound (missing, unparsable, negative or NaN). The first
+    attempt's bound is ``x-xds-control-shed-first-backlog-s`` when the request carries one (prefix affinity's bound
+    on the key's replica), else ``x-xds-control-shed-backlog-s``; later attempts use the latter."""
     n_raw = headers.get(SHED_ATTEMPTS_HEADER)
-    if raw is None or n_raw is None:
+    if n_raw is None:
         return None
     try:
-        bound = float(raw)
         attempts = int(n_raw)
         attempt = int(headers.get(ENVOY_ATTEMPT_HEADER, "1"))
     except ValueError:
         return None
-    if not bound >= 0.0 or attempt >= attempts:  # `not >=` also rejects NaN
+    if attempt >= attempts:
+        return None
+    raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if attempt <= 1 else None
+    if raw is None:
+        raw = headers.get(SHED_BACKLOG_HEADER)
+    if raw is None:
+        return None
+    try:
+        bound = float(raw)
+    except ValueError:
+        return None
+    if not bound >= 0.0:  # `not >=` also rejects NaN
         return None
     return bound
 

@@ -1,0 +1,59 @@
+"""Rendezvous (highest-random-weight) hashing of an affinity key onto weighted hosts.
+
+The same arithmetic runs in two places and must agree bit for bit: in Envoy, in the prefix filter's Lua
+(:mod:`xds_control.snapshot.prefix_filter`, ``spill: least_request``), and here, for the simulator and for tests
+that predict which replica a prompt lands on. Pure functions of their arguments.
+
+* the key is the 32-bit FNV-1a hash of the first bytes of the prompt (:func:`fnv1a32`);
+* each host's score is ``weight / -ln(u)`` with ``u = (mix32(key ^ fnv1a32(host)) + 0.5) / 2**32``; the host with
+  the highest score wins (weighted rendezvous hashing: a host of weight ``w`` wins about ``w / sum(w)`` of the
+  keys, and adding or removing a host moves only the keys it wins or won, about ``1 / hosts`` of them);
+* ``mix32`` is MurmurHash3's 32-bit finaliser, so that keys differing in a few bits score hosts independently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["fnv1a32", "mix32", "rendezvous_pick"]
+
+_M32 = 0xFFFFFFFF
+
+
+def fnv1a32(data: bytes) -> int:
+    """32-bit FNV-1a of ``data``."""
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) & _M32
+    return h
+
+
+def mix32(h: int) -> int:
+    """MurmurHash3 ``fmix32``: a bijective avalanche of a 32-bit integer."""
+    h &= _M32
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    h ^= h >> 16
+    return h
+
+
+def rendezvous_pick(key: int, hosts: Sequence[str], weights: Sequence[float],
+                    host_hashes: Sequence[int] | None = None) -> int:
+    """Index of the host that wins ``key`` (32-bit) among ``hosts`` (``address:port`` names) with ``weights``
+    (> 0; hosts of weight <= 0 never win). ``host_hashes`` may carry ``fnv1a32`` of each name, precomputed.
+    Raises ValueError when no host has a positive weight."""
+    best, best_s = -1, -math.inf
+    for i, w in enumerate(weights):
+        if w <= 0:
+            continue
+        hh = host_hashes[i] if host_hashes is not None else fnv1a32(hosts[i].encode())
+        u = (mix32((key ^ hh) & _M32) + 0.5) / 4294967296.0
+        s = w / -math.log(u)
+        if s > best_s:
+            best, best_s = i, s
+    if best < 0:
+        raise ValueError("rendezvous_pick needs at least one host with a positive weight")
+    return best
