@@ -19,7 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from livehelpers import ROOT, child_env, http_status
 
-from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_FIRST_BACKLOG_HEADER
+from xds_control.core.traffic import (
+    AFFINITY_ATTEMPTS_HEADER,
+    SHED_ATTEMPTS_HEADER,
+    SHED_BACKLOG_HEADER,
+    SHED_FIRST_BACKLOG_HEADER,
+)
 from xds_control.fleet import costmodel
 from xds_control.fleet.loadgen import prompt_for
 from xds_control.fleet.replica import REPLICA_HEADER
@@ -172,6 +177,8 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
                 ("affinity bound above, first attempt", {**shed, SHED_FIRST_BACKLOG_HEADER: "1000"}, False),
                 ("affinity bound above, retry", {**shed, SHED_FIRST_BACKLOG_HEADER: "1000",
                                                  ENVOY_ATTEMPT_HEADER: "2"}, False),
+                ("2 affinity attempts, second", {**first, AFFINITY_ATTEMPTS_HEADER: "2", ENVOY_ATTEMPT_HEADER: "2"},
+                 False),
             ):  # fmt: skip
                 status, hdrs, body = await try_request(s, r.url, headers, chat=chat)
                 statuses[label] = status
@@ -195,9 +202,10 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
         "unparsable bound": 200, "negative bound": 200, "bound above the backlog": 200,
         "affinity bound, first attempt": 429, "affinity bound only, retry": 200,
         "affinity bound above, first attempt": 200, "affinity bound above, retry": 429,
+        "2 affinity attempts, second": 429,
     }, statuses  # fmt: skip
     # Every 429 is counted on /metrics, and none of them is a 503-style rejection.
-    assert m_after["xds_replica_shed_requests_total"] == 5
+    assert m_after["xds_replica_shed_requests_total"] == 6
     assert m_after["xds_replica_rejected_total"] == 0
 
 

@@ -33,8 +33,9 @@ from support.envoy import Envoy
 from support.ports import free_port
 
 from xds_control.config import parse_config
-from xds_control.core.affinity import fnv1a32, rendezvous_pick
+from xds_control.core.affinity import fnv1a32, rendezvous_pick, rendezvous_top
 from xds_control.core.traffic import (
+    AFFINITY_ATTEMPTS_HEADER,
     AFFINITY_ENDPOINT_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
@@ -79,8 +80,9 @@ class Replica:
                             break
                 with up._lock:
                     attempt = int(self.headers.get("x-envoy-attempt-count", "1"))
-                    first = self.headers.get(SHED_FIRST_BACKLOG_HEADER) is not None and attempt < int(
-                        self.headers.get(SHED_ATTEMPTS_HEADER, "1"))
+                    first = (self.headers.get(SHED_FIRST_BACKLOG_HEADER) is not None
+                             and attempt <= int(self.headers.get(AFFINITY_ATTEMPTS_HEADER, "1"))
+                             and attempt < int(self.headers.get(SHED_ATTEMPTS_HEADER, "1")))
                     if up.shed_when_busy and first and up.inflight > 0:
                         up.shed += 1
                         self.send_response(429)
@@ -232,14 +234,16 @@ async def test_rendezvous_pick_sticks_then_sheds_to_least_request_and_bad_bodies
     by_addr = {f"127.0.0.1:{r.port}": r.name for r in reps}
     try:
         async with aiohttp.ClientSession() as s:
-            # Lua and Python agree on every key (the key: FNV-1a of the first prefix_bytes (64) of the prompt)
+            # Lua and Python agree on every key (the key: FNV-1a of the first prefix_bytes (64) of the prompt): the
+            # request names the key's two best replicas (affinity_choices: 2) and lands on the first
             for k in range(120):
                 p = prompt(f"key-{k:05d}-", 0)
-                want = names[rendezvous_pick(fnv1a32(p["prompt"].encode()[:64]), names, [1.0] * 4)]
+                top = [names[i] for i in rendezvous_top(fnv1a32(p["prompt"].encode()[:64]), names, [1.0] * 4, 2)]
                 st, body = await post(s, port, json=p)
-                assert st == 200 and body == by_addr[want], (k, body, want)
-            assert {n for r in reps for n in r.named} == set(names)
-            assert all(n == f"127.0.0.1:{r.port}" for r in reps for n in r.named)
+                assert st == 200 and body == by_addr[top[0]], (k, body, top)
+                got_names = next(r for r in reps if r.name == body).named[-1]
+                assert got_names == ",".join(top), (k, got_names, top)
+            assert {n.split(",")[0] for r in reps for n in r.named} == set(names)
             # chat bodies are keyed too; a client cannot name the replica
             chat = {"messages": [{"role": "system", "content": "S" * 64}, {"role": "user", "content": "hi"}]}
             assert len({(await post(s, port, json=chat, path="/v1/chat/completions"))[1] for _ in range(8)}) == 1

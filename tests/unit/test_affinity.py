@@ -7,10 +7,11 @@ arithmetic itself: reference values, weights give shares, a new host takes about
 from __future__ import annotations
 
 import collections
+import math
 
 import pytest
 
-from xds_control.core.affinity import fnv1a32, mix32, rendezvous_pick
+from xds_control.core.affinity import fnv1a32, mix32, rendezvous_pick, rendezvous_scores, rendezvous_top
 
 
 def test_reference_values() -> None:
@@ -38,6 +39,18 @@ def test_weights_give_shares_and_a_new_host_takes_about_its_share() -> None:
     assert 3 not in {rendezvous_pick(k, hosts, [1.0, 1.0, 1.0, 0.0]) for k in keys}
     gone = [rendezvous_pick(k, hosts[:3], [1.0] * 3) for k in keys]
     assert all(a == b for a, b in zip(before, gone, strict=True) if a != 3)
+
+
+def test_top_k_is_the_score_order_and_starts_with_the_pick() -> None:
+    hosts = [f"10.0.0.{i}:8000" for i in range(6)]
+    w = [1.0, 2.0, 1.0, 0.0, 1.0, 3.0]
+    for k in range(50):
+        key = mix32(k + 7)
+        sc = rendezvous_scores(key, hosts, w)
+        top = rendezvous_top(key, hosts, w, 3)
+        assert top[0] == rendezvous_pick(key, hosts, w) and 3 not in top
+        assert [sc[i] for i in top] == sorted((x for x in sc if x > -math.inf), reverse=True)[:3]
+    assert len(rendezvous_top(1, hosts[:2], [1.0, 1.0], 5)) == 2
 
 
 def test_no_positive_weight_is_an_error() -> None:

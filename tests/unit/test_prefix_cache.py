@@ -303,7 +303,7 @@ def test_affinity_spills_to_least_request_past_the_prefill_bound() -> None:
 
     def run(bound: float) -> np.ndarray:
         res = simulate(tr, FixedController(), SimConfig(
-            lb="prefix", routing=RoutingParams(prefix_blocks=1, affinity_backlog_s=bound)))
+            lb="prefix", routing=RoutingParams(prefix_blocks=1, affinity_backlog_s=bound, affinity_choices=1)))
         if bound < 1:
             assert int((res.status != 1).sum()) == 0
         return res.replica[res.replica >= 0]

@@ -22,6 +22,7 @@ from envoy.extensions.load_balancing_policies.override_host.v3 import override_h
 from xds_control.config import parse_config, to_traffic_plan
 from xds_control.core.errors import ConfigError
 from xds_control.core.traffic import (
+    AFFINITY_ATTEMPTS_HEADER,
     AFFINITY_ENDPOINT_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
@@ -61,6 +62,7 @@ def cfg(**pool: Any) -> dict[str, Any]:
      "slow_start: not supported with routing: 'prefix' and prefix_routing.spill: 'maglev'"),
     ({"routing": "prefix", "prefix_routing": {"spill": "random"}}, "spill: 'random' is invalid"),
     ({"routing": "prefix", "prefix_routing": {"affinity_backlog_s": -1}}, "affinity_backlog_s: -1 is invalid"),
+    ({"routing": "prefix", "prefix_routing": {"affinity_choices": 0}}, "affinity_choices: 0 is invalid"),
     ({"prefix_routing": {"prefix_bytes": 1024}}, "prefix_routing: only used with routing: 'prefix'"),
 ])
 def test_bad_settings_name_key_and_value(pool: dict[str, Any], needle: str) -> None:
@@ -96,12 +98,14 @@ def test_resources_of_an_affinity_pool_spilling_to_least_request() -> None:
     per_route = lua_pb2.LuaPerRoute()
     route.typed_per_filter_config[LUA_FILTER].Unpack(per_route)
     assert dict(per_route.filter_context) == {"prefix_bytes": 2048, "max_body_bytes": 262144, "extract": "auto",
-                                              "hosts": "127.0.0.1:18101=1,127.0.0.1:18103=3"}
+                                              "hosts": "127.0.0.1:18101=1,127.0.0.1:18103=3", "choices": 2}
     wc = {c.name: {h.header.key: h.header.value for h in c.request_headers_to_add}
           for c in route.route.weighted_clusters.clusters}
-    assert wc == {"aff": {SHED_FIRST_BACKLOG_HEADER: "0.25", SHED_ATTEMPTS_HEADER: "2"}, "plain": {}}
+    assert wc == {"aff": {SHED_FIRST_BACKLOG_HEADER: "0.25", AFFINITY_ATTEMPTS_HEADER: "2", SHED_ATTEMPTS_HEADER: "3"},
+                  "plain": {}}
     rp = route.route.retry_policy
-    assert rp.num_retries.value == 1 and list(rp.retriable_status_codes) == [SHED_STATUS]
+    # one attempt on each of the key's two replicas, then one on least request
+    assert rp.num_retries.value == 2 and list(rp.retriable_status_codes) == [SHED_STATUS]
     assert set(rp.retry_on.split(",")) >= {"retriable-status-codes", "connect-failure"}
     assert msg(snap, T.ROUTE, "ingress").virtual_hosts[0].include_request_attempt_count
 

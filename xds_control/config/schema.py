@@ -266,6 +266,9 @@ class PrefixRoutingConfig(_Strict):
     affinity_backlog_s: Annotated[float, Field(ge=0, le=60)] = 0.0
     """``spill: least_request``: the key's replica takes a request while its queued prefill less the cache's
     saving is at most this many seconds (0: only when the cache saves at least the wait)."""
+    affinity_choices: Annotated[int, Field(ge=1, le=8)] = 2
+    """``spill: least_request``: how many of the key's replicas (rendezvous order) get one attempt each before
+    least request; 2 lets a hot key live on two replicas' caches."""
     hash_balance_factor: Annotated[int, Field(ge=100, le=10_000)] = 125
     """``spill: maglev``: load bound in percent of the mean outstanding requests (Envoy bounded loads): 125 = no
     replica above 1.25x the mean; 100 = strict balance (little affinity)."""

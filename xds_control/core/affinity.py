@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["fnv1a32", "mix32", "rendezvous_pick"]
+__all__ = ["fnv1a32", "mix32", "rendezvous_pick", "rendezvous_scores", "rendezvous_top"]
 
 _M32 = 0xFFFFFFFF
 
@@ -40,20 +40,33 @@ def mix32(h: int) -> int:
     return h
 
 
-def rendezvous_pick(key: int, hosts: Sequence[str], weights: Sequence[float],
-                    host_hashes: Sequence[int] | None = None) -> int:
-    """Index of the host that wins ``key`` (32-bit) among ``hosts`` (``address:port`` names) with ``weights``
-    (> 0; hosts of weight <= 0 never win). ``host_hashes`` may carry ``fnv1a32`` of each name, precomputed.
-    Raises ValueError when no host has a positive weight."""
-    best, best_s = -1, -math.inf
+def rendezvous_scores(key: int, hosts: Sequence[str], weights: Sequence[float],
+                      host_hashes: Sequence[int] | None = None) -> list[float]:
+    """Each host's score for ``key`` (32-bit) among ``hosts`` (``address:port`` names) with ``weights``; a host of
+    weight <= 0 scores ``-inf``. ``host_hashes`` may carry ``fnv1a32`` of each name, precomputed."""
+    out = []
     for i, w in enumerate(weights):
         if w <= 0:
+            out.append(-math.inf)
             continue
         hh = host_hashes[i] if host_hashes is not None else fnv1a32(hosts[i].encode())
         u = (mix32((key ^ hh) & _M32) + 0.5) / 4294967296.0
-        s = w / -math.log(u)
-        if s > best_s:
-            best, best_s = i, s
-    if best < 0:
-        raise ValueError("rendezvous_pick needs at least one host with a positive weight")
-    return best
+        out.append(w / -math.log(u))
+    return out
+
+
+def rendezvous_top(key: int, hosts: Sequence[str], weights: Sequence[float], k: int,
+                   host_hashes: Sequence[int] | None = None) -> list[int]:
+    """Indices of the ``k`` hosts that score highest for ``key``, best first (ties: the earlier host), among the
+    hosts with a positive weight. Raises ValueError when none has one."""
+    sc = rendezvous_scores(key, hosts, weights, host_hashes)
+    order = sorted((i for i in range(len(sc)) if sc[i] > -math.inf), key=lambda i: (-sc[i], i))
+    if not order:
+        raise ValueError("rendezvous hashing needs at least one host with a positive weight")
+    return order[:k]
+
+
+def rendezvous_pick(key: int, hosts: Sequence[str], weights: Sequence[float],
+                    host_hashes: Sequence[int] | None = None) -> int:
+    """Index of the host that wins ``key``: ``rendezvous_top(..., 1)[0]``."""
+    return rendezvous_top(key, hosts, weights, 1, host_hashes)[0]

@@ -96,10 +96,11 @@ class PrefixRoutingPlan:
       cluster balances with Maglev and bounded loads (``hash_balance_factor``); a retry re-hashes;
     * ``spill="least_request"``: the filter picks the key's replica by rendezvous hashing over the pool's routable
       endpoints (pushed in the route, :mod:`xds_control.core.affinity`) and names it in
-      :data:`AFFINITY_ENDPOINT_HEADER`; the cluster's override-host policy sends the first attempt there and every
-      retry to least request. The replica bounds the affinity: on the first attempt it sheds (429) when its
-      queued prefill, less what its prefix cache saves this request, is over ``affinity_backlog_s``
-      (:data:`SHED_FIRST_BACKLOG_HEADER`), and the retry goes to the least loaded replica.
+      :data:`AFFINITY_ENDPOINT_HEADER` (the best ``affinity_choices`` of them, best first); the cluster's
+      override-host policy sends one attempt to each in turn, then retries by least request. The replica bounds
+      the affinity: on those attempts it sheds (429) when its queued prefill, less what its prefix cache saves
+      this request, is over ``affinity_backlog_s`` (:data:`SHED_FIRST_BACKLOG_HEADER`,
+      :data:`AFFINITY_ATTEMPTS_HEADER`), and the retry goes on.
     """
 
     #: Bytes of the prompt (as sent, JSON-escaped) that make the affinity key.
@@ -115,16 +116,21 @@ class PrefixRoutingPlan:
     max_body_bytes: int = 262_144
     #: Where a request goes when its replica is over the bound: ``maglev`` or ``least_request`` (see above).
     spill: str = "least_request"
-    #: ``spill="least_request"``: the first attempt's shedding bound in seconds of queued prefill less the cache's
-    #: saving (0 = the affinity replica takes the request only when its cache saves at least the wait).
+    #: ``spill="least_request"``: the affinity attempts' shedding bound in seconds of queued prefill less the cache's
+    #: saving (0 = the key's replica takes the request only when its cache saves at least the wait).
     affinity_backlog_s: float = 0.0
+    #: ``spill="least_request"``: how many of the key's replicas (best rendezvous scores first) get one attempt each
+    #: before least request (2: a hot key lives on two replicas).
+    affinity_choices: int = 2
 
 
 #: ``spill="least_request"``: the request header naming the key's replica (``address:port``; one per prefix-routed
 #: pool of the route, comma-separated), read by the cluster's ``envoy.load_balancing_policies.override_host``.
 AFFINITY_ENDPOINT_HEADER = "x-xds-control-endpoint"
-#: ``spill="least_request"``: the first attempt's shedding bound (seconds), sent to the replica.
+#: ``spill="least_request"``: the affinity attempts' shedding bound (seconds), sent to the replica.
 SHED_FIRST_BACKLOG_HEADER = "x-xds-control-shed-first-backlog-s"
+#: ``spill="least_request"``: how many first attempts are affinity attempts (``affinity_choices``), sent to the replica.
+AFFINITY_ATTEMPTS_HEADER = "x-xds-control-affinity-attempts"
 
 
 #: Request headers Envoy adds to requests routed to a pool that sheds (:class:`ShedPlan`): the bound in seconds

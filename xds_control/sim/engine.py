@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from xds_control.core.affinity import fnv1a32, rendezvous_pick
+from xds_control.core.affinity import fnv1a32, rendezvous_top
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.prefixcache import PrefixCache
 from xds_control.fleet.trace import BLOCK_TOKENS, Trace
@@ -592,7 +592,8 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
             # the prefix filter's weighted rendezvous hashing; the override-host policy sends the first attempt there
             names = [f"replica-{x.rid}" for x in routable]
             hh = [host_hash.setdefault(x.rid, fnv1a32(nm.encode())) for x, nm in zip(routable, names, strict=True)]
-            return routable[rendezvous_pick(h & 0xFFFFFFFF, names, [float(x.weight) for x in routable], hh)]
+            top = rendezvous_top(h & 0xFFFFFFFF, names, [float(x.weight) for x in routable], rp.affinity_choices, hh)
+            return routable[top[attempt]] if attempt < len(top) else pick_least_request()
         if attempt > 0:
             h ^= (1 << 64) - attempt
         first = ml.lookup(h)  # type: ignore[attr-defined]
@@ -675,16 +676,20 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
         # Maglev re-hashes a retry; prefix affinity spilling to least request retries by least request
         ids = hid[i] if hid is not None and lb == LB_PREFIX and not affinity_lr else ()
         first = affinity_lr and hid is not None
-        attempts = max(int(shed[1]), 2) if first else int(shed[1])
+        k = rp.affinity_choices if first else 0
+        attempts = max(int(shed[1]), k + 1)
         for attempt in range(1, attempts):
-            # the key's replica takes the first attempt within the affinity bound; later ones the pool's, if any
-            bound = rp.affinity_backlog_s if (first and attempt == 1) else (shed[0] if shed[0] > 0 else math.inf)
+            # the key's replicas take the first k attempts within the affinity bound; later ones the pool's, if any
+            bound = rp.affinity_backlog_s if attempt <= k else (shed[0] if shed[0] > 0 else math.inf)
             if backlog_s(r, t) - cache_saving_s(r, i) <= bound:
                 return r
             if i >= measure_from:
                 shed[2] += 1
             for pick in range(4):
-                if lb == LB_ROUND_ROBIN:
+                if attempt < k:
+                    # the override-host list's next name (the key's next replica), then least request
+                    c = pick_prefix(hid[i], attempt)  # type: ignore[index]
+                elif lb == LB_ROUND_ROBIN:
                     c = routable[rr_next % nr]
                     rr_next += 1
                 elif ids:

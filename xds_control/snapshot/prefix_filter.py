@@ -18,10 +18,11 @@ passing its settings as the filter context. Per request the script:
    into ``x-prefix-hash``, which the route's ``hash_policy`` feeds to Maglev (``spill: maglev``);
 5. with ``spill: least_request`` the context also has ``hosts``: per prefix-routed pool of the
    route, its routable endpoints ``address:port=weight`` (comma-separated; pools ``;``-separated).
-   The script picks the key's endpoint in each by weighted rendezvous hashing
-   (:mod:`xds_control.core.affinity`, the same arithmetic) and names them in
-   ``x-xds-control-endpoint``, which the cluster's override-host policy uses for the first
-   attempt (a retry, or a name the cluster does not have, goes to least request).
+   The script ranks each pool's endpoints for the key by weighted rendezvous hashing
+   (:mod:`xds_control.core.affinity`, the same arithmetic) and names the best ``choices`` of
+   each, best first, in ``x-xds-control-endpoint``; the cluster's override-host policy sends
+   one attempt to each name it has in turn (names of other pools are skipped), then falls back
+   to least request.
 
 Anything unexpected (not JSON, no prompt, an empty prompt) ends in step 2's fallback,
 never an error: the script has no ``error()`` path and every lookup is guarded.
@@ -125,20 +126,28 @@ local function mix32(h)
   return bxor(h, rshift(h, 16)) % U32
 end
 
--- weighted rendezvous hashing (xds_control/core/affinity.py): the "address:port" of list
--- ("addr=weight,...") with the highest weight / -ln(u(key, addr)); nil when the list is empty
-local function rendezvous(key, list)
-  local best, best_s = nil, -1
+-- weighted rendezvous hashing (xds_control/core/affinity.py): the k "address:port" names of list
+-- ("addr=weight,...") with the highest weight / -ln(u(key, addr)), best first (ties: the earlier one)
+local function rendezvous(key, list, k, out)
+  local addrs, scores = {}, {}
   for addr, w in gmatch(list, "([^,=]+)=([^,]+)") do
     local wn = tonumber(w)
     if wn ~= nil and wn > 0 then
       local hh = fnv1a(addr, #addr) % U32
       local u = (mix32(bxor(key, hh) % U32) + 0.5) / U32
-      local sc = wn / -log(u)
-      if sc > best_s then best, best_s = addr, sc end
+      addrs[#addrs + 1] = addr
+      scores[#scores + 1] = wn / -log(u)
     end
   end
-  return best
+  for _ = 1, k do
+    local best, best_s = 0, -1
+    for i = 1, #addrs do
+      if scores[i] > best_s then best, best_s = i, scores[i] end
+    end
+    if best == 0 then return end
+    out[#out + 1] = addrs[best]
+    scores[best] = -2
+  end
 end
 
 function envoy_on_request(h)
@@ -187,12 +196,12 @@ function envoy_on_request(h)
   hdrs:add(HEADER, tohex(key))
   local hosts = ctx["hosts"]
   if type(hosts) == "string" and #hosts > 0 then
-    -- one pick per prefix-routed pool of the route; the cluster's override-host policy takes the first
-    -- name it has (its own pool's), for the first attempt only
+    -- the key's best `choices` endpoints per prefix-routed pool of the route; the cluster's override-host
+    -- policy tries the names it has (its own pool's) in order, one per attempt, then falls back
+    local k = tonumber(ctx["choices"]) or 1
     local picks = {}
     for group in gmatch(hosts, "[^;]+") do
-      local a = rendezvous(key % U32, group)
-      if a ~= nil then picks[#picks + 1] = a end
+      rendezvous(key % U32, group, k, picks)
     end
     if #picks > 0 then hdrs:add(ENDPOINT, table.concat(picks, ",")) end
   end

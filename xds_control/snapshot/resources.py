@@ -40,6 +40,7 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_control.core.traffic import (
+    AFFINITY_ATTEMPTS_HEADER,
     AFFINITY_ENDPOINT_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_BACKLOG_HEADER,
@@ -259,7 +260,8 @@ def build_route_configuration(
 
     ``affinity`` maps a prefix-routed pool with ``spill="least_request"`` to its settings and its routable
     endpoints (:func:`affinity_hosts`): the route passes the endpoints to the prefix filter, the pool's weighted
-    cluster adds the first attempt's bound, and the route retries a shed first attempt (on least request).
+    cluster adds the affinity attempts' bound and count, and the route retries a shed affinity attempt (on the
+    key's next replica, then least request).
     """
     shed = shed or {}
     affinity = affinity or {}
@@ -278,7 +280,7 @@ def build_route_configuration(
         action = route_components_pb2.RouteAction(timeout=_dur(svc.timeout_s))
         sheds = [shed[p] for p, _w in svc.pools if p in shed]
         affs = [(p, affinity[p]) for p, _w in svc.pools if p in affinity]
-        attempts = max([sp.attempts for sp in sheds] + [2 for _ in affs], default=1)
+        attempts = max([sp.attempts for sp in sheds] + [a.affinity_choices + 1 for _p, (a, _h) in affs], default=1)
         for pool_name, weight in svc.pools:
             wc = action.weighted_clusters.clusters.add(
                 name=pool_name, weight=wrappers_pb2.UInt32Value(value=int(weight))
@@ -290,8 +292,10 @@ def build_route_configuration(
                 headers.append((SHED_BACKLOG_HEADER, f"{sp.backlog_s:g}"))
             if aff is not None:
                 headers.append((SHED_FIRST_BACKLOG_HEADER, f"{aff[0].affinity_backlog_s:g}"))
+                headers.append((AFFINITY_ATTEMPTS_HEADER, str(aff[0].affinity_choices)))
             if headers:
-                headers.append((SHED_ATTEMPTS_HEADER, str(max(sp.attempts if sp is not None else 1, 2 if aff else 1))))
+                n = max(sp.attempts if sp is not None else 1, aff[0].affinity_choices + 1 if aff is not None else 1)
+                headers.append((SHED_ATTEMPTS_HEADER, str(n)))
             for key, value in headers:
                 wc.request_headers_to_add.add(
                     header=base_pb2.HeaderValue(key=key, value=value),
@@ -354,6 +358,7 @@ def _prefix_route(route: route_components_pb2.Route, pr: PrefixRoutingPlan, host
         )
     else:
         fields["hosts"] = hosts
+        fields["choices"] = pr.affinity_choices
     ctx.update(fields)
     per_route = lua_pb2.LuaPerRoute(name=prefix_filter.SCRIPT_NAME, filter_context=ctx)
     route.typed_per_filter_config[prefix_filter.LUA_FILTER].CopyFrom(_pack(per_route))

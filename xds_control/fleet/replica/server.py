@@ -38,8 +38,9 @@ negative bound, a missing or unparsable N, or an unparsable attempt count means 
 ``x-xds-control-shed: prefill-backlog`` and an error body naming the backlog, the cache's saving and the
 bound (``prefill backlog 2.41 s - cached 0.50 s > bound 0.10 s: retry on another replica``; ``cached 0.00
 s`` when nothing is cached); ``xds_replica_shed_requests_total`` counts them. Prefix affinity with
-``spill: least_request`` adds ``x-xds-control-shed-first-backlog-s``: the first attempt's bound (on the key's
-replica), in place of ``x-xds-control-shed-backlog-s``, which then bounds the retries only (none when absent).
+``spill: least_request`` adds ``x-xds-control-shed-first-backlog-s``: the bound of the first
+``x-xds-control-affinity-attempts`` attempts (1 when absent; on the key's replicas), in place of
+``x-xds-control-shed-backlog-s``, which then bounds the later attempts only (none when absent).
 
 Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
 stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
@@ -60,7 +61,13 @@ from typing import Any
 
 from aiohttp import web
 
-from xds_control.core.traffic import SHED_ATTEMPTS_HEADER, SHED_BACKLOG_HEADER, SHED_FIRST_BACKLOG_HEADER, SHED_STATUS
+from xds_control.core.traffic import (
+    AFFINITY_ATTEMPTS_HEADER,
+    SHED_ATTEMPTS_HEADER,
+    SHED_BACKLOG_HEADER,
+    SHED_FIRST_BACKLOG_HEADER,
+    SHED_STATUS,
+)
 from xds_control.fleet.costmodel import DEFAULT_PROFILE, ReplicaProfile, get_profile
 from xds_control.fleet.replica.engine import Engine, EngineLimits, GenRequest, QueueFull, TooLarge, block_hashes
 from xds_control.fleet.replica.metrics import CONTENT_TYPE, ReplicaMetrics
@@ -193,8 +200,9 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
 def shed_bound(headers: Mapping[str, str]) -> float | None:
     """The prefill-backlog bound (seconds) this request may be shed at, or ``None`` when it must not be shed:
     no valid attempt total, the last attempt, or no valid bound (missing, unparsable, negative or NaN). The first
-    attempt's bound is ``x-xds-control-shed-first-backlog-s`` when the request carries one (prefix affinity's bound
-    on the key's replica), else ``x-xds-control-shed-backlog-s``; later attempts use the latter."""
+    ``x-xds-control-affinity-attempts`` attempts' (1 when absent) bound is ``x-xds-control-shed-first-backlog-s``
+    when the request carries one (prefix affinity's bound on the key's replicas), else
+    ``x-xds-control-shed-backlog-s``; later attempts use the latter."""
     n_raw = headers.get(SHED_ATTEMPTS_HEADER)
     if n_raw is None:
         return None
@@ -205,7 +213,11 @@ def shed_bound(headers: Mapping[str, str]) -> float | None:
         return None
     if attempt >= attempts:
         return None
-    raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if attempt <= 1 else None
+    try:
+        affinity_attempts = int(headers.get(AFFINITY_ATTEMPTS_HEADER, "1"))
+    except ValueError:
+        affinity_attempts = 1
+    raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if attempt <= affinity_attempts else None
     if raw is None:
         raw = headers.get(SHED_BACKLOG_HEADER)
     if raw is None:
