@@ -10,11 +10,15 @@ scorers) and ``oracle`` (exact cache knowledge, Maglev's load bound).
 Workloads: Mooncake w0 and w1 (rows before 1,800 s of ``mooncake_conv_prefix_blocks.csv.gz``), GPU
 cache only and with a host tier; a generated shared-prefix workload; Azure conv w0 (no ``hash_ids``).
 
-    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick] [--frontier]
+    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick] [--frontier] [--shapes]
 
 ``--frontier`` also sweeps the comprehensive preset's ``target_utilization`` under each routing
 (``run_frontiers`` with ``comprehensive@ROUTING`` entries, the same profile) and prints GPU-hours at 99 % SLO
 attainment per routing, or at the highest attainment the best routing reaches when none reaches 99 %.
+
+``--shapes`` instead runs other generated shared-prefix workloads (:data:`SHAPES`: fewer and more groups, shorter
+and longer prefixes, flatter and steeper popularity; another seed than the tuning workload's) at the shipped setting
+under least request, ``prefix``, ``gie`` and ``oracle``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,17 @@ SUFFIX = {"round_robin": "rr", "least_request": "lr", "prefix": "prefix", "gie":
 HOST_BLOCKS = 2048
 KEYS = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "hotspot_ratio_p99", "gpu_hours",
         "slo_attainment", "task_loss_rate")
+
+
+#: ``--shapes``: (groups, prefix blocks, Zipf exponent) of the other shared-prefix workloads, seed 11.
+SHAPES = ((64, 8, 1.0), (1024, 8, 1.0), (256, 4, 1.0), (256, 16, 1.0), (256, 8, 0.6), (256, 8, 1.3))
+SHAPE_LBS = ("least_request", "prefix", "gie", "oracle")
+
+
+def shapes() -> list[tuple[str, Trace]]:
+    return [(f"g{g} p{pb} z{z:g}", shared_prefix(SharedPrefixShape(
+        groups=g, prefix_blocks=pb, zipf_s=z, question_tokens=256, output_tokens=128, rate_rps=10.0,
+        duration_s=600.0), seed=11)) for g, pb, z in SHAPES]
 
 
 def workloads(traces: str, quick: bool) -> list[tuple[str, Trace, cm.ReplicaProfile]]:
@@ -90,8 +105,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--quick", action="store_true", help="w0 only and a shorter generated workload")
     ap.add_argument("--frontier", action="store_true", help="also GPU-hours at SLO per routing (the frontier)")
+    ap.add_argument("--shapes", action="store_true", help="other shared-prefix workloads instead (SHAPES)")
     a = ap.parse_args(argv)
     rows: list[dict[str, Any]] = []
+    if a.shapes:
+        keys = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "hotspot_ratio_p99", "gpu_hours",
+                "slo_attainment")
+        print("| workload | routing | hit rate | TTFT p50 ms | p90 ms | hotspot p99 | GPU-h | SLO |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, tr in shapes():
+            for lb in SHAPE_LBS:
+                m = run(tr, cm.DEFAULT_PROFILE, lb)
+                rows.append({"workload": name, "lb": lb, **m})
+                print("| " + " | ".join([name, lb] + [fmt(m[k], k) for k in keys]) + " |", flush=True)
+        if a.json:
+            with open(a.json, "w", encoding="utf-8") as fh:
+                json.dump(rows, fh, indent=1)
+        return 0
     head = ("workload", "routing", "hit rate", "TTFT p50 ms", "p90 ms", "p99 ms", "hotspot p99", "GPU-h", "SLO",
             "loss")
     print("| " + " | ".join(head) + " |")
