@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
+from xds_control.runtime.app import free_loopback_port
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range when there is room (a listener that Envoy
+    binds later cannot then collide with an outgoing connection's port; see ``free_loopback_port``)."""
+    return free_loopback_port()

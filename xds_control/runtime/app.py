@@ -476,9 +476,31 @@ async def _healthz(_req: web.Request) -> web.Response:
 
 
 def free_loopback_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for listeners that Envoy, not we, will bind)."""
+    """A TCP port free on 127.0.0.1 right now (for listeners that Envoy, not we, will bind later).
+
+    Chosen below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``) when there is room: a port the
+    kernel hands out for ``bind(0)`` is also one it may give the next outgoing connection (Envoy's own, a
+    replica's), and a listener bound later on such a port fails with EADDRINUSE. Falls back to ``bind(0)``.
+    """
+    import random
     import socket
 
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if low > 11_000:
+        rng = random.Random()
+        for _ in range(64):
+            port = rng.randrange(10_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

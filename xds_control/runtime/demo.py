@@ -350,7 +350,8 @@ async def run_demo(
         deadline = time.monotonic() + 30
         while not envoy.listener_ready("ingress"):
             if time.monotonic() > deadline:
-                raise TimeoutError("Envoy did not get its listener from xds-control")
+                raise TimeoutError(f"Envoy did not get its listener (127.0.0.1:{port}) from xds-control in 30 s; "
+                                   f"envoy log:\n{envoy.log_text()[-2000:]}")
             await asyncio.sleep(0.1)
         # Wait for the initial replicas to serve before the surge starts.
         while cp.controller is not None and time.monotonic() < deadline:
