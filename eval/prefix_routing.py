@@ -10,7 +10,7 @@ scorers) and ``oracle`` (exact cache knowledge, Maglev's load bound).
 Workloads: Mooncake w0 and w1 (rows before 1,800 s of ``mooncake_conv_prefix_blocks.csv.gz``), GPU
 cache only and with a host tier; a generated shared-prefix workload; Azure conv w0 (no ``hash_ids``).
 
-    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick] [--frontier] [--shapes]
+    .venv/bin/python eval/prefix_routing.py [--traces DIR] [--json OUT] [--quick] [--frontier] [--shapes] [--dip]
 
 ``--frontier`` also sweeps the comprehensive preset's ``target_utilization`` under each routing
 (``run_frontiers`` with ``comprehensive@ROUTING`` entries, the same profile) and prints GPU-hours at 99 % SLO
@@ -19,6 +19,10 @@ attainment per routing, or at the highest attainment the best routing reaches wh
 ``--shapes`` instead runs other generated shared-prefix workloads (:data:`SHAPES`: fewer and more groups, shorter
 and longer prefixes, flatter and steeper popularity; another seed than the tuning workload's) at the shipped setting
 under least request, ``prefix``, ``gie`` and ``oracle``.
+
+``--dip`` instead measures the prefix-cache hit rate around a scale-up: the tuning shared-prefix workload on a fixed
+fleet of :data:`DIP_FLEET` replicas that gains one at :data:`DIP_AT_S` (ready a cold start later), hit rate per 30 s
+of arrivals, under least request and ``prefix`` (2 key replicas, 1, and Maglev).
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
+
 from xds_control.fleet import costmodel as cm
 from xds_control.fleet.trace import SharedPrefixShape, Trace, load_trace, shared_prefix
 from xds_control.sim.cache_metrics import compute_cache_metrics
+from xds_control.sim.controller import Action, FixedController
 from xds_control.sim.engine import SimConfig, preroll_for, simulate
 from xds_control.sim.frontier import gpu_hours_at, run_frontiers
 from xds_control.sim.metrics import compute_metrics
@@ -55,6 +62,51 @@ KEYS = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "h
 #: ``--shapes``: (groups, prefix blocks, Zipf exponent) of the other shared-prefix workloads, seed 11.
 SHAPES = ((64, 8, 1.0), (1024, 8, 1.0), (256, 4, 1.0), (256, 16, 1.0), (256, 8, 0.6), (256, 8, 1.3))
 SHAPE_LBS = ("least_request", "prefix", "gie", "oracle")
+
+
+DIP_FLEET = 6
+DIP_AT_S = 300.0
+DIP_WINDOW_S = 30.0
+
+
+class _StepUp(FixedController):
+    """A fixed fleet of DIP_FLEET replicas, one more from DIP_AT_S."""
+
+    def __init__(self, lb: str) -> None:
+        super().__init__(lb=lb, name="step-up")
+        self.scales = True
+        self.tick_s = 1.0
+
+    def initial_replicas(self, info: Any) -> int:
+        return DIP_FLEET
+
+    def step(self, obs: Any) -> Action:
+        return Action(target_replicas=DIP_FLEET + 1) if obs.now >= DIP_AT_S else Action()
+
+
+def dip() -> None:
+    tr = shared_prefix(SharedPrefixShape(groups=256, prefix_blocks=8, zipf_s=1.0, question_tokens=256,
+                                         output_tokens=128, rate_rps=10.0, duration_s=600.0), seed=1)
+    starts = np.arange(DIP_AT_S - 2 * DIP_WINDOW_S, DIP_AT_S + 5 * DIP_WINDOW_S, DIP_WINDOW_S)
+    head = [f"{int(x - DIP_AT_S):+d}..{int(x - DIP_AT_S + DIP_WINDOW_S):+d} s" for x in starts]
+    print("| routing | " + " | ".join(head) + " | the new replica's share from +30 s |")
+    print("|---|" + "---:|" * (len(head) + 1))
+    for name, lb, rp in (("least_request", "least_request", RoutingParams()),
+                         ("prefix (2 key replicas)", "prefix", RoutingParams()),
+                         ("prefix (1 key replica)", "prefix", RoutingParams(affinity_choices=1)),
+                         ("prefix_maglev", "prefix", RoutingParams(spill="maglev"))):
+        res = simulate(tr, _StepUp(lb), SimConfig(lb=lb, routing=rp, warmup_s=0.0))
+        assert res.cached_tokens is not None and res.host_cached_tokens is not None
+        ok = res.cached_tokens >= 0
+        hit = (res.cached_tokens + np.maximum(res.host_cached_tokens, 0)).astype(float)
+        inp = res.input_tokens.astype(float)
+        cells = []
+        for x in starts:
+            m = ok & (res.arrival >= x) & (res.arrival < x + DIP_WINDOW_S)
+            cells.append(f"{100 * hit[m].sum() / max(inp[m].sum(), 1.0):.1f} %")
+        new = int(res.replica.max())
+        share = float((res.replica[res.arrival >= DIP_AT_S + DIP_WINDOW_S] == new).mean())
+        print(f"| {name} | " + " | ".join(cells) + f" | {100 * share:.1f} % |", flush=True)
 
 
 def shapes() -> list[tuple[str, Trace]]:
@@ -106,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="w0 only and a shorter generated workload")
     ap.add_argument("--frontier", action="store_true", help="also GPU-hours at SLO per routing (the frontier)")
     ap.add_argument("--shapes", action="store_true", help="other shared-prefix workloads instead (SHAPES)")
+    ap.add_argument("--dip", action="store_true", help="the hit rate around a scale-up instead")
     a = ap.parse_args(argv)
+    if a.dip:
+        dip()
+        return 0
     rows: list[dict[str, Any]] = []
     if a.shapes:
         keys = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "hotspot_ratio_p99", "gpu_hours",
