@@ -21,6 +21,7 @@ from livehelpers import ROOT, child_env, http_status
 
 from xds_control.core.traffic import (
     AFFINITY_ATTEMPTS_HEADER,
+    AFFINITY_STALL_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_BACKLOG_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
@@ -150,6 +151,7 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
     r = start_replica()
     shed = {SHED_BACKLOG_HEADER: "0.1", SHED_ATTEMPTS_HEADER: "3"}
     first = {SHED_FIRST_BACKLOG_HEADER: "0.1", SHED_ATTEMPTS_HEADER: "3"}
+    stall = {SHED_ATTEMPTS_HEADER: "3", ENVOY_ATTEMPT_HEADER: "1"}
     async with aiohttp.ClientSession() as s:
         assert (await scrape(s, r.url))["xds_replica_shed_requests_total"] == 0
         # A 5,000-token prompt: 5 s of prefill on the tiny profile, far above the 0.1 s bound for the whole test.
@@ -179,6 +181,11 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
                                                  ENVOY_ATTEMPT_HEADER: "2"}, False),
                 ("2 affinity attempts, second", {**first, AFFINITY_ATTEMPTS_HEADER: "2", ENVOY_ATTEMPT_HEADER: "2"},
                  False),
+                # the decode-stall budget of an affinity attempt (one request is running)
+                ("stall over budget", {**stall, AFFINITY_STALL_HEADER: "0.000001"}, False),
+                ("stall within budget", {**stall, AFFINITY_STALL_HEADER: "1000000"}, False),
+                ("stall budget, retry", {**stall, AFFINITY_STALL_HEADER: "0.000001", ENVOY_ATTEMPT_HEADER: "2"}, False),
+                ("stall budget, last attempt", {AFFINITY_STALL_HEADER: "0.000001", SHED_ATTEMPTS_HEADER: "1"}, False),
             ):  # fmt: skip
                 status, hdrs, body = await try_request(s, r.url, headers, chat=chat)
                 statuses[label] = status
@@ -186,6 +193,11 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
                     # Requirement (shedding contract): the 429 says why, in the usual error format.
                     assert hdrs[SHED_HEADER] == "prefill-backlog" and REPLICA_HEADER in hdrs, hdrs
                     assert body is not None and body["error"]["code"] == 429, body
+                    if label.startswith("stall"):
+                        m = re.fullmatch(r"prefill (\d+\.\d+) s x 1 running > stall budget 0\.00 s: retry on another "
+                                         r"replica", body["error"]["message"])
+                        assert m is not None and float(m.group(1)) > 0, body
+                        continue
                     # (The prompts here have no full block, so the prefix cache saves them nothing.)
                     m = re.fullmatch(r"prefill backlog (\d+\.\d+) s - cached 0\.00 s > bound 0\.10 s: "
                                      r"retry on another replica", body["error"]["message"])
@@ -203,9 +215,11 @@ async def test_prefill_backlog_sheds_429_but_never_the_last_attempt(start_replic
         "affinity bound, first attempt": 429, "affinity bound only, retry": 200,
         "affinity bound above, first attempt": 200, "affinity bound above, retry": 429,
         "2 affinity attempts, second": 429,
+        "stall over budget": 429, "stall within budget": 200, "stall budget, retry": 200,
+        "stall budget, last attempt": 200,
     }, statuses  # fmt: skip
     # Every 429 is counted on /metrics, and none of them is a 503-style rejection.
-    assert m_after["xds_replica_shed_requests_total"] == 6
+    assert m_after["xds_replica_shed_requests_total"] == 7
     assert m_after["xds_replica_rejected_total"] == 0
 
 

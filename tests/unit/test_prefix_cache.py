@@ -318,3 +318,7 @@ def test_affinity_spills_to_least_request_past_the_prefill_bound() -> None:
     spread = run(0.0)
     assert len(set(spread.tolist())) > 1
     assert (spread == sticky[0]).mean() < 0.9
+    # a decode-stall budget also sends the hot key away once its replica decodes: spread even without the bound
+    res = simulate(tr, FixedController(), SimConfig(lb="prefix", routing=RoutingParams(
+        prefix_blocks=1, affinity_backlog_s=1e9, affinity_choices=1, affinity_stall_s=1e-6)))
+    assert int((res.status != 1).sum()) == 0 and len(set(res.replica.tolist())) > 1

@@ -24,6 +24,7 @@ from xds_control.core.errors import ConfigError
 from xds_control.core.traffic import (
     AFFINITY_ATTEMPTS_HEADER,
     AFFINITY_ENDPOINT_HEADER,
+    AFFINITY_STALL_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
     SHED_STATUS,
@@ -63,6 +64,7 @@ def cfg(**pool: Any) -> dict[str, Any]:
     ({"routing": "prefix", "prefix_routing": {"spill": "random"}}, "spill: 'random' is invalid"),
     ({"routing": "prefix", "prefix_routing": {"affinity_backlog_s": -1}}, "affinity_backlog_s: -1 is invalid"),
     ({"routing": "prefix", "prefix_routing": {"affinity_choices": 0}}, "affinity_choices: 0 is invalid"),
+    ({"routing": "prefix", "prefix_routing": {"affinity_stall_s": -5}}, "affinity_stall_s: -5 is invalid"),
     ({"prefix_routing": {"prefix_bytes": 1024}}, "prefix_routing: only used with routing: 'prefix'"),
 ])
 def test_bad_settings_name_key_and_value(pool: dict[str, Any], needle: str) -> None:
@@ -108,6 +110,12 @@ def test_resources_of_an_affinity_pool_spilling_to_least_request() -> None:
     assert rp.num_retries.value == 2 and list(rp.retriable_status_codes) == [SHED_STATUS]
     assert set(rp.retry_on.split(",")) >= {"retriable-status-codes", "connect-failure"}
     assert msg(snap, T.ROUTE, "ingress").virtual_hosts[0].include_request_attempt_count
+
+    # a decode-stall budget adds its header to the affinity attempts
+    c["services"][0]["pools"][0]["prefix_routing"]["affinity_stall_s"] = 20
+    route_s = msg(build_snapshot(to_traffic_plan(parse_config(c)), 1), T.ROUTE, "ingress").virtual_hosts[0].routes[0]
+    hdrs = {h.header.key: h.header.value for h in route_s.route.weighted_clusters.clusters[0].request_headers_to_add}
+    assert hdrs[AFFINITY_STALL_HEADER] == "20"
 
     # a DRAINING endpoint leaves the filter's list (the next version of the route), its weight does not matter
     eps = plan.pools[0].endpoints

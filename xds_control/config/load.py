@@ -170,7 +170,8 @@ def prefix_routing_plan(pool: PoolConfig) -> PrefixRoutingPlan | None:
     c = pool.prefix_routing or PrefixRoutingConfig()
     return PrefixRoutingPlan(prefix_bytes=c.prefix_bytes, hash_balance_factor=c.hash_balance_factor,
                              extract=c.extract, max_body_bytes=c.max_body_bytes, spill=c.spill,
-                             affinity_backlog_s=c.affinity_backlog_s, affinity_choices=c.affinity_choices)
+                             affinity_backlog_s=c.affinity_backlog_s, affinity_choices=c.affinity_choices,
+                             affinity_stall_s=c.affinity_stall_s)
 
 
 def service_plan(svc: ServiceConfig) -> ServicePlan:

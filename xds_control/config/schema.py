@@ -269,6 +269,11 @@ class PrefixRoutingConfig(_Strict):
     affinity_choices: Annotated[int, Field(ge=1, le=8)] = 2
     """``spill: least_request``: how many of the key's replicas (rendezvous order) get one attempt each before
     least request; 2 lets a hot key live on two replicas' caches."""
+    affinity_stall_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    """``spill: least_request``: the key's replica also turns the request away when its uncached prefill (seconds,
+    after the cache's saving) times the requests it is decoding exceeds this: a long prefill stalls every running
+    decode. 0 = no such limit. For long prompts with small caches (Mooncake: 20 cut GPU-hours at 99 % SLO by 17 %,
+    at fewer cache hits)."""
     hash_balance_factor: Annotated[int, Field(ge=100, le=10_000)] = 125
     """``spill: maglev``: load bound in percent of the mean outstanding requests (Envoy bounded loads): 125 = no
     replica above 1.25x the mean; 100 = strict balance (little affinity)."""

@@ -122,6 +122,9 @@ class PrefixRoutingPlan:
     #: ``spill="least_request"``: how many of the key's replicas (best rendezvous scores first) get one attempt each
     #: before least request (2: a hot key lives on two replicas).
     affinity_choices: int = 2
+    #: ``spill="least_request"``: the decode stall (seconds of this request's uncached prefill x the replica's
+    #: running requests) the key's replica accepts to take a request on an affinity attempt; 0 = no limit.
+    affinity_stall_s: float = 0.0
 
 
 #: ``spill="least_request"``: the request header naming the key's replica (``address:port``; one per prefix-routed
@@ -131,6 +134,8 @@ AFFINITY_ENDPOINT_HEADER = "x-xds-control-endpoint"
 SHED_FIRST_BACKLOG_HEADER = "x-xds-control-shed-first-backlog-s"
 #: ``spill="least_request"``: how many first attempts are affinity attempts (``affinity_choices``), sent to the replica.
 AFFINITY_ATTEMPTS_HEADER = "x-xds-control-affinity-attempts"
+#: ``spill="least_request"``: the affinity attempts' decode-stall budget (seconds x requests), sent to the replica.
+AFFINITY_STALL_HEADER = "x-xds-control-affinity-stall-s"
 
 
 #: Request headers Envoy adds to requests routed to a pool that sheds (:class:`ShedPlan`): the bound in seconds

@@ -414,6 +414,7 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
     # prefix affinity spilling to least request (rendezvous pick, first attempt bounded by the replica's shedding)
     affinity_lr = lb == LB_PREFIX and rp.spill == "least_request"
     host_hash: dict[int, int] = {}
+    stall_s = rp.affinity_stall_s
     # prefill-backlog shedding: [bound in seconds (0 = off), attempts in all, retries made]
     shed = [float(cfg.shed[0]), int(cfg.shed[1]), 0] if cfg.shed is not None else [0.0, 1, 0]
 
@@ -681,7 +682,9 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
         for attempt in range(1, attempts):
             # the key's replicas take the first k attempts within the affinity bound; later ones the pool's, if any
             bound = rp.affinity_backlog_s if attempt <= k else (shed[0] if shed[0] > 0 else math.inf)
-            if backlog_s(r, t) - cache_saving_s(r, i) <= bound:
+            saving = cache_saving_s(r, i)
+            if backlog_s(r, t) - saving <= bound and not (
+                    attempt <= k and stall_s > 0 and (pf_s * inp_l[i] - saving) * r.b > stall_s):
                 return r
             if i >= measure_from:
                 shed[2] += 1

@@ -93,6 +93,9 @@ class RoutingParams:
     #: ``prefix`` with ``spill="least_request"``: how many of the key's replicas (rendezvous order) are tried, one
     #: attempt each, before least request.
     affinity_choices: int = 2
+    #: ``prefix`` with ``spill="least_request"``: the affinity attempts' decode-stall budget (uncached prefill
+    #: seconds x running requests on the replica); 0 = none.
+    affinity_stall_s: float = 0.0
     #: ``prefix`` (``spill="maglev"``) and ``oracle``: Envoy's ``hash_balance_factor`` / 100 (a host is skipped
     #: while its active requests exceed about this × the mean); 0 = unbounded.
     hash_balance_factor: float = 1.25
@@ -119,6 +122,8 @@ class RoutingParams:
             raise ValueError(f"RoutingParams.spill must be 'least_request' or 'maglev', got {self.spill!r}")
         if int(self.affinity_choices) != self.affinity_choices or self.affinity_choices < 1:
             raise ValueError(f"RoutingParams.affinity_choices must be an integer >= 1, got {self.affinity_choices!r}")
+        if not (math.isfinite(self.affinity_stall_s) and self.affinity_stall_s >= 0):
+            raise ValueError(f"RoutingParams.affinity_stall_s must be >= 0, got {self.affinity_stall_s!r}")
         if not (math.isfinite(self.affinity_backlog_s) and self.affinity_backlog_s >= 0):
             raise ValueError(f"RoutingParams.affinity_backlog_s must be >= 0, got {self.affinity_backlog_s!r}")
         if not (math.isfinite(self.hash_balance_factor) and (self.hash_balance_factor == 0

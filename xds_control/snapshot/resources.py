@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 from xds_control.core.traffic import (
     AFFINITY_ATTEMPTS_HEADER,
     AFFINITY_ENDPOINT_HEADER,
+    AFFINITY_STALL_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_BACKLOG_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
@@ -293,6 +294,8 @@ def build_route_configuration(
             if aff is not None:
                 headers.append((SHED_FIRST_BACKLOG_HEADER, f"{aff[0].affinity_backlog_s:g}"))
                 headers.append((AFFINITY_ATTEMPTS_HEADER, str(aff[0].affinity_choices)))
+                if aff[0].affinity_stall_s > 0:
+                    headers.append((AFFINITY_STALL_HEADER, f"{aff[0].affinity_stall_s:g}"))
             if headers:
                 n = max(sp.attempts if sp is not None else 1, aff[0].affinity_choices + 1 if aff is not None else 1)
                 headers.append((SHED_ATTEMPTS_HEADER, str(n)))

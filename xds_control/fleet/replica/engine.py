@@ -335,6 +335,10 @@ class Engine:
             return 0.0
         return float(costmodel.prefill_time_s(self.profile, n * lim.kv_block_tokens)) * lim.slow_factor
 
+    def prefill_s(self, input_tokens: int) -> float:
+        """Seconds of prefill for ``input_tokens`` uncached prompt tokens (the cost model times ``slow_factor``)."""
+        return float(costmodel.prefill_time_s(self.profile, max(0, int(input_tokens)))) * self.limits.slow_factor
+
     #: (start, deadline, utilisation) of the step in progress.
     _current: tuple[float, float, float] | None = None
     #: Deadline of the step in progress when it carries prefill tokens, else ``None``.

@@ -40,7 +40,10 @@ bound (``prefill backlog 2.41 s - cached 0.50 s > bound 0.10 s: retry on another
 s`` when nothing is cached); ``xds_replica_shed_requests_total`` counts them. Prefix affinity with
 ``spill: least_request`` adds ``x-xds-control-shed-first-backlog-s``: the bound of the first
 ``x-xds-control-affinity-attempts`` attempts (1 when absent; on the key's replicas), in place of
-``x-xds-control-shed-backlog-s``, which then bounds the later attempts only (none when absent).
+``x-xds-control-shed-backlog-s``, which then bounds the later attempts only (none when absent). With
+``x-xds-control-affinity-stall-s: S`` an affinity attempt is also shed when the request's prefill (less the cache's
+saving) times the requests the replica is decoding is over S (``prefill 2.10 s x 12 running > stall budget 20.00 s:
+retry on another replica``).
 
 Orphan guard: with ``orphan_grace_s`` > 0 (the local scaler sets it on the replicas it starts) the replica
 stops by itself once no control plane has contacted it for that long. Contact is a ``GET /health`` or
@@ -63,6 +66,7 @@ from aiohttp import web
 
 from xds_control.core.traffic import (
     AFFINITY_ATTEMPTS_HEADER,
+    AFFINITY_STALL_HEADER,
     SHED_ATTEMPTS_HEADER,
     SHED_BACKLOG_HEADER,
     SHED_FIRST_BACKLOG_HEADER,
@@ -197,27 +201,29 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
+def _attempts(headers: Mapping[str, str], attempts_default: str | None) -> tuple[int, int, int] | None:
+    """(this attempt, attempts in all, affinity attempts) from Envoy's and the route's headers, or ``None`` when
+    one is unparsable or the total is missing and ``attempts_default`` is None."""
+    raw = headers.get(SHED_ATTEMPTS_HEADER, attempts_default)
+    if raw is None:
+        return None
+    try:
+        return (int(headers.get(ENVOY_ATTEMPT_HEADER, "1")), int(raw),
+                int(headers.get(AFFINITY_ATTEMPTS_HEADER, "1")))
+    except ValueError:
+        return None
+
+
 def shed_bound(headers: Mapping[str, str]) -> float | None:
     """The prefill-backlog bound (seconds) this request may be shed at, or ``None`` when it must not be shed:
     no valid attempt total, the last attempt, or no valid bound (missing, unparsable, negative or NaN). The first
     ``x-xds-control-affinity-attempts`` attempts' (1 when absent) bound is ``x-xds-control-shed-first-backlog-s``
     when the request carries one (prefix affinity's bound on the key's replicas), else
     ``x-xds-control-shed-backlog-s``; later attempts use the latter."""
-    n_raw = headers.get(SHED_ATTEMPTS_HEADER)
-    if n_raw is None:
+    att = _attempts(headers, None)
+    if att is None or att[0] >= att[1]:
         return None
-    try:
-        attempts = int(n_raw)
-        attempt = int(headers.get(ENVOY_ATTEMPT_HEADER, "1"))
-    except ValueError:
-        return None
-    if attempt >= attempts:
-        return None
-    try:
-        affinity_attempts = int(headers.get(AFFINITY_ATTEMPTS_HEADER, "1"))
-    except ValueError:
-        affinity_attempts = 1
-    raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if attempt <= affinity_attempts else None
+    raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if att[0] <= att[2] else None
     if raw is None:
         raw = headers.get(SHED_BACKLOG_HEADER)
     if raw is None:
@@ -229,6 +235,21 @@ def shed_bound(headers: Mapping[str, str]) -> float | None:
     if not bound >= 0.0:  # `not >=` also rejects NaN
         return None
     return bound
+
+
+def affinity_stall_budget(headers: Mapping[str, str]) -> float | None:
+    """The decode-stall budget (seconds x running requests) of this attempt, or ``None``: only an affinity attempt
+    (within ``x-xds-control-affinity-attempts``, 1 when absent, and not the last of
+    ``x-xds-control-shed-attempts``) carrying a valid positive ``x-xds-control-affinity-stall-s`` has one."""
+    raw = headers.get(AFFINITY_STALL_HEADER)
+    att = _attempts(headers, "1")
+    if raw is None or att is None or att[0] >= att[1] or att[0] > att[2]:
+        return None
+    try:
+        budget = float(raw)
+    except ValueError:
+        return None
+    return budget if budget > 0.0 else None  # `> 0` also rejects NaN
 
 
 def _message_tokens(messages: Any) -> int:
@@ -359,6 +380,18 @@ class ReplicaServer:
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             self.metrics.rejected.labels(reason="bad_request").inc()
             return self._error(400, str(e), "invalid_request_error")
+        stall = affinity_stall_budget(request.headers)
+        if stall is not None and self.engine.num_running > 0:
+            # A prefill stalls every running decode: the key's replica takes the request only while that stall
+            # (uncached prefill x running requests) is within the budget; Envoy then tries the next replica.
+            own = max(0.0, self.engine.prefill_s(n_in) - self.engine.cache_saving_s(n_in, hashes))
+            running = self.engine.num_running
+            if own * running > stall:
+                self.metrics.shed.inc()
+                return self._error(
+                    SHED_STATUS, f"prefill {own:.2f} s x {running} running > stall budget {stall:.2f} s: "
+                    "retry on another replica", "overloaded", {SHED_HEADER: SHED_REASON},
+                )  # fmt: skip
         bound = shed_bound(request.headers)
         if bound is not None:
             backlog = self.engine.prefill_backlog_s()
