@@ -40,6 +40,14 @@ def msg(snap: Any, t: str, name: str) -> Any:
     return cls.FromString(snap.resources[t][name].body)
 
 
+def lb_policy(snap: Any, cluster: str, name: str, into: Any) -> Any:
+    """The cluster's (only) load-balancing policy, checked to be ``name`` and unpacked into ``into``."""
+    pol = msg(snap, T.CLUSTER, cluster).load_balancing_policy.policies[0].typed_extension_config
+    assert pol.name == name
+    assert pol.typed_config.Unpack(into)
+    return into
+
+
 def cfg(**pool: Any) -> dict[str, Any]:
     return {
         "listeners": [{"name": "ingress", "port": 10000}],
@@ -83,11 +91,7 @@ def test_resources_of_an_affinity_pool_spilling_to_least_request() -> None:
         {"address": "127.0.0.1", "port": 18101}, {"address": "127.0.0.1", "port": 18103, "weight": 3}]
     plan = to_traffic_plan(parse_config(c))
     snap = build_snapshot(plan, 1)
-    aff = msg(snap, T.CLUSTER, "aff")
-    pol = aff.load_balancing_policy.policies[0].typed_extension_config
-    assert pol.name == "envoy.load_balancing_policies.override_host"
-    ov = override_host_pb2.OverrideHost()
-    pol.typed_config.Unpack(ov)
+    ov = lb_policy(snap, "aff", "envoy.load_balancing_policies.override_host", override_host_pb2.OverrideHost())
     assert [s.header for s in ov.override_host_sources] == [AFFINITY_ENDPOINT_HEADER]
     fb = ov.fallback_policy.policies[0].typed_extension_config
     assert fb.name == "envoy.load_balancing_policies.least_request"
@@ -133,11 +137,7 @@ def test_resources_of_an_affinity_pool_with_maglev() -> None:
                                                                                "hash_balance_factor": 150,
                                                                                "spill": "maglev"})))
     snap = build_snapshot(plan, 1)
-    aff = msg(snap, T.CLUSTER, "aff")
-    pol = aff.load_balancing_policy.policies[0].typed_extension_config
-    assert pol.name == "envoy.load_balancing_policies.maglev"
-    mg = maglev_pb2.Maglev()
-    pol.typed_config.Unpack(mg)
+    mg = lb_policy(snap, "aff", "envoy.load_balancing_policies.maglev", maglev_pb2.Maglev())
     assert mg.consistent_hashing_lb_config.hash_balance_factor.value == 150
     plain = msg(snap, T.CLUSTER, "plain")
     assert plain.load_balancing_policy.policies[0].typed_extension_config.name.endswith("round_robin")

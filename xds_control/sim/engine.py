@@ -403,6 +403,10 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
     # cache-aware routing state
     maglev_cache: dict[tuple[tuple[int, int], ...], Maglev] = {}
     route_state: dict[str, object] = {"maglev": None}
+    # spill="least_request": the routable hosts' (names, weights, name hashes) for this EDS version, and the last
+    # key's rendezvous ranking (a shed retry of the same request asks for its next entry)
+    ranking_hosts: list[tuple[list[str], list[float], list[int]] | None] = [None]
+    ranking_last: list[tuple[int, list[int]]] = [(-1, [])]
     gie_index = GieIndexer(
         rp.gie_lru_capacity if rp.gie_lru_capacity is not None else p.kv_capacity_tokens // rp.gie_block_tokens,
         BLOCK_TOKENS // rp.gie_block_tokens,
@@ -426,7 +430,8 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
     def rebuild_routable() -> None:
         nonlocal routable, eq_weights
         routable = [r for r in replicas if r.state == _READY and r.weight > 0]
-        route_state["maglev"] = None
+        route_state["maglev"] = ranking_hosts[0] = None
+        ranking_last[0] = (-1, [])
         ws = {r.weight for r in routable}
         eq_weights = len(ws) <= 1
         if not eq_weights:
@@ -579,7 +584,21 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
 
     def pick_prefix(ids: tuple[int, ...], attempt: int = 0) -> _Replica:
         """Maglev on the prompt-prefix key with bounded loads; a retry's host selection ``attempt`` > 0 mutates the
-        hash as Envoy's ``MaglevTable::chooseHost`` does (``hash ^= ~0 - attempt + 1``)."""
+        hash as Envoy's ``MaglevTable::chooseHost`` does (``hash ^= ~0 - attempt + 1``). With ``spill="least_request"``
+        the key's ``attempt``-th replica in rendezvous order (the prefix filter's list), then least request."""
+        h = prefix_key(ids, rp.prefix_blocks)
+        if affinity_lr:
+            hosts = ranking_hosts[0]
+            if hosts is None:
+                names = [f"replica-{x.rid}" for x in routable]
+                hosts = ranking_hosts[0] = (names, [float(x.weight) for x in routable],
+                                            [host_hash.setdefault(x.rid, fnv1a32(nm.encode()))
+                                             for x, nm in zip(routable, names, strict=True)])
+            last_h, top = ranking_last[0]
+            if h != last_h:
+                top = rendezvous_top(h & 0xFFFFFFFF, hosts[0], hosts[1], rp.affinity_choices, hosts[2])
+                ranking_last[0] = (h, top)
+            return routable[top[attempt]] if attempt < len(top) else pick_least_request()
         ml = route_state["maglev"]
         if ml is None:
             key = tuple((x.rid, x.weight) for x in routable)
@@ -588,13 +607,6 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
                 ml = maglev_cache[key] = Maglev([f"replica-{x.rid}" for x in routable],
                                                 [float(x.weight) for x in routable], rp.maglev_table_size)
             route_state["maglev"] = ml
-        h = prefix_key(ids, rp.prefix_blocks)
-        if affinity_lr:
-            # the prefix filter's weighted rendezvous hashing; the override-host policy sends the first attempt there
-            names = [f"replica-{x.rid}" for x in routable]
-            hh = [host_hash.setdefault(x.rid, fnv1a32(nm.encode())) for x, nm in zip(routable, names, strict=True)]
-            top = rendezvous_top(h & 0xFFFFFFFF, names, [float(x.weight) for x in routable], rp.affinity_choices, hh)
-            return routable[top[attempt]] if attempt < len(top) else pick_least_request()
         if attempt > 0:
             h ^= (1 << 64) - attempt
         first = ml.lookup(h)  # type: ignore[attr-defined]

@@ -201,10 +201,10 @@ def prompt_text(body: dict[str, Any], chat: bool) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def _attempts(headers: Mapping[str, str], attempts_default: str | None) -> tuple[int, int, int] | None:
+def _attempts(headers: Mapping[str, str]) -> tuple[int, int, int] | None:
     """(this attempt, attempts in all, affinity attempts) from Envoy's and the route's headers, or ``None`` when
-    one is unparsable or the total is missing and ``attempts_default`` is None."""
-    raw = headers.get(SHED_ATTEMPTS_HEADER, attempts_default)
+    the total is missing or one is unparsable."""
+    raw = headers.get(SHED_ATTEMPTS_HEADER)
     if raw is None:
         return None
     try:
@@ -220,7 +220,7 @@ def shed_bound(headers: Mapping[str, str]) -> float | None:
     ``x-xds-control-affinity-attempts`` attempts' (1 when absent) bound is ``x-xds-control-shed-first-backlog-s``
     when the request carries one (prefix affinity's bound on the key's replicas), else
     ``x-xds-control-shed-backlog-s``; later attempts use the latter."""
-    att = _attempts(headers, None)
+    att = _attempts(headers)
     if att is None or att[0] >= att[1]:
         return None
     raw = headers.get(SHED_FIRST_BACKLOG_HEADER) if att[0] <= att[2] else None
@@ -240,9 +240,10 @@ def shed_bound(headers: Mapping[str, str]) -> float | None:
 def affinity_stall_budget(headers: Mapping[str, str]) -> float | None:
     """The decode-stall budget (seconds x running requests) of this attempt, or ``None``: only an affinity attempt
     (within ``x-xds-control-affinity-attempts``, 1 when absent, and not the last of
-    ``x-xds-control-shed-attempts``) carrying a valid positive ``x-xds-control-affinity-stall-s`` has one."""
+    ``x-xds-control-shed-attempts``, which it needs) carrying a valid positive ``x-xds-control-affinity-stall-s``
+    has one."""
     raw = headers.get(AFFINITY_STALL_HEADER)
-    att = _attempts(headers, "1")
+    att = _attempts(headers)
     if raw is None or att is None or att[0] >= att[1] or att[0] > att[2]:
         return None
     try:
@@ -380,11 +381,13 @@ class ReplicaServer:
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             self.metrics.rejected.labels(reason="bad_request").inc()
             return self._error(400, str(e), "invalid_request_error")
+        saving: float | None = None  # the prefix cache's saving for this request, looked up once when needed
         stall = affinity_stall_budget(request.headers)
         if stall is not None and self.engine.num_running > 0:
             # A prefill stalls every running decode: the key's replica takes the request only while that stall
             # (uncached prefill x running requests) is within the budget; Envoy then tries the next replica.
-            own = max(0.0, self.engine.prefill_s(n_in) - self.engine.cache_saving_s(n_in, hashes))
+            saving = self.engine.cache_saving_s(n_in, hashes)
+            own = max(0.0, self.engine.prefill_s(n_in) - saving)
             running = self.engine.num_running
             if own * running > stall:
                 self.metrics.shed.inc()
@@ -396,11 +399,13 @@ class ReplicaServer:
         if bound is not None:
             backlog = self.engine.prefill_backlog_s()
             # Only when the backlog alone is over the bound is the (read-only) cache lookup worth doing.
-            saving = self.engine.cache_saving_s(n_in, hashes) if backlog > bound else 0.0
-            if backlog - saving > bound:
+            if saving is None and backlog > bound:
+                saving = self.engine.cache_saving_s(n_in, hashes)
+            cached = saving or 0.0
+            if backlog - cached > bound:
                 self.metrics.shed.inc()
                 return self._error(
-                    SHED_STATUS, f"prefill backlog {backlog:.2f} s - cached {saving:.2f} s > bound {bound:.2f} s: "
+                    SHED_STATUS, f"prefill backlog {backlog:.2f} s - cached {cached:.2f} s > bound {bound:.2f} s: "
                     "retry on another replica", "overloaded", {SHED_HEADER: SHED_REASON},
                 )  # fmt: skip
         if self.rc.fail_rate > 0 and self._rng.random() < self.rc.fail_rate:
