@@ -199,6 +199,34 @@ def test_saturated_fleet_in_burst_grows_by_burst_factor():
     assert "saturated" in {r.code for r in d.reasons}
 
 
+def test_busy_gpus_count_as_saturated_when_the_mean_load_index_cannot_say_it():
+    """A busy prefilling replica with no queue reads L ~0.9 once a CPU term is measured, and a replica that has just
+    started reads 0: the mean index misses the saturation that the serving replicas' GPUs show."""
+    from xds_control.policies.comprehensive import ComprehensiveState
+
+    li = {"alpha": 0.5, "beta": 0.5, "gamma": 0.0}
+    keys = [f"e{i}:1" for i in range(4)]
+    # three replicas serving at full GPU (L = 0.5 x 1 + 0.5 x 0.2 = 0.6), one just ready and empty (L 0)
+    f = SignalFrame.from_arrays(keys, gpu_util=[1.0, 1.0, 1.0, 0.0], cpu_util=[0.2, 0.2, 0.2, 0.0],
+                                running=[30.0, 30.0, 30.0, 0.0], waiting=0.0, taken_at=0.0)
+    in_burst = ComprehensiveState(panic_since=0.0, last_over_at=0.0)
+    d, _ = decide(ServiceSignals("svc", f, 4), in_burst, cspec(load_index=li, demand_signal="load"), 1.0)
+    assert d.mode == "panic" and d.target_replicas == 6  # ceil(4 x burst_factor 1.5)
+    why = [r for r in d.reasons if r.code == "saturated"]
+    assert why and why[0].signal == "gpu" and why[0].value == pytest.approx(1.0)
+    # the idle replica is left out of the mean: with it the mean GPU would be 0.75
+    d, _ = decide(ServiceSignals("svc", f, 4), in_burst,
+                  cspec(load_index=li, demand_signal="load", saturation_gpu=0.8), 1.0)
+    assert d.target_replicas == 6
+    # switched off, or below the bound: burst mode holds, no saturation growth
+    for s in (cspec(load_index=li, demand_signal="load", saturation_gpu=0.0),
+              cspec(load_index=li, demand_signal="load", saturation_gpu=1.0)):
+        f2 = SignalFrame.from_arrays(keys, gpu_util=[0.99, 0.99, 0.99, 0.0], cpu_util=0.2, running=[30, 30, 30, 0],
+                                     taken_at=0.0)
+        d, _ = decide(ServiceSignals("svc", f2, 4), in_burst, s, 1.0)
+        assert d.target_replicas == 4 and "saturated" not in {r.code for r in d.reasons}
+
+
 def test_saturated_burst_sizes_by_arrivals_over_completions():
     """The load index is censored at saturation; the gateway's arrivals over the replicas' completions are not."""
     s = cspec(load_index={"alpha": 1.0, "beta": 0.0, "gamma": 0.0}, demand_signal="load")

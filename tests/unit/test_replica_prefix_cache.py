@@ -225,3 +225,19 @@ async def test_prefill_backlog_is_the_prefill_step_plus_waiting_prompts() -> Non
         eng.cancel(c)
     finally:
         await eng.stop()
+
+
+async def test_a_step_prefills_at_most_max_num_batched_tokens_and_the_rest_waits() -> None:
+    """vLLM's token budget per step: prompts join a step first come first served until the next would pass
+    ``max_num_batched_tokens`` (a longer one takes a step alone); the rest stay waiting, as
+    ``num_requests_waiting`` shows, so a prefill backlog is visible at the replica's /metrics."""
+    p = costmodel.get_profile("tiny")
+    eng = Engine(p, EngineLimits(kv_capacity_tokens=16_384, prefix_caching=False, max_prefill_tokens=100))
+    for n in (60, 30, 50, 200, 10):
+        eng.submit(n, 4)
+    assert eng.num_waiting == 5
+    assert eng._admit() == 90 and eng.num_running == 2 and eng.num_waiting == 3
+    assert eng._admit() == 50 and eng.num_waiting == 2
+    assert eng._admit() == 200 and eng.num_waiting == 1  # over the budget alone: a step of its own
+    assert eng._admit() == 10 and eng.num_waiting == 0
+    assert EngineLimits.from_profile(p).max_prefill_tokens == p.max_num_batched_tokens == 2048

@@ -203,6 +203,29 @@ def test_observation_contents():
     assert obs.ready == 2 and obs.starting == 0
 
 
+def test_ttft_is_observed_when_the_first_token_comes_out():
+    """As vLLM's TTFT histogram (the live signal): a request whose 3 s prefill is scheduled at 0.5 s shows its TTFT
+    in the tick after its first token (3.5 s), not in the tick where it was admitted."""
+    ctl = Scripted(1, tick_s=1.0)
+    simulate(trace([(0.5, 3000, 2)]), ctl, SimConfig(profile=P, warmup_s=0, tail_s=5.0))
+    seen = {round(o.now): o.endpoints[0].ttft_mean_s for o in ctl.seen}
+    assert seen[1] is None and seen[2] is None and seen[3] is None
+    assert seen[4] == pytest.approx(3.0)
+    assert seen[5] is None  # observed once
+
+
+def test_requests_whose_prefill_has_not_started_are_observed_waiting():
+    """Prefills run one after another; a request admitted behind others is waiting until its own starts, as vLLM
+    counts ``num_requests_waiting`` (and the emulated replica, whose steps take at most max_num_batched_tokens)."""
+    ctl = Scripted(1, tick_s=1.0)
+    simulate(trace([(0.2, 2000, 5), (0.2, 2000, 5), (0.2, 2000, 5)]), ctl, SimConfig(profile=P, warmup_s=0,
+                                                                                        tail_s=8.0))
+    seen = {round(o.now): (o.endpoints[0].running, o.endpoints[0].waiting) for o in ctl.seen}
+    assert seen[1] == (1, 2)  # the first prefills (0.2-2.2 s), two wait
+    assert seen[3] == (2, 1)  # the second started at 2.2 s
+    assert seen[5] == (3, 0)
+
+
 def test_node_failure_kills_every_replica_on_the_node():
     rows = [(0.5 * k, 50, 3) for k in range(80)]
     r = simulate(trace(rows), Scripted(4), SimConfig(profile=P, failure_at=10.0, failure_scope="node",

@@ -130,6 +130,11 @@ class ReplicaProfile:
     decode_per_seq_s: float = 0.0004
     #: Maximum sequences decoding at once (vLLM ``max_num_seqs``).
     max_batch: int = 256
+    #: Prompt tokens one engine step prefills at most (vLLM ``max_num_batched_tokens``; 2,048 is vLLM V1's
+    #: default for the OpenAI server on GPUs under 70 GB): the emulated replica admits waiting prompts into a
+    #: step until the next would pass it (a longer prompt takes a step alone); the rest keep waiting
+    #: (``num_requests_waiting``), as the simulator's prefills run one after another.
+    max_num_batched_tokens: int = 2048
     #: KV-cache capacity in tokens; a request reserves input + output tokens.
     kv_capacity_tokens: int = 180_000
     #: Maximum requests waiting (not yet admitted to the batch) per replica.
@@ -178,7 +183,7 @@ class ReplicaProfile:
             if not v >= 0:  # also rejects NaN
                 raise ValueError(f"ReplicaProfile.{fname} must be >= 0, got {v!r}")
         for fname in ("max_batch", "kv_capacity_tokens", "reference_batch", "gpus", "kv_block_tokens",
-                      "kv_bytes_per_token"):
+                      "kv_bytes_per_token", "max_num_batched_tokens"):
             v = getattr(self, fname)
             if int(v) != v or v < 1:
                 raise ValueError(f"ReplicaProfile.{fname} must be an integer >= 1, got {v!r}")

@@ -7,7 +7,8 @@ Contract: ``decide(signals, state, spec, now) -> (Decision, ComprehensiveState)`
   one-bucket forecast by ``burst_miss_tolerance`` while above target capacity, or when
   ceil(demand / target_utilization) / ready >= ``panic_threshold``. In burst mode the target never
   goes down (max of everything asked since entering) and, when the ready fleet is saturated (mean
-  L >= ``saturation_load``, so true demand is censored), grows by at least ``burst_factor`` and, with
+  L >= ``saturation_load``, or the replicas serving requests at a mean GPU utilisation >= ``saturation_gpu``:
+  true demand is censored), grows by at least ``burst_factor`` and, with
   ``burst_rate_sizing``, to ready x (gateway arrivals / the replicas' completions): a saturated replica completes
   at its capacity while the gateway still counts every arrival, so the ratio is how many times the fleet is short
   (completions smoothed over ``completion_half_life_s``, the ratio capped at ``burst_max_scale_up_rate``); the
@@ -24,10 +25,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from xds_control.core.model import Decision, ServiceSignals
-from xds_control.loadindex import LoadIndexSpec, ewma
+from xds_control.loadindex import LoadIndexSpec, LoadReport, ewma
 from xds_control.policies.common import Notes, clamp, fmt
 from xds_control.policies.predictive import PredictiveSpec, PredictiveState, finish, predict_core, ready_rps
 from xds_control.policies.specs import TrafficSpec
@@ -71,6 +73,14 @@ class ComprehensiveSpec(PredictiveSpec):
     saturation_load: float = Field(
         1.0, gt=0.0, le=10.0, description="Mean load index at which measured demand is censored. Default 1.0."
     )
+    saturation_gpu: float = Field(
+        0.95, ge=0.0, le=1.0,
+        description="The fleet also counts as saturated (demand censored) when the ready replicas serving requests "
+        "have at least this mean GPU utilisation. The load index of a replica that is busy prefilling and has no "
+        "queue reads about 0.9 when a CPU term is measured (its terms are normalised over the measured ones), so "
+        "saturation_load alone would not see it; replicas that have just started carry nothing and are left out. "
+        "0 = off. Default 0.95.",
+    )
     stable_window_s: float = Field(
         60.0, ge=0.0, le=3600.0, description="Leave burst mode after this long without a trigger. Default 60 s."
     )
@@ -105,6 +115,15 @@ class ComprehensiveState:
     served_at: float | None = None
 
 
+def serving_gpu(signals: ServiceSignals, rep: LoadReport) -> float:
+    """Mean GPU utilisation of the ready replicas with a fresh sample and requests in flight (NaN when none)."""
+    frame = signals.frame
+    sel = frame.ready & ~rep.stale & (frame.in_flight > 0)
+    g = frame.gpu_util[sel]
+    g = g[~np.isnan(g)]
+    return float(g.mean()) if g.size else math.nan
+
+
 def decide(
     signals: ServiceSignals, state: ComprehensiveState | None, spec: ComprehensiveSpec, now: float
 ) -> tuple[Decision, ComprehensiveState]:
@@ -136,7 +155,9 @@ def decide(
             and core.demand > expected[1] * (1 + spec.burst_miss_tolerance)
             and core.demand > ready * tu
         )
-        saturated = not math.isnan(rep.service) and rep.service >= spec.saturation_load
+        busy_gpu = serving_gpu(signals, rep)
+        saturated = (not math.isnan(rep.service) and rep.service >= spec.saturation_load) or (
+            spec.saturation_gpu > 0 and busy_gpu >= spec.saturation_gpu)
         if over_ratio or miss:
             last_over = now
             if panic_since is None:
@@ -153,8 +174,13 @@ def decide(
             burst = math.ceil(core.demand / tu - 1e-9)
             if saturated:
                 burst = max(burst, math.ceil(ready * spec.burst_factor))
-                notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
-                          f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
+                if rep.service >= spec.saturation_load:
+                    notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
+                              f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
+                else:
+                    notes.add("saturated", f"fleet saturated (GPU {fmt(busy_gpu)} >= {fmt(spec.saturation_gpu)} on the "
+                              f"replicas serving): at least x{fmt(spec.burst_factor, 1)}", "gpu", busy_gpu,
+                              spec.saturation_gpu)
                 rate = signals.request_rate
                 if spec.burst_rate_sizing and rate is not None and served is not None and rate > served > 0:
                     short = min(rate / served, spec.burst_max_scale_up_rate)

@@ -229,7 +229,8 @@ class _Replica:
     __slots__ = (
         "rid", "node", "zone", "state", "created", "ready_at", "stopped",
         "running", "b", "D", "last_t", "stall_until", "kv_used", "waiting", "version",
-        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "done", "lost", "ttfts", "edf",
+        "acc_pf", "acc_bt", "acc_dt", "weight", "util_sum", "util_n", "routed", "done", "lost", "ttfts", "pstarts",
+        "edf",
         "reaped", "cache",
     )
 
@@ -258,7 +259,12 @@ class _Replica:
         self.routed = 0
         self.done = 0  # requests finished since the previous tick (vLLM's request_success_total)
         self.lost = 0
-        self.ttfts: list[float] = []
+        #: (first-token time, TTFT) of admitted requests, in first-token order: a TTFT is observed (vLLM's
+        #: histogram) when the first token comes out, not when the prefill is scheduled.
+        self.ttfts: deque[tuple[float, float]] = deque()
+        #: When each admitted request's prefill starts (non-decreasing: prefills run one after another). One that
+        #: has not started is waiting, as vLLM counts it (``num_requests_waiting``: not scheduled yet).
+        self.pstarts: deque[float] = deque()
         self.edf = 0.0  # Envoy EDF deadline (weighted least request with unequal weights)
         self.reaped = False  # a dead replica the controller acknowledged (direct mode)
         self.cache: PrefixCache | None = None
@@ -539,7 +545,8 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
                 htok[i] = plan.host_tokens  # type: ignore[union-attr]
             r.stall_until = su
             ttft[i] = su
-            r.ttfts.append(su - arr_l[i])
+            r.ttfts.append((su, su - arr_l[i]))
+            r.pstarts.append(su - pf)
             o = out_l[i]
             if o <= 1:
                 # the prefill produced the only token
@@ -994,6 +1001,13 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
             if r.state not in (_STARTING, _READY, _DRAINING) and not (direct and r.state == _DEAD and not r.reaped):
                 continue
             gu = r.util_sum / r.util_n if r.util_n else 0.0
+            tq = r.ttfts
+            seen: list[float] = []
+            while tq and tq[0][0] <= t:
+                seen.append(tq.popleft()[1])
+            ps = r.pstarts
+            while ps and ps[0] <= t:
+                ps.popleft()
             eps.append(
                 EndpointObservation(
                     rid=r.rid,
@@ -1003,14 +1017,14 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
                     state="failed" if r.state == _DEAD else _STATE_NAMES[r.state],
                     age_s=t - r.ready_at,
                     weight=r.weight,
-                    running=r.b,
-                    waiting=len(r.waiting),
+                    running=max(0, r.b - len(ps)),
+                    waiting=len(r.waiting) + len(ps),
                     kv_util=r.kv_used / kvcap if r.cache is None else r.cache.usage,
                     gpu_util=gu,
                     routed=r.routed,
                     completed=r.done,
-                    ttft_p99_s=_p99(r.ttfts),
-                    ttft_mean_s=(sum(r.ttfts) / len(r.ttfts)) if r.ttfts else None,
+                    ttft_p99_s=_p99(seen),
+                    ttft_mean_s=(sum(seen) / len(seen)) if seen else None,
                     lost=r.lost,
                 )
             )
@@ -1019,7 +1033,6 @@ def _simulate(trace: Trace, controller: Controller, cfg: SimConfig, measure_from
             r.routed = 0
             r.done = 0
             r.lost = 0
-            r.ttfts = []
         last_tick = t
         return FleetObservation(
             now=t,

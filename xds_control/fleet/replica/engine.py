@@ -108,11 +108,13 @@ class EngineLimits:
     kv_block_tokens: int = 512
     #: Automatic prefix caching on (the profile's ``prefix_caching``).
     prefix_caching: bool = True
+    #: Prompt tokens a step admits at most (the profile's ``max_num_batched_tokens``); a longer prompt alone.
+    max_prefill_tokens: int = 2048
 
     @classmethod
     def from_profile(cls, p: ReplicaProfile, slow_factor: float = 1.0) -> EngineLimits:
         return cls(p.max_batch, p.queue_bound, p.kv_capacity_tokens, slow_factor,
-                   p.kv_block_tokens, p.prefix_caching)  # fmt: skip
+                   p.kv_block_tokens, p.prefix_caching, p.max_num_batched_tokens)  # fmt: skip
 
 
 class PrefixCache:
@@ -346,7 +348,11 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------
     def _admit(self) -> int:
+        """Move waiting requests into the batch, first come first served, while the KV cache, ``max_num_seqs`` and
+        the step's prompt-token budget allow (the first prompt of a step always fits); returns the prompt tokens
+        to prefill in this step."""
         prefill = 0
+        prompts = 0
         lim = self.limits
         now = time.monotonic()
         while self.waiting and len(self.running) < lim.max_num_seqs:
@@ -357,6 +363,9 @@ class Engine:
                 continue
             if self._kv_reserved + r.kv_tokens_reserved > lim.kv_capacity_tokens:
                 break
+            if prompts and prefill + r.input_tokens > lim.max_prefill_tokens:
+                break
+            prompts += 1
             self.waiting.popleft()
             self._waiting_tokens -= r.input_tokens
             self._kv_reserved += r.kv_tokens_reserved

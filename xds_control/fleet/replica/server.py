@@ -154,6 +154,7 @@ class ReplicaConfig:
                 slow_factor=self.slow_factor,
                 kv_block_tokens=base.kv_block_tokens,
                 prefix_caching=base.prefix_caching,
+                max_prefill_tokens=base.max_prefill_tokens,
             ),
             fail_rate=self.fail_rate,
         )
