@@ -247,3 +247,18 @@ def test_demo_command_short_mode(tmp_path: Path) -> None:
     assert summary["request_rate_max"] is not None and summary["request_rate_max"] > 0.5
     assert 0.0 <= summary["slo_attainment"] <= 1.0 and summary["gpu_seconds"] > 2 * 15  # >= 2 replicas for 15 s
     assert (tmp_path / "demo.png").exists()
+
+
+def test_demo_scale_at_pins_the_pool_as_the_admin_api_does(tmp_path: Path) -> None:
+    """``--scale-at 1:4``: a second into the load the pool is pinned to 4 replicas (min = max), whatever the
+    policy would do, and the decision log says so."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "xds_control.cli", "demo", "--duration", "10", "--settle", "4", "--json",
+         "--no-live", "--out", str(tmp_path), "--scale-at", "1:4"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["failed"] == 0
+    assert summary["replicas_max"] == 4 and summary["replicas_final"] == 4
+    assert "pool llm pinned to 4 replicas" in (tmp_path / "demo.log").read_text()

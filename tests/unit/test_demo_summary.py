@@ -27,3 +27,33 @@ def test_demo_slo_and_gpu_seconds_by_hand() -> None:
             self.endpoints = tuple(type("E", (), {"state": "ready"})() for _ in range(n))
 
     assert gpu_seconds([T(0.0, 2), T(1.0, 3), T(3.0, 1)]) == 2 * 1.0 + 3 * 2.0  # type: ignore[list-item]
+
+
+def test_hit_rate_windows_are_differences_of_the_cumulative_counters() -> None:
+    from xds_control.runtime.demo import hit_rate_windows
+
+    series = [(0.0, 0.0, 0.0), (5.0, 100.0, 50.0), (10.0, 300.0, 200.0), (14.0, 300.0, 200.0), (21.0, 400.0, 300.0),
+              (30.0, 1000.0, 330.0)]
+    # windows close at the first point >= 10 s after the last close: 0..10 s, 10..21 s, then 21..30 s is short
+    assert hit_rate_windows(series, 10.0) == [(10.0, 200.0 / 300.0), (21.0, 1.0)]
+    assert hit_rate_windows([(0.0, 5.0, 1.0), (12.0, 5.0, 1.0)], 10.0) == [(12.0, None)]  # nothing queried
+    assert hit_rate_windows([], 10.0) == []
+
+
+def test_scale_at_names_the_bad_value_and_exits_2() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from xds_control.cli import demo as cli_demo
+
+    app = typer.Typer(add_completion=False)
+    cli_demo.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    for bad in ("60", "x:5", "60:0", "-1:5", "60:65"):
+        res = CliRunner().invoke(app, ["demo", "--scale-at", bad, "--json"])
+        assert res.exit_code == 2, (bad, res.output)
+        assert f"--scale-at {bad!r}" in res.output and "SECONDS:REPLICAS" in res.output

@@ -26,6 +26,9 @@ def demo(
     settle: Annotated[float, typer.Option("--settle", help="Seconds to keep running after the load, to show "
                                           "the scale-down.", min=0, max=3600)] = 30.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in surge.")] = 0,
+    scale_at: Annotated[list[str] | None, typer.Option("--scale-at", help="SECONDS:REPLICAS: that many seconds "
+                        "into the load, pin the pool to REPLICAS (min = max, as the admin API's SetReplicaBounds), to "
+                        "watch one scale-up or drain; repeatable.")] = None,
 ) -> None:
     """Control plane + real Envoy + local emulated replicas, and a surge through Envoy: watch it scale up,
     shift traffic, drain and scale down with no request lost. Stops everything it started on exit."""
@@ -42,6 +45,18 @@ def demo(
     except (ConfigError, ValueError) as e:
         typer.echo(f"xds-control demo: --policy {policy}: {e}", err=True)
         raise typer.Exit(2) from None
+    pins: list[tuple[float, int]] = []
+    for item in scale_at or ():
+        at, _, n = item.partition(":")
+        try:
+            pin = (float(at), int(n))
+        except ValueError:
+            pin = (-1.0, 0)
+        if not (0 <= pin[0] <= 3600 and 1 <= pin[1] <= 64):
+            typer.echo(f"xds-control demo: --scale-at {item!r}: expected SECONDS:REPLICAS, seconds 0..3600, "
+                       "replicas 1..64 (e.g. 60:5)", err=True)
+            raise typer.Exit(2)
+        pins.append(pin)
     if trace is not None and not trace.is_file():
         typer.echo(f"xds-control demo: --trace: {str(trace)!r} is not a readable file", err=True)
         raise typer.Exit(2)
@@ -49,7 +64,7 @@ def demo(
         summary = asyncio.run(run_demo(duration_s=duration, trace_path=str(trace) if trace else None,
                                        speedup=speedup, policy=policy, out_dir=out,
                                        live=live and sys.stdout.isatty() and not as_json, seed=seed,
-                                       settle_s=settle))
+                                       settle_s=settle, scale_at=pins))
     except TraceError as e:
         typer.echo(f"xds-control demo: --trace: {e}", err=True)
         raise typer.Exit(2) from None

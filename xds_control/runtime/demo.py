@@ -21,6 +21,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,43 @@ class DemoRun:
     cache: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: (seconds since start, queried, hit) summed over replicas, one per view refresh.
     cache_series: list[tuple[float, float, float]] = field(default_factory=list)
+    #: (seconds since start, replicas) of every ``scale_at`` pin applied.
+    pins: list[tuple[float, int]] = field(default_factory=list)
 
     def hit_rate(self, key: str | None = None) -> float | None:
         """Prefix-cache hit rate (hit / queried tokens) of one replica, or of all when ``key`` is None."""
         vals = [v for k, v in self.cache.items() if key is None or k == key]
         q = sum(v[0] for v in vals)
         return sum(v[1] for v in vals) / q if q > 0 else None
+
+
+def pin_replicas(cp: ControlPlane, pool: str, n: int) -> None:
+    """Pin ``pool``'s replica bounds to ``n`` (min = max), as the admin API's SetReplicaBounds does."""
+    from xds_control.policies import load_policy_spec
+    from xds_control.runtime.admin_port import RuntimeAdminPort
+
+    ctl = cp.controller
+    if ctl is None:
+        raise LookupError("no pool is autoscaled")
+    spec = ctl.runtimes[pool].spec
+    RuntimeAdminPort(cp).set_policy(pool, load_policy_spec({**spec.model_dump(mode="python"), "min_replicas": n,
+                                                            "max_replicas": n}))
+
+
+def hit_rate_windows(series: list[tuple[float, float, float]], window_s: float) -> list[tuple[float, float | None]]:
+    """Prefix-cache hit rate over consecutive ``window_s`` windows of a cumulative (t, queried, hit) series:
+    (window end, hits / queries in it, None when nothing was queried)."""
+    out: list[tuple[float, float | None]] = []
+    if not series:
+        return out
+    t0, q0, h0 = series[0]
+    edge = t0 + window_s
+    for t, q, h in series[1:]:
+        if t >= edge:
+            out.append((t, (h - h0) / (q - q0) if q > q0 else None))
+            t0, q0, h0 = t, q, h
+            edge = t + window_s
+    return out
 
 
 def read_prefix_cache(run: DemoRun, reports: list[Any]) -> None:
@@ -303,8 +335,13 @@ async def run_demo(
     run: DemoRun | None = None,
     overrides: dict[str, Any] | None = None,
     routing: str | None = None,
+    scale_at: Sequence[tuple[float, int]] = (),
 ) -> dict[str, Any]:
     """Run the demo and return its summary (see README for the keys).
+
+    ``scale_at``: ``(seconds into the load, replicas)`` pairs; at each, the pool's bounds are pinned to that many
+    replicas (min = max), by the path the admin API's SetReplicaBounds takes (to watch one scale-up or drain and the
+    prefix-cache hit rate around it).
 
     ``routing``: the pool's ``routing`` (``default`` or ``prefix``); unset: ``prefix`` when the trace carries
     ``hash_ids``.
@@ -368,10 +405,16 @@ async def run_demo(
             from rich.live import Live
 
             live_ctx = Live(_live_table(None, run, 0.0), refresh_per_second=2, transient=False)
+        pins = sorted(scale_at)
         async with contextlib.AsyncExitStack() as closing:
             view = closing.enter_context(live_ctx)
             end_at = run.started + duration_s + settle_s
             while not stop.is_set():
+                while pins and time.monotonic() - run.started >= pins[0][0]:
+                    at, n = pins.pop(0)
+                    pin_replicas(cp, "llm", n)
+                    run.pins.append((time.monotonic() - run.started, n))
+                    logging.getLogger("xds_control.demo").info("scale-at %gs: pool llm pinned to %d replicas", at, n)
                 ctl = cp.controller
                 last_now = run.ticks[-1].now if run.ticks else -math.inf
                 run.ticks.extend(r for r in (ctl.history if ctl is not None else ()) if r.now > last_now)
