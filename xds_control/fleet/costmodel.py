@@ -20,6 +20,9 @@ A replica is one vLLM-style engine on one GPU doing *continuous batching*:
   ``step_time_s(p, batch, prefill_tokens)`` = decode step + prefill cost;
 * at most ``max_batch`` sequences run at once and their reserved KV cache
   (``input_tokens + output_tokens`` each) must fit in ``kv_capacity_tokens``;
+* an engine step prefills at most ``max_num_batched_tokens`` prompt tokens (vLLM's per-step token budget; a
+  longer prompt takes a step alone): the emulated replica admits waiting prompts into a step up to it, the
+  simulator prefills one prompt after another, and in both a prompt whose prefill has not started is waiting;
 * at most ``queue_bound`` requests wait per replica; a request that finds the queue full is
   rejected, one that gets no first token within ``request_timeout_s`` times out — both are
   *lost tasks*;
