@@ -105,7 +105,10 @@ async def test_not_ready_in_time_is_killed_and_failed() -> None:
 
 PARENT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, signal, sys
+    # Ctrl-C in a terminal: a runner that started the tests in the background (SIGINT ignored, inherited) must not
+    # turn it into a no-op
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from xds_control.actuators.base import ReplicaOptions
     from xds_control.actuators.local import LocalScaler
 
