@@ -41,18 +41,12 @@ def test_hit_rate_windows_are_differences_of_the_cumulative_counters() -> None:
 
 
 def test_scale_at_names_the_bad_value_and_exits_2() -> None:
-    import typer
     from typer.testing import CliRunner
 
+    from tests.support.cli import command_app
     from xds_control.cli import demo as cli_demo
 
-    app = typer.Typer(add_completion=False)
-    cli_demo.register(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
+    app = command_app(cli_demo.register)
     for bad in ("60", "x:5", "60:0", "-1:5", "60:65"):
         res = CliRunner().invoke(app, ["demo", "--scale-at", bad, "--json"])
         assert res.exit_code == 2, (bad, res.output)

@@ -19,6 +19,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from tests.support.cli import command_app
 from xds_control.cli import evaluate as cli_evaluate
 from xds_control.config import load_config
 from xds_control.fleet import costmodel as cm
@@ -34,14 +35,7 @@ MINIMAL = ROOT / "examples" / "minimal.yaml"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    a = typer.Typer(add_completion=False)
-    cli_evaluate.register(a)
-
-    @a.callback()
-    def _root() -> None:
-        pass
-
-    return a
+    return command_app(cli_evaluate.register)
 
 
 @pytest.fixture(scope="module")

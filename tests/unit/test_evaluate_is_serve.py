@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from tests.support.cli import command_app
 from xds_control.cli import evaluate as cli_evaluate
 from xds_control.config import parse_config
 from xds_control.config.policy import PRESET_DIR, load_policy_file
@@ -49,13 +49,7 @@ def test_the_simulator_runs_the_spec_serve_resolves(name: str) -> None:
 
 @pytest.mark.skipif(not TRACE.is_file(), reason=f"real trace {TRACE} not present (see ../shared/traces/README.md)")
 def test_evaluate_threshold_on_conv_w0_is_the_shipped_file() -> None:
-    app = typer.Typer(add_completion=False)
-    cli_evaluate.register(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
+    app = command_app(cli_evaluate.register)
     r = CliRunner().invoke(app, ["evaluate", "--trace", str(TRACE), "--policy", "threshold", "--json"])
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)["policies"]["threshold"]

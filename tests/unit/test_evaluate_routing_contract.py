@@ -12,9 +12,9 @@ import gzip
 import json
 from pathlib import Path
 
-import typer
 from typer.testing import CliRunner
 
+from tests.support.cli import command_app
 from xds_control.cli import evaluate as cli_evaluate
 from xds_control.fleet.trace import SharedPrefixShape, as_requests, shared_prefix, write_trace
 
@@ -24,13 +24,7 @@ KEYS = ("prefix_cache_hit_rate", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "h
 
 
 def run(args: list[str]) -> dict:  # type: ignore[type-arg]
-    app = typer.Typer(add_completion=False)
-    cli_evaluate.register(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
+    app = command_app(cli_evaluate.register)
     r = CliRunner().invoke(app, ["evaluate", *args])
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tests.support.cli import command_app
 from xds_control.cli import evaluate as cli_evaluate
 from xds_control.fleet.trace import HEADER, surge
 
@@ -21,14 +22,7 @@ TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    a = typer.Typer(add_completion=False)
-    cli_evaluate.register(a)
-
-    @a.callback()
-    def _root() -> None:
-        pass
-
-    return a
+    return command_app(cli_evaluate.register)
 
 
 @pytest.fixture()
