@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xds_control.fleet.trace import SharedPrefixShape, TraceRequest, shared_prefix, write_trace  # noqa: E402
+from xds_control.fleet.trace import SharedPrefixShape, as_requests, shared_prefix, write_trace  # noqa: E402
 from xds_control.runtime.demo import DemoRun, demo_overrides, hit_rate_windows, run_demo  # noqa: E402
 
 
@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     tr = shared_prefix(SharedPrefixShape(groups=64, prefix_blocks=8, zipf_s=1.0, question_tokens=256,
                                          output_tokens=64, rate_rps=a.rate, duration_s=a.duration), seed=a.seed)
-    ids = tr.hash_ids
-    assert ids is not None
-    rows = [TraceRequest(float(t), int(i), int(o), tuple(int(x) for x in h))
-            for t, i, o, h in zip(tr.t, tr.input_tokens, tr.output_tokens, ids, strict=True)]
+    rows = as_requests(tr)
     over = {**demo_overrides("comprehensive"), "min_replicas": a.replicas, "max_replicas": a.replicas}
     run = DemoRun()
     with tempfile.TemporaryDirectory(prefix="xds-dip-") as tmp:

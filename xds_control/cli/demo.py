@@ -50,9 +50,10 @@ def demo(
         at, _, n = item.partition(":")
         try:
             pin = (float(at), int(n))
+            ok = 0 <= pin[0] <= 3600 and 1 <= pin[1] <= 64
         except ValueError:
-            pin = (-1.0, 0)
-        if not (0 <= pin[0] <= 3600 and 1 <= pin[1] <= 64):
+            ok = False
+        if not ok:
             typer.echo(f"xds-control demo: --scale-at {item!r}: expected SECONDS:REPLICAS, seconds 0..3600, "
                        "replicas 1..64 (e.g. 60:5)", err=True)
             raise typer.Exit(2)

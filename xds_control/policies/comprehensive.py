@@ -155,9 +155,6 @@ def decide(
             and core.demand > expected[1] * (1 + spec.burst_miss_tolerance)
             and core.demand > ready * tu
         )
-        busy_gpu = serving_gpu(signals, rep)
-        saturated = (not math.isnan(rep.service) and rep.service >= spec.saturation_load) or (
-            spec.saturation_gpu > 0 and busy_gpu >= spec.saturation_gpu)
         if over_ratio or miss:
             last_over = now
             if panic_since is None:
@@ -172,9 +169,11 @@ def decide(
         want = core.raw_target
         if panic_since is not None:
             burst = math.ceil(core.demand / tu - 1e-9)
-            if saturated:
+            by_load = not math.isnan(rep.service) and rep.service >= spec.saturation_load
+            busy_gpu = serving_gpu(signals, rep) if not by_load and spec.saturation_gpu > 0 else math.nan
+            if by_load or busy_gpu >= spec.saturation_gpu:
                 burst = max(burst, math.ceil(ready * spec.burst_factor))
-                if rep.service >= spec.saturation_load:
+                if by_load:
                     notes.add("saturated", f"fleet saturated (L {fmt(rep.service)} >= {fmt(spec.saturation_load)}): "
                               f"at least x{fmt(spec.burst_factor, 1)}", "load", rep.service, spec.saturation_load)
                 else:
